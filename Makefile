@@ -1,0 +1,34 @@
+# The README's two commands are `make demo` and `make test`; both install what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+HAORCH := $(VENV)/bin/haorch
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench chaos stack-up stack-down stack-status clean
+
+setup:
+	@bash deploy/setup.sh
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(HAORCH) stack up
+	$(HAORCH) demo
+
+bench: setup
+	$(HAORCH) stack up
+	$(HAORCH) bench throughput
+
+stack-up: setup
+	$(HAORCH) stack up
+
+stack-status:
+	$(HAORCH) stack status
+
+stack-down:
+	@if [ -x $(HAORCH) ]; then $(HAORCH) stack down; fi
+
+clean: stack-down
+	@if [ -x $(HAORCH) ]; then HAORCH_HOME=.haorch-test $(HAORCH) stack down --purge; fi
+	rm -rf .haorch .haorch-test $(VENV) deploy/neo4j/target build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""The ``haorch`` command line: one module per command group."""

@@ -1,0 +1,3 @@
+from node.cli.main import main
+
+main()

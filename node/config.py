@@ -1,0 +1,195 @@
+"""One configuration for the whole stack: the state dir, loopback ports, credentials and tunables.
+
+Values come from, in order of precedence: environment variables ``HAORCH_<NAME>`` (upper case), the file
+``haorch.toml`` in the state dir, then the defaults below. The state dir is ``$HAORCH_HOME`` (default
+``./.haorch``). Every port is derived from ``port_base`` so that two stacks (a user's and the test suite's)
+can live side by side on one machine::
+
+    cfg = load_config()
+    cfg.zk_hosts          # "127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103"
+    cfg.mysql_port        # 17140
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from node.errors import UsageError
+
+HOST = "127.0.0.1"
+ZK_MEMBERS = 3
+RABBIT_VHOST = "haorch"
+RABBIT_USER = "haorch"
+MYSQL_DATABASE = "haorch"
+MYSQL_USER = "haorch"
+NEO4J_USER = "neo4j"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Generated passwords, stored in ``<home>/secrets.json`` (mode 0600) on the first ``stack up``."""
+
+    rabbit_password: str
+    mysql_password: str
+    neo4j_password: str
+
+    @staticmethod
+    def load_or_create(home: Path) -> "Secrets":
+        path = home / "secrets.json"
+        if path.exists():
+            return Secrets(**json.loads(path.read_text()))
+        home.mkdir(parents=True, exist_ok=True)
+        made = Secrets(*(secrets.token_urlsafe(18) for _ in range(3)))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(made.__dict__))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return made
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a haorch process needs to find and talk to the stack."""
+
+    home: Path
+    port_base: int = 17100
+    # election
+    zk_session_timeout_s: float = 2.0
+    # leader loop
+    batch_size: int = 200
+    batch_wait_ms: float = 5.0
+    task_timeout_grace_s: float = 5.0
+    sweep_interval_s: float = 1.0
+    # RabbitMQ
+    rabbit_heartbeat_s: int = 2
+    # workers
+    worker_concurrency: int = 4
+    worker_prefetch: int = 200
+    shell_executor_enabled: bool = False
+    # services
+    neo4j_heap: str = "512m"
+    neo4j_pagecache: str = "128m"
+    zk_heap: str = "128m"
+    scrape_interval: str = "1s"
+    _secrets: Secrets | None = field(default=None, repr=False, compare=False)
+
+    # --- ports (all on 127.0.0.1) -------------------------------------------------------------
+    def zk_client_port(self, member: int) -> int:
+        """Client port of ZooKeeper member 1..3."""
+        return self.port_base + member
+
+    def zk_peer_port(self, member: int) -> int:
+        return self.port_base + 10 + member
+
+    def zk_election_port(self, member: int) -> int:
+        return self.port_base + 20 + member
+
+    @property
+    def rabbit_port(self) -> int:
+        return self.port_base + 30
+
+    @property
+    def rabbit_dist_port(self) -> int:
+        return self.port_base + 31
+
+    @property
+    def epmd_port(self) -> int:
+        return self.port_base + 32
+
+    @property
+    def mysql_port(self) -> int:
+        return self.port_base + 40
+
+    @property
+    def neo4j_port(self) -> int:
+        return self.port_base + 50
+
+    @property
+    def prometheus_port(self) -> int:
+        return self.port_base + 60
+
+    def node_http_port(self, node_id: int) -> int:
+        """HTTP port (/metrics, /healthz, /api) of orchestrator node ``node_id`` (1..29)."""
+        return self.port_base + 70 + node_id
+
+    def worker_http_port(self, worker_id: int) -> int:
+        """HTTP port (/metrics) of worker ``worker_id`` (1..99)."""
+        return self.port_base + 100 + worker_id
+
+    # --- derived connection strings -----------------------------------------------------------
+    @property
+    def zk_hosts(self) -> str:
+        return ",".join(f"{HOST}:{self.zk_client_port(m)}" for m in range(1, ZK_MEMBERS + 1))
+
+    @property
+    def neo4j_uri(self) -> str:
+        return f"bolt://{HOST}:{self.neo4j_port}"
+
+    @property
+    def secrets(self) -> Secrets:
+        return self._secrets or Secrets.load_or_create(self.home)
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files of every process haorch started."""
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    def data_dir(self, service: str) -> Path:
+        return self.home / "data" / service
+
+
+_TYPES = {f.name: f.type for f in fields(Config) if not f.name.startswith("_") and f.name != "home"}
+
+
+def _coerce(name: str, raw: object) -> object:
+    kind = _TYPES[name]
+    try:
+        if kind == "bool":
+            return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(raw)  # type: ignore[arg-type]
+        if kind == "float":
+            return float(raw)  # type: ignore[arg-type]
+        return str(raw)
+    except ValueError:
+        raise UsageError(f"config value {name}={raw!r} is not a valid {kind}") from None
+
+
+def load_config(home: str | Path | None = None, **overrides: object) -> Config:
+    """Read the configuration for the state dir ``home`` (default ``$HAORCH_HOME`` or ``./.haorch``)."""
+    home_path = Path(home or os.environ.get("HAORCH_HOME") or ".haorch").resolve()
+    values: dict[str, object] = {}
+    toml_file = home_path / "haorch.toml"
+    if toml_file.exists():
+        try:
+            data = tomllib.loads(toml_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{toml_file}: {exc}") from None
+        for key, raw in data.items():
+            if key not in _TYPES:
+                raise UsageError(f"{toml_file}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw)
+    for key in _TYPES:
+        env = os.environ.get(f"HAORCH_{key.upper()}")
+        if env is not None:
+            values[key] = _coerce(key, env)
+    for key, raw in overrides.items():
+        values[key] = _coerce(key, raw)
+    cfg = Config(home=home_path, **values)  # type: ignore[arg-type]
+    if not 1024 <= cfg.port_base <= 65000:
+        raise UsageError(f"port_base {cfg.port_base} is out of range 1024..65000")
+    return cfg
+
+
+def with_overrides(cfg: Config, **changes: object) -> Config:
+    """A copy of ``cfg`` with some settings changed (used by benchmarks and tests)."""
+    return replace(cfg, **{k: _coerce(k, v) for k, v in changes.items()})

@@ -1,0 +1,65 @@
+"""Every exception type users can see, with the one-line messages they read.
+
+The CLI turns a :class:`HaorchError` into ``haorch: <message>`` on stderr and its ``exit_code``:
+2 for bad input (the caller can fix it), 1 for a failure of the system (a service down, a timeout).
+"""
+
+from __future__ import annotations
+
+
+class HaorchError(Exception):
+    """Base class: a failure with a message meant for a human, never a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(HaorchError):
+    """Bad input from the caller: arguments, files, ids, templates."""
+
+    exit_code = 2
+
+
+class TemplateError(UsageError):
+    """A template that cannot be registered (cycle, unknown dependency, duplicate name, ...)."""
+
+
+class UnknownTypeError(UsageError):
+    """An experiment type that is not registered."""
+
+
+class NotFoundError(UsageError):
+    """An experiment, template or task id that does not exist."""
+
+
+class ConflictError(UsageError):
+    """A request that contradicts existing state (e.g. resubmitting an id with another type)."""
+
+
+class ServiceError(HaorchError):
+    """A dependency (ZooKeeper, RabbitMQ, MariaDB, Neo4j, Prometheus) is missing, down or misbehaving."""
+
+
+class SetupError(ServiceError):
+    """Something the machine needs is not installed: the message names the setup command."""
+
+
+class FencedError(HaorchError):
+    """A write carried a leader epoch lower than the fence: the writer is no longer the leader."""
+
+    def __init__(self, store: str, mine: int, fence: int) -> None:
+        super().__init__(f"{store} fence is at epoch {fence}, this leader holds epoch {mine}: stepping down")
+        self.store = store
+        self.mine = mine
+        self.fence = fence
+
+
+class TimeoutExpired(HaorchError):
+    """A wait ran out of time."""
+
+
+class MalformedMessage(HaorchError):
+    """A queue message that cannot be decoded; the leader dead-letters it with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"malformed message: {reason}")
+        self.reason = reason

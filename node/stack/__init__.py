@@ -1,0 +1,1 @@
+"""The service stack haorch runs as its own processes: one module per service, plus the manager."""

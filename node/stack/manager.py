@@ -1,0 +1,132 @@
+"""``haorch stack up|down|status``: start, stop and inspect the seven service processes as one unit.
+
+``up`` starts only what is not running (all at once: the ZooKeeper members need each other for a quorum),
+waits for each service's real probe with progress on stderr, then bootstraps users, schemas and queues
+idempotently. ``down`` stops exactly the processes recorded in the state dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from node.config import ZK_MEMBERS, Config
+from node.errors import HaorchError, ServiceError
+from node.stack.mariadb import MariaDB
+from node.stack.neo4j import Neo4j
+from node.stack.process import ManagedProcess
+from node.stack.prometheus import Prometheus
+from node.stack.rabbitmq import RabbitMQ
+from node.stack.service import Service
+from node.stack.zookeeper import ZooKeeperMember
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def services(cfg: Config) -> list[Service]:
+    """The stack, in start order."""
+    zk: list[Service] = [ZooKeeperMember(cfg, m) for m in range(1, ZK_MEMBERS + 1)]
+    return zk + [RabbitMQ(cfg), MariaDB(cfg), Neo4j(cfg), Prometheus(cfg)]
+
+
+def service_names(cfg: Config) -> list[str]:
+    return [s.name for s in services(cfg)]
+
+
+@dataclass
+class UpResult:
+    started: list[str]
+    already_running: list[str]
+    seconds: float
+
+
+def _wait_ready(service: Service, progress: Progress) -> None:
+    start = time.monotonic()
+    deadline = start + service.start_timeout_s
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if not service.proc.alive():
+            raise ServiceError(f"{service.name} exited during start-up; {service.log_hint()}")
+        try:
+            service.probe()
+        except Exception as exc:  # noqa: BLE001 - keep probing until the deadline
+            last_error = str(exc) or type(exc).__name__
+            time.sleep(0.25)
+            continue
+        progress(f"{service.name} ready ({time.monotonic() - start:.1f} s)")
+        return
+    raise ServiceError(f"{service.name} did not become ready within {service.start_timeout_s:.0f} s "
+                       f"({last_error}); {service.log_hint()}")
+
+
+def up(cfg: Config, progress: Progress = lambda _m: None) -> UpResult:
+    """Start what is not running, wait until every service answers, bootstrap schemas. Idempotent."""
+    t0 = time.monotonic()
+    stack = services(cfg)
+    to_start = [s for s in stack if not s.proc.alive()]
+    running = [s.name for s in stack if s not in to_start]
+    for service in to_start:  # fail before starting anything if a binary is missing or a port is taken
+        service.check_binaries()
+        service.check_ports_free()
+    for service in to_start:
+        progress(f"{service.name} starting on port {service.port}")
+        service.start()
+    with ThreadPoolExecutor(max_workers=len(stack)) as pool:
+        futures = {s.name: pool.submit(_wait_ready, s, progress) for s in to_start}
+        for name, future in futures.items():
+            future.result()
+        boots = {s.name: pool.submit(s.bootstrap) for s in stack}
+        for name, future in boots.items():
+            try:
+                future.result()
+            except HaorchError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise ServiceError(f"{name}: bootstrap failed: {type(exc).__name__}: {exc}") from None
+    progress("schemas, users and queues in place")
+    return UpResult([s.name for s in to_start], running, time.monotonic() - t0)
+
+
+def _extra_processes(cfg: Config) -> list[ManagedProcess]:
+    """Processes haorch started besides the services (cluster nodes, workers): stopped first on ``down``."""
+    known = {s.proc.name for s in services(cfg)} | {"rabbitmq-epmd"}
+    if not cfg.run_dir.is_dir():
+        return []
+    return [ManagedProcess(p.stem, cfg.run_dir, cfg.log_dir) for p in sorted(cfg.run_dir.glob("*.pid"))
+            if p.stem not in known]
+
+
+def down(cfg: Config, purge: bool = False, progress: Progress = lambda _m: None) -> list[str]:
+    """Stop every process recorded in the state dir (cluster first, then services); optionally delete it."""
+    stopped = []
+    for proc in _extra_processes(cfg):
+        if proc.stop(grace_s=10.0):
+            stopped.append(proc.name)
+            progress(f"{proc.name} stopped")
+    stack = list(reversed(services(cfg)))
+    with ThreadPoolExecutor(max_workers=len(stack)) as pool:
+        for service, did_stop in zip(stack, pool.map(lambda s: s.stop(), stack)):
+            if did_stop:
+                stopped.append(service.name)
+                progress(f"{service.name} stopped")
+    if purge and cfg.home.exists():
+        shutil.rmtree(cfg.home)
+        progress(f"deleted {cfg.home}")
+    return stopped
+
+
+def status(cfg: Config) -> list[dict[str, object]]:
+    """One row per service process: service, pid, port, healthy (a real probe), rss_bytes."""
+    stack = services(cfg)
+    with ThreadPoolExecutor(max_workers=len(stack)) as pool:
+        return list(pool.map(lambda s: s.status(), stack))
+
+
+def find_service(cfg: Config, name: str) -> Service | None:
+    return next((s for s in services(cfg) if s.name == name), None)

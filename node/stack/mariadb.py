@@ -1,0 +1,79 @@
+"""MariaDB with its own datadir (``mariadb-install-db``), port, socket and a generated password user."""
+
+from __future__ import annotations
+
+import subprocess
+
+from node.config import HOST, MYSQL_DATABASE, MYSQL_USER, Config
+from node.errors import ServiceError
+from node.stack.service import Launch, Service
+
+
+class MariaDB(Service):
+    name = "mariadb"
+    binaries = ("mariadbd", "mariadb-install-db", "mariadb")
+    start_timeout_s = 60.0
+
+    @property
+    def port(self) -> int:
+        return self.cfg.mysql_port
+
+    @property
+    def datadir(self):  # type: ignore[no-untyped-def]
+        return self.cfg.data_dir(self.name)
+
+    @property
+    def socket(self) -> str:
+        return str(self.datadir / "mariadb.sock")
+
+    def prepare(self) -> None:
+        if (self.datadir / "mysql").is_dir():
+            return
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.proc.log_file, "ab") as out:
+            done = subprocess.run(
+                ["mariadb-install-db", "--no-defaults", "--user=root", f"--datadir={self.datadir}",
+                 "--auth-root-authentication-method=socket", "--skip-test-db"],
+                stdout=out, stderr=subprocess.STDOUT, timeout=180)
+        if done.returncode != 0:
+            raise ServiceError(f"mariadb: mariadb-install-db failed; {self.log_hint()}")
+
+    def command(self) -> Launch:
+        return Launch([
+            "mariadbd", "--no-defaults", "--user=root", f"--datadir={self.datadir}", f"--socket={self.socket}",
+            f"--port={self.port}", f"--bind-address={HOST}", f"--pid-file={self.datadir / 'mariadb.pid'}",
+            f"--log-error={self.proc.log_file}", "--skip-name-resolve", "--max-connections=500",
+            "--innodb-buffer-pool-size=256M", "--innodb-log-file-size=256M", "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_bin"])
+
+    def root_sql(self, sql: str, timeout_s: float = 30.0) -> str:
+        """Run SQL as root over the socket (root authenticates by unix socket, no password exists)."""
+        out = subprocess.run(["mariadb", "--no-defaults", "-S", self.socket, "-u", "root", "-N", "-B", "-e", sql],
+                             capture_output=True, text=True, timeout=timeout_s)
+        if out.returncode != 0:
+            raise ServiceError(f"mariadb: {out.stderr.strip()}")
+        return out.stdout
+
+    def probe(self) -> None:
+        if self.root_sql("SELECT 1", timeout_s=5).strip() != "1":
+            raise ServiceError("mariadb: SELECT 1 did not answer 1")
+
+    def bootstrap(self) -> None:
+        pw = self.cfg.secrets.mysql_password.replace("'", "")
+        self.root_sql(
+            f"CREATE DATABASE IF NOT EXISTS {MYSQL_DATABASE} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
+            f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'{HOST}' IDENTIFIED BY '{pw}';"
+            f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'localhost' IDENTIFIED BY '{pw}';"
+            f"GRANT ALL PRIVILEGES ON {MYSQL_DATABASE}.* TO '{MYSQL_USER}'@'{HOST}';"
+            f"GRANT ALL PRIVILEGES ON {MYSQL_DATABASE}.* TO '{MYSQL_USER}'@'localhost';")
+        from node.stores.mysql_schema import ensure_schema
+
+        ensure_schema(self.cfg)
+
+
+def mysql_connect_args(cfg: Config) -> dict[str, object]:
+    """pymysql.connect() keyword arguments for the haorch user over TCP loopback."""
+    return {"host": HOST, "port": cfg.mysql_port, "user": MYSQL_USER, "password": cfg.secrets.mysql_password,
+            "database": MYSQL_DATABASE, "charset": "utf8mb4", "autocommit": False, "connect_timeout": 5,
+            "read_timeout": 30, "write_timeout": 30}

@@ -1,0 +1,69 @@
+"""Neo4j Community, embedded in the small Maven-built launcher under ``deploy/neo4j`` (Bolt on loopback, auth on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node.config import NEO4J_USER, Config
+from node.errors import ServiceError, SetupError
+from node.paths import NEO4J_LAUNCHER_DIR
+from node.stack.service import Launch, Service
+
+LAUNCHER_JAR = NEO4J_LAUNCHER_DIR / "target" / "haorch-neo4j.jar"
+LAUNCHER_LIB = NEO4J_LAUNCHER_DIR / "target" / "lib"
+
+
+def neo4j_driver(cfg: Config, **kwargs: object):  # type: ignore[no-untyped-def]
+    """A driver for the stack's Neo4j with the generated password."""
+    import neo4j
+
+    return neo4j.GraphDatabase.driver(cfg.neo4j_uri, auth=(NEO4J_USER, cfg.secrets.neo4j_password),
+                                      connection_timeout=5, max_transaction_retry_time=5, **kwargs)
+
+
+class Neo4j(Service):
+    name = "neo4j"
+    binaries = ("java",)
+    start_timeout_s = 120.0
+
+    @property
+    def port(self) -> int:
+        return self.cfg.neo4j_port
+
+    @property
+    def password_file(self) -> Path:
+        return self.cfg.data_dir(self.name) / "password"
+
+    def check_binaries(self) -> None:
+        super().check_binaries()
+        if not LAUNCHER_JAR.exists():
+            raise SetupError(f"neo4j: launcher {LAUNCHER_JAR} is not built; run `make setup` "
+                             f"(or {NEO4J_LAUNCHER_DIR / 'build.sh'})")
+
+    def prepare(self) -> None:
+        data = self.cfg.data_dir(self.name)
+        data.mkdir(parents=True, exist_ok=True)
+        self.password_file.write_text(self.cfg.secrets.neo4j_password)
+        self.password_file.chmod(0o600)
+
+    def command(self) -> Launch:
+        return Launch([
+            "java", "-Xms128m", f"-Xmx{self.cfg.neo4j_heap}", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
+            "--add-opens=java.base/java.nio=ALL-UNNAMED", "-Djava.net.preferIPv4Stack=true",
+            "-cp", f"{LAUNCHER_JAR}:{LAUNCHER_LIB}/*", "io.haorch.neo4j.Launcher",
+            "--home", str(self.cfg.data_dir(self.name) / "db"), "--bolt-port", str(self.port),
+            "--password-file", str(self.password_file), "--pagecache", self.cfg.neo4j_pagecache])
+
+    def probe(self) -> None:
+        with neo4j_driver(self.cfg) as driver:
+            try:
+                records, _, _ = driver.execute_query("RETURN 1 AS one")
+            except Exception as exc:  # noqa: BLE001 - any driver failure means not ready
+                raise ServiceError(f"neo4j: {type(exc).__name__}: {exc}") from None
+            if records[0]["one"] != 1:
+                raise ServiceError("neo4j: RETURN 1 did not answer 1")
+
+    def bootstrap(self) -> None:
+        from node.stores.neo4j_schema import ensure_schema
+
+        ensure_schema(self.cfg)

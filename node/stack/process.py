@@ -1,0 +1,192 @@
+"""A background process that haorch started, tracked by a pid file so it can be found and stopped later.
+
+Each managed process is its own session (process group leader), writes stdout/stderr to its log file and
+outlives the command that started it. ``stop()`` signals exactly the recorded PID (checking that it is still
+the process we started, by its start time), never anything found by name::
+
+    proc = ManagedProcess("mariadb", run_dir, log_dir)
+    proc.start(["mariadbd", ...], env=env)
+    proc.alive()        # True
+    proc.stop()         # SIGTERM, then SIGKILL after the grace period
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of ``pid``, or None if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    after_name = stat.rsplit(")", 1)[1].split()
+    if after_name[0] in ("Z", "X"):
+        _reap(pid)
+        return None
+    return int(after_name[19])
+
+
+def _reap(pid: int) -> None:
+    """Collect a zombie child of ours so it stops looking alive."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` runs and is not a zombie."""
+    return _proc_start_time(pid) is not None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live PIDs in process group ``pgid`` (a managed process and whatever it forked)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of process group ``pid`` in bytes (None when it is gone)."""
+    total = None
+    for member in group_members(pid) or [pid]:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total = (total or 0) + int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class ManagedProcess:
+    """One process started by haorch, recorded in ``<run_dir>/<name>.pid``."""
+
+    name: str
+    run_dir: Path
+    log_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """PID of the live process we started, or None (a stale pid file is removed)."""
+        try:
+            record = json.loads(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        pid, started = int(record["pid"]), record.get("start_time")
+        now = _proc_start_time(pid)
+        if now is None or (started is not None and now != started):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def alive(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+        """Start ``argv`` in the background (own session, output appended to the log file)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as out:
+            out.write(f"\n--- haorch start {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, cwd=cwd, start_new_session=True, close_fds=True)
+        self.adopt(proc.pid)
+        log.info("process started name=%s pid=%d", self.name, proc.pid)
+        return proc.pid
+
+    def adopt(self, pid: int) -> None:
+        """Record ``pid`` as this process (for daemons that fork, e.g. when the real PID is known later)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"pid": pid, "start_time": _proc_start_time(pid)}
+        tmp = self.pid_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.pid_file)
+
+    def signal(self, sig: int) -> bool:
+        """Send ``sig`` to the recorded process; False when it is not running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, sig)
+        return True
+
+    def kill_group(self, sig: int) -> bool:
+        """Send ``sig`` to the process and everything it forked (its process group)."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, grace_s: float = 20.0) -> bool:
+        """SIGTERM, wait up to ``grace_s``, then SIGKILL; leftovers of its process group go the same way.
+        Returns True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        for sig in (signal.SIGCONT, signal.SIGTERM):  # a frozen process cannot handle SIGTERM
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+        if not wait_gone(pid, grace_s):
+            log.warning("process did not stop on SIGTERM name=%s pid=%d: SIGKILL", self.name, pid)
+            _killpg(pid, signal.SIGKILL)
+            wait_gone(pid, 5.0)
+        if group_members(pid):
+            _killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5.0
+            while group_members(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        log.info("process stopped name=%s pid=%d", self.name, pid)
+        return True
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    """Wait until ``pid`` has exited; True if it did within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)

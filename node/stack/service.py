@@ -1,0 +1,116 @@
+"""What a stack service is: processes to start, ports it owns, a readiness probe and an idempotent bootstrap.
+
+Concrete services (``zookeeper.py``, ``rabbitmq.py``, ``mariadb.py``, ``neo4j.py``, ``prometheus.py``) fill in
+``command()``, ``probe()`` and, where needed, ``prepare()`` and ``bootstrap()``. The manager starts them in
+parallel and waits for each probe, which must be a real request (a query, a publish), not an open port.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+from dataclasses import dataclass
+
+from node.config import HOST, Config
+from node.errors import ServiceError, SetupError
+from node.paths import SETUP_SCRIPT
+from node.stack.process import ManagedProcess, rss_bytes
+
+
+@dataclass
+class Launch:
+    """How to start a service process."""
+
+    argv: list[str]
+    env: dict[str, str] | None = None
+
+
+class Service:
+    """A stack service backed by one managed process."""
+
+    name: str = ""
+    binaries: tuple[str, ...] = ()
+    start_timeout_s: float = 60.0
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.proc = ManagedProcess(self.name, cfg.run_dir, cfg.log_dir)
+
+    # --- to implement ---------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The port clients use (shown in status)."""
+        raise NotImplementedError
+
+    def owned_ports(self) -> list[int]:
+        """Every port the service listens on (checked for conflicts before start)."""
+        return [self.port]
+
+    def command(self) -> Launch:
+        raise NotImplementedError
+
+    def probe(self) -> None:
+        """Raise if the service cannot serve a real request yet."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Create data dirs and config files (idempotent; runs before every start)."""
+
+    def bootstrap(self) -> None:
+        """Create users, schemas, queues (idempotent; runs after the probe succeeds)."""
+
+    # --- shared behaviour -----------------------------------------------------------------------
+    def check_binaries(self) -> None:
+        for binary in self.binaries:
+            if not shutil.which(binary):
+                raise SetupError(f"{self.name}: {binary} not found; run `make setup` (or {SETUP_SCRIPT})")
+
+    def check_ports_free(self) -> None:
+        for port in self.owned_ports():
+            if port_in_use(port):
+                raise ServiceError(f"{self.name}: port {port} on {HOST} is already in use by another process "
+                                   f"(change port_base in {self.cfg.home / 'haorch.toml'} or HAORCH_PORT_BASE)")
+
+    def start(self) -> int:
+        self.check_binaries()
+        self.check_ports_free()
+        self.prepare()
+        launch = self.command()
+        return self.proc.start(launch.argv, env=launch.env)
+
+    def stop(self) -> bool:
+        return self.proc.stop()
+
+    def healthy(self) -> bool:
+        if not self.proc.alive():
+            return False
+        try:
+            self.probe()
+        except Exception:  # noqa: BLE001 - any failure of the probe means "not healthy"
+            return False
+        return True
+
+    def status(self, check_health: bool = True) -> dict[str, object]:
+        pid = self.proc.pid()
+        return {
+            "service": self.name,
+            "pid": pid,
+            "port": self.port,
+            "healthy": bool(pid) and (self.healthy() if check_health else True),
+            "rss_bytes": rss_bytes(pid) if pid else None,
+        }
+
+    def log_hint(self) -> str:
+        return f"see {self.proc.log_file}"
+
+
+def port_in_use(port: int) -> bool:
+    """True when something already listens on (or holds) ``HOST:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False

@@ -1,0 +1,89 @@
+"""MariaDB schema: experiments, the transition log, the execution ledger, the fence row and leader terms.
+
+Created idempotently by ``haorch stack up``. Times are UNIX seconds (DOUBLE) so that every process compares
+them the same way.
+"""
+
+from __future__ import annotations
+
+import pymysql
+
+from node.config import Config
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS experiments (
+        experiment_id VARCHAR(64) NOT NULL PRIMARY KEY,
+        type VARCHAR(64) NOT NULL,
+        template_version INT NOT NULL,
+        state VARCHAR(16) NOT NULL,
+        params TEXT NOT NULL,
+        created_at DOUBLE NOT NULL,
+        updated_at DOUBLE NOT NULL,
+        finished_at DOUBLE NULL,
+        KEY idx_state_created (state, created_at)
+    ) ENGINE=InnoDB""",
+    # one row per task (or experiment, task IS NULL) state change, with the epoch of the leader that made it
+    """CREATE TABLE IF NOT EXISTS transitions (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        experiment_id VARCHAR(64) NOT NULL,
+        task VARCHAR(64) NULL,
+        from_state VARCHAR(16) NULL,
+        to_state VARCHAR(16) NOT NULL,
+        attempt INT NOT NULL DEFAULT 0,
+        epoch BIGINT NOT NULL,
+        node_id VARCHAR(64) NOT NULL,
+        at DOUBLE NOT NULL,
+        detail VARCHAR(255) NULL,
+        KEY idx_exp_task (experiment_id, task),
+        KEY idx_epoch (epoch)
+    ) ENGINE=InnoDB""",
+    # one row per execution attempt by a worker
+    """CREATE TABLE IF NOT EXISTS ledger (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        experiment_id VARCHAR(64) NOT NULL,
+        task VARCHAR(64) NOT NULL,
+        attempt INT NOT NULL,
+        worker VARCHAR(64) NOT NULL,
+        epoch BIGINT NOT NULL,
+        started_at DOUBLE NOT NULL,
+        ended_at DOUBLE NULL,
+        outcome VARCHAR(16) NULL,
+        result TEXT NULL,
+        error VARCHAR(512) NULL,
+        replayed_count INT NOT NULL DEFAULT 0,
+        KEY idx_task_attempt (experiment_id, task, attempt)
+    ) ENGINE=InnoDB""",
+    # the leader fence: a DAG-advancing transaction locks this row and rejects itself if epoch > its own
+    """CREATE TABLE IF NOT EXISTS fence (
+        name VARCHAR(32) NOT NULL PRIMARY KEY,
+        epoch BIGINT NOT NULL,
+        holder VARCHAR(64) NULL,
+        raised_at DOUBLE NOT NULL
+    ) ENGINE=InnoDB""",
+    "INSERT IGNORE INTO fence (name, epoch, holder, raised_at) VALUES ('leader', 0, NULL, 0)",
+    # one row per leader term: who led which epoch, and the timestamps of each takeover phase
+    """CREATE TABLE IF NOT EXISTS leader_terms (
+        epoch BIGINT NOT NULL PRIMARY KEY,
+        node_id VARCHAR(64) NOT NULL,
+        elected_at DOUBLE NOT NULL,
+        phases TEXT NULL,
+        ended_at DOUBLE NULL,
+        end_reason VARCHAR(128) NULL
+    ) ENGINE=InnoDB""",
+]
+
+TABLES = ("experiments", "transitions", "ledger", "fence", "leader_terms")
+
+
+def ensure_schema(cfg: Config) -> None:
+    """Create every table (idempotent)."""
+    from node.stack.mariadb import mysql_connect_args
+
+    conn = pymysql.connect(**mysql_connect_args(cfg))  # type: ignore[arg-type]
+    try:
+        with conn.cursor() as cur:
+            for statement in SCHEMA:
+                cur.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
