@@ -1,0 +1,1 @@
+"""The DAG model: templates (abstract DAGs per experiment type) and the messages that move tasks."""

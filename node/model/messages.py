@@ -1,0 +1,211 @@
+"""Wire formats: compact UTF-8 JSON objects, each with ``"v": 1``, decoded strictly.
+
+``submit`` stores a :class:`StaticRequest` (the binary scheduling request) on every Neo4j task node; the leader
+turns it into a :class:`TaskRequest` on ``haorch.requests`` by adding the attempt, its epoch and the time.
+Workers answer with a :class:`TaskResponse` on ``haorch.responses``; ``submit`` also publishes a
+:class:`SubmissionNotice` on ``haorch.submissions`` so the leader dispatches the roots at once::
+
+    blob = static_request_bytes("exp-1", template.task("stage_in"), {"ms": "50"})
+    body = TaskRequest.from_static(blob, attempt=1, epoch=7, dispatched_at=time.time()).encode()
+    TaskRequest.decode(body)   # MalformedMessage(reason) on anything unexpected
+
+Decoding rejects what is not UTF-8 JSON, not an object, of an unknown version, or has a missing, ill-typed
+or unknown field, by raising :class:`~node.errors.MalformedMessage` with a short ``reason``.
+
+Params merge rule: experiment params (``--param K=V``) override the template's task params, key by key, in
+every task of the experiment (a task ignores keys its executor does not read). The template holds defaults;
+the experiment is the more specific choice.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from dataclasses import MISSING, dataclass, fields
+from functools import cache
+from typing import Any, Literal, Self, get_args, get_origin, get_type_hints
+
+from node.errors import MalformedMessage
+from node.model.template import TaskSpec
+
+VERSION = 1
+Outcome = Literal["success", "failure"]
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "an object"}
+
+
+class _Message:
+    """JSON encoding and strict decoding for a dataclass whose fields are JSON values."""
+
+    def encode(self) -> bytes:
+        """Compact UTF-8 JSON with the version field first."""
+        body = {"v": VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        """The message in ``raw``; :class:`MalformedMessage` if it is not exactly one."""
+        data = _load_object(raw)
+        version = data.pop("v", None)
+        if version is None:
+            raise MalformedMessage("missing field 'v'")
+        if version != VERSION or isinstance(version, bool):
+            raise MalformedMessage(f"unknown version {version!r}")
+        hints = _hints(cls)
+        for key in data:
+            if key not in hints:
+                raise MalformedMessage(f"unknown field {key!r}")
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in data:
+                values[f.name] = _typed(f.name, hints[f.name], data[f.name])
+            elif f.default is MISSING:
+                raise MalformedMessage(f"missing field {f.name!r}")
+        message = cls(**values)
+        problem = message._problem()
+        if problem:
+            raise MalformedMessage(problem)
+        return message
+
+    def _problem(self) -> str | None:
+        """A rule across fields that the decoded message breaks, if any."""
+        return None
+
+
+@dataclass(frozen=True)
+class StaticRequest(_Message):
+    """What a task will run, fixed at submit: the ``request`` bytes on the Neo4j task node."""
+
+    experiment_id: str
+    task: str
+    kind: str
+    executor: str
+    params: dict[str, Any]
+    timeout_s: float
+
+    def _problem(self) -> str | None:
+        if self.timeout_s <= 0:
+            return f"timeout_s must be > 0, got {self.timeout_s}"
+        return None
+
+
+@dataclass(frozen=True)
+class TaskRequest(StaticRequest):
+    """One attempt of a task, as the leader publishes it to ``haorch.requests``."""
+
+    attempt: int
+    epoch: int
+    dispatched_at: float
+
+    @classmethod
+    def from_static(cls, blob: bytes, attempt: int, epoch: int, dispatched_at: float) -> Self:
+        """The wire request for attempt ``attempt`` of the stored scheduling request ``blob``."""
+        static = StaticRequest.decode(blob)
+        return cls(**vars(static), attempt=attempt, epoch=epoch, dispatched_at=dispatched_at)
+
+    def _problem(self) -> str | None:
+        if self.attempt < 1:
+            return f"attempt must be >= 1, got {self.attempt}"
+        return super()._problem()
+
+
+@dataclass(frozen=True)
+class TaskResponse(_Message):
+    """The outcome of one attempt, as a worker publishes it to ``haorch.responses``.
+
+    A success has no ``error``; a failure has one (and ``result`` is what the executor returned, if anything).
+    ``replayed`` marks a response rebuilt from the execution ledger for a redelivered request.
+    """
+
+    experiment_id: str
+    task: str
+    attempt: int
+    outcome: Outcome
+    result: dict[str, Any] | None
+    error: str | None
+    worker: str
+    started_at: float
+    ended_at: float
+    replayed: bool = False
+
+    def _problem(self) -> str | None:
+        if self.attempt < 1:
+            return f"attempt must be >= 1, got {self.attempt}"
+        if self.outcome == "success" and self.error is not None:
+            return "a success carries no error"
+        if self.outcome == "failure" and self.error is None:
+            return "a failure needs an error"
+        return None
+
+
+@dataclass(frozen=True)
+class SubmissionNotice(_Message):
+    """Published to ``haorch.submissions`` after a submit so the leader dispatches the roots at once."""
+
+    experiment_id: str
+
+
+def static_request_bytes(experiment_id: str, spec: TaskSpec, exp_params: dict[str, Any]) -> bytes:
+    """The scheduling request stored on a task node: the task's params overridden by the experiment's."""
+    return StaticRequest(
+        experiment_id=experiment_id,
+        task=spec.name,
+        kind=spec.kind,
+        executor=spec.executor,
+        params={**spec.params, **exp_params},
+        timeout_s=spec.timeout_s,
+    ).encode()
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _load_object(raw: bytes) -> dict[str, Any]:
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedMessage("not UTF-8") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise MalformedMessage("not JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"not a JSON object but {_json_type(data)}")
+    return data
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _typed(name: str, hint: Any, value: Any) -> Any:
+    """``value`` if it has the type ``hint`` asks for (ints are numbers too), else MalformedMessage."""
+    args = get_args(hint)
+    if get_origin(hint) is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise MalformedMessage(f"field {name!r} must be one of {', '.join(args)}, got {value!r}")
+    nullable = get_origin(hint) is types.UnionType and type(None) in args
+    if nullable:
+        if value is None:
+            return None
+        hint = next(arg for arg in args if arg is not type(None))
+    base = get_origin(hint) or hint
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, base) and (base is bool or not isinstance(value, bool)):
+        return value
+    wanted = _JSON_NAMES[base] + (" or null" if nullable else "")
+    raise MalformedMessage(f"field {name!r} must be {wanted}, got {_json_type(value)}")
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)

@@ -1,0 +1,1 @@
+"""Workers: consume task requests, run them with an executor, publish the responses."""

@@ -1,0 +1,135 @@
+"""The executors a worker runs tasks with: a name -> function registry.
+
+An executor is ``fn(params, ctx) -> dict``: it returns the task's result (a JSON object) or raises
+:class:`ExecutorFailure`, whose message becomes the response's ``error``. Params may arrive as strings (from
+``haorch submit --param K=V``), so numbers are converted. Executors just run: the worker enforces timeouts::
+
+    run = get_executor("sleep", shell_enabled=cfg.shell_executor_enabled)
+    run({"ms": 20}, ExecutionContext("exp-1", "work_3", attempt=1, seed=0))   # {"slept_ms": 20}
+
+Built-ins:
+
+- ``noop``: returns ``{}``.
+- ``sleep``: sleeps ``ms`` milliseconds (default 0), returns ``{"slept_ms": ms}``.
+- ``fail``: fails attempts ``1..first_n``, and fails when a deterministic draw in [0, 1) is below
+  ``probability``; with neither param, every attempt fails. The draw is sha256 of
+  ``seed:experiment_id:task:attempt``, so a run with the same seed fails the same attempts on any worker.
+- ``shell``: runs ``cmd`` and returns ``{"exit_code", "stdout_tail"}``; a non-zero exit fails the task. A list is
+  run as argv; a string is split like a shell would and run directly, unless it uses shell syntax (pipes,
+  redirections, ``$``, globs, ``~``, ``;``, ``&&``, newlines), then it runs under ``/bin/sh -c``. Off unless
+  ``shell_executor_enabled = true``, because it runs anything a template says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STDOUT_TAIL_CHARS = 2000
+_SHELL_SYNTAX = set("|&;<>()$`*?[]~\n")
+
+
+@dataclass(frozen=True)
+class ExecutionContext:
+    """Which attempt of which task is running; ``seed`` makes random behaviour reproducible."""
+
+    experiment_id: str
+    task: str
+    attempt: int
+    seed: int
+
+
+class ExecutorFailure(Exception):
+    """The task failed; the message (one line) is reported as the response's ``error``."""
+
+
+Executor = Callable[[dict[str, Any], ExecutionContext], dict[str, Any]]
+
+
+def run_noop(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any]:
+    """Do nothing, successfully."""
+    return {}
+
+
+def run_sleep(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any]:
+    """Sleep ``params["ms"]`` milliseconds."""
+    ms = _param(params, "ms", int, 0)
+    if ms < 0:
+        raise ExecutorFailure(f"param 'ms' must be >= 0, got {ms}")
+    time.sleep(ms / 1000)
+    return {"slept_ms": ms}
+
+
+def run_fail(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any]:
+    """Fail the first ``first_n`` attempts and/or with a reproducible ``probability``."""
+    first_n = _param(params, "first_n", int, None)
+    probability = _param(params, "probability", float, None)
+    if first_n is None and probability is None:
+        raise ExecutorFailure(f"injected failure (attempt {ctx.attempt}, always)")
+    if first_n is not None and ctx.attempt <= first_n:
+        raise ExecutorFailure(f"injected failure (attempt {ctx.attempt} of the first {first_n})")
+    if probability is not None:
+        draw = failure_draw(ctx)
+        if draw < probability:
+            raise ExecutorFailure(f"injected failure (attempt {ctx.attempt}: draw {draw:.4f} < {probability})")
+    return {}
+
+
+def failure_draw(ctx: ExecutionContext) -> float:
+    """A number in [0, 1) fixed by (seed, experiment, task, attempt), equal on every machine and run."""
+    key = f"{ctx.seed}:{ctx.experiment_id}:{ctx.task}:{ctx.attempt}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+
+
+def run_shell(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any]:
+    """Run ``params["cmd"]``; fail on a non-zero exit with the last line of stderr."""
+    cmd = params.get("cmd")
+    if isinstance(cmd, list) and cmd and all(isinstance(arg, str) for arg in cmd):
+        argv = cmd
+    elif isinstance(cmd, str) and cmd.strip():
+        argv = ["/bin/sh", "-c", cmd] if _SHELL_SYNTAX & set(cmd) else shlex.split(cmd)
+    else:
+        raise ExecutorFailure("param 'cmd' must be a command string or a list of arguments")
+    log.debug("%s/%s attempt %d runs %s", ctx.experiment_id, ctx.task, ctx.attempt, argv)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise ExecutorFailure(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+    if done.returncode != 0:
+        last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no stderr")
+        raise ExecutorFailure(f"command exited with {done.returncode}: {last.strip()[:200]}")
+    return {"exit_code": done.returncode, "stdout_tail": done.stdout[-STDOUT_TAIL_CHARS:]}
+
+
+EXECUTORS: dict[str, Executor] = {"noop": run_noop, "sleep": run_sleep, "fail": run_fail, "shell": run_shell}
+KNOWN_EXECUTORS: tuple[str, ...] = tuple(EXECUTORS)
+
+
+def get_executor(name: str, shell_enabled: bool) -> Executor:
+    """The executor called ``name``; :class:`ExecutorFailure` if it is unknown or disabled here."""
+    if name not in EXECUTORS:
+        raise ExecutorFailure(f"unknown executor {name!r} (known: {', '.join(KNOWN_EXECUTORS)})")
+    if name == "shell" and not shell_enabled:
+        raise ExecutorFailure("shell executor is disabled; set shell_executor_enabled = true in haorch.toml")
+    return EXECUTORS[name]
+
+
+def _param(params: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    """``params[key]`` as ``kind`` (strings from the CLI are converted), or ``default`` if absent."""
+    value = params.get(key, default)
+    if value is default:
+        return value
+    if not isinstance(value, bool):
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    raise ExecutorFailure(f"param {key!r} must be {kind.__name__}, got {value!r}")

@@ -1,0 +1,193 @@
+"""Wire formats: round-trips, the static request, the params merge and every malformed case."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from node.errors import HaorchError, MalformedMessage
+from node.model.messages import (
+    StaticRequest,
+    SubmissionNotice,
+    TaskRequest,
+    TaskResponse,
+    static_request_bytes,
+)
+from node.model.template import TaskSpec
+
+SPEC = TaskSpec(name="work_1", kind="job_submission", executor="sleep", params={"ms": 5, "tag": "tpl"}, timeout_s=9.5)
+REQUEST = TaskRequest(
+    experiment_id="exp-1",
+    task="work_1",
+    kind="job_submission",
+    executor="sleep",
+    params={"ms": 5, "note": "ünïcode"},
+    timeout_s=9.5,
+    attempt=2,
+    epoch=7,
+    dispatched_at=1700000000.25,
+)
+SUCCESS = TaskResponse(
+    experiment_id="exp-1",
+    task="work_1",
+    attempt=2,
+    outcome="success",
+    result={"slept_ms": 5},
+    error=None,
+    worker="worker-3",
+    started_at=1700000000.5,
+    ended_at=1700000001.0,
+)
+FAILURE = replace(SUCCESS, attempt=1, outcome="failure", result=None, error="injected failure", replayed=True)
+
+
+def body(message: Any, **changes: Any) -> bytes:
+    """The JSON of ``message`` with some fields changed (a value of ``...`` removes the field)."""
+    data = json.loads(message.encode())
+    for key, value in changes.items():
+        if value is ...:
+            del data[key]
+        else:
+            data[key] = value
+    return json.dumps(data).encode()
+
+
+def reason_of(cls: type, raw: bytes) -> str:
+    with pytest.raises(MalformedMessage) as caught:
+        cls.decode(raw)
+    assert str(caught.value) == f"malformed message: {caught.value.reason}"
+    return caught.value.reason
+
+
+# --- round-trips --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("message", [REQUEST, SUCCESS, FAILURE, SubmissionNotice("exp-9")], ids=repr)
+def test_round_trip(message: Any) -> None:
+    assert type(message).decode(message.encode()) == message
+
+
+def test_encoding_is_compact_utf8_json_with_version() -> None:
+    raw = REQUEST.encode()
+    assert raw.startswith(b'{"v":1,"experiment_id":"exp-1",')
+    assert b" " not in raw.replace("ünïcode".encode(), b"")
+    assert "ünïcode".encode("utf-8") in raw
+    assert SubmissionNotice("e").encode() == b'{"v":1,"experiment_id":"e"}'
+
+
+def test_integers_are_accepted_as_numbers() -> None:
+    decoded = TaskResponse.decode(body(SUCCESS, started_at=5, ended_at=6))
+    assert (decoded.started_at, decoded.ended_at) == (5.0, 6.0)
+    assert isinstance(decoded.started_at, float)
+
+
+def test_replayed_defaults_to_false() -> None:
+    assert TaskResponse.decode(body(SUCCESS, replayed=...)).replayed is False
+
+
+# --- static request and params ------------------------------------------------------------------
+
+
+def test_static_request_holds_everything_but_the_attempt() -> None:
+    blob = static_request_bytes("exp-1", SPEC, {})
+    assert set(json.loads(blob)) == {"v", "experiment_id", "task", "kind", "executor", "params", "timeout_s"}
+    assert StaticRequest.decode(blob) == StaticRequest("exp-1", "work_1", "job_submission", "sleep",
+                                                       {"ms": 5, "tag": "tpl"}, 9.5)  # fmt: skip
+
+
+def test_experiment_params_override_template_params() -> None:
+    blob = static_request_bytes("exp-1", SPEC, {"ms": "50", "extra": "x"})
+    assert StaticRequest.decode(blob).params == {"ms": "50", "tag": "tpl", "extra": "x"}
+    assert SPEC.params == {"ms": 5, "tag": "tpl"}
+
+
+def test_request_from_static() -> None:
+    blob = static_request_bytes("exp-1", SPEC, {"tag": "exp"})
+    request = TaskRequest.from_static(blob, attempt=3, epoch=11, dispatched_at=42.0)
+    assert request == TaskRequest("exp-1", "work_1", "job_submission", "sleep", {"ms": 5, "tag": "exp"}, 9.5,
+                                  attempt=3, epoch=11, dispatched_at=42.0)  # fmt: skip
+    assert TaskRequest.decode(request.encode()) == request
+
+
+def test_from_static_rejects_a_malformed_blob() -> None:
+    blob = body(StaticRequest.decode(static_request_bytes("e", SPEC, {})), timeout_s=...)
+    with pytest.raises(MalformedMessage, match="missing field 'timeout_s'"):
+        TaskRequest.from_static(blob, 1, 1, 0.0)
+    with pytest.raises(MalformedMessage, match="unknown field 'attempt'"):
+        TaskRequest.from_static(REQUEST.encode(), 1, 1, 0.0)
+
+
+# --- malformed ----------------------------------------------------------------------------------
+
+
+def test_malformed_message_is_a_haorch_error() -> None:
+    assert issubclass(MalformedMessage, HaorchError)
+    assert MalformedMessage("x").reason == "x"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"", "not JSON"),
+        (b"{not json", "not JSON"),
+        (b'{"v":1,"experiment_id":NaN}', "not JSON"),
+        (b"[1, 2]", "not a JSON object but an array"),
+        (b'"text"', "not a JSON object but a string"),
+        (b"null", "not a JSON object but null"),
+        (b'{"experiment_id":"e"}', "missing field 'v'"),
+        (b'{"v":2,"experiment_id":"e"}', "unknown version 2"),
+        (b'{"v":"1","experiment_id":"e"}', "unknown version '1'"),
+        (b'{"v":true,"experiment_id":"e"}', "unknown version True"),
+        (b'{"v":1}', "missing field 'experiment_id'"),
+        (b'{"v":1,"experiment_id":5}', "field 'experiment_id' must be a string, got a number"),
+        (b'{"v":1,"experiment_id":"e","x":1}', "unknown field 'x'"),
+    ],
+)
+def test_malformed_envelope(raw: bytes, reason: str) -> None:
+    assert reason_of(SubmissionNotice, raw) == reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"task": ...}, "missing field 'task'"),
+        ({"attempt": "2"}, "field 'attempt' must be an integer, got a string"),
+        ({"attempt": 2.0}, "field 'attempt' must be an integer, got a number"),
+        ({"attempt": True}, "field 'attempt' must be an integer, got a boolean"),
+        ({"attempt": 0}, "attempt must be >= 1, got 0"),
+        ({"epoch": None}, "field 'epoch' must be an integer, got null"),
+        ({"params": []}, "field 'params' must be an object, got an array"),
+        ({"timeout_s": "9"}, "field 'timeout_s' must be a number, got a string"),
+        ({"timeout_s": 0}, "timeout_s must be > 0, got 0.0"),
+        ({"dispatched_at": False}, "field 'dispatched_at' must be a number, got a boolean"),
+    ],
+)
+def test_malformed_request(changes: dict[str, Any], reason: str) -> None:
+    assert reason_of(TaskRequest, body(REQUEST, **changes)) == reason
+
+
+@pytest.mark.parametrize(
+    ("message", "changes", "reason"),
+    [
+        (SUCCESS, {"outcome": "ok"}, "field 'outcome' must be one of success, failure, got 'ok'"),
+        (SUCCESS, {"outcome": 1}, "field 'outcome' must be one of success, failure, got 1"),
+        (SUCCESS, {"result": "x"}, "field 'result' must be an object or null, got a string"),
+        (SUCCESS, {"error": "boom"}, "a success carries no error"),
+        (FAILURE, {"error": None}, "a failure needs an error"),
+        (FAILURE, {"error": 3}, "field 'error' must be a string or null, got a number"),
+        (FAILURE, {"replayed": 1}, "field 'replayed' must be a boolean, got a number"),
+        (FAILURE, {"worker": ...}, "missing field 'worker'"),
+        (FAILURE, {"attempt": -1}, "attempt must be >= 1, got -1"),
+    ],
+)
+def test_malformed_response(message: TaskResponse, changes: dict[str, Any], reason: str) -> None:
+    assert reason_of(TaskResponse, body(message, **changes)) == reason
+
+
+def test_a_message_of_another_kind_is_malformed() -> None:
+    assert reason_of(TaskResponse, REQUEST.encode()) == "unknown field 'kind'"
+    assert reason_of(SubmissionNotice, SUCCESS.encode()) == "unknown field 'task'"
