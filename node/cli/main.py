@@ -41,9 +41,11 @@ def demo() -> None:
 
 
 def _register_commands() -> None:
-    from node.cli import stack
+    from node.cli import cluster, experiments, node, stack, worker
 
-    cli.add_command(stack.stack)
+    for command in (stack.stack, cluster.cluster, node.node, worker.worker, experiments.template, experiments.submit,
+                    experiments.status, experiments.list_, experiments.cancel, experiments.wait):
+        cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

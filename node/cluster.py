@@ -1,0 +1,163 @@
+"""``haorch cluster``: orchestrator nodes and workers as background processes of the state dir.
+
+Each node is ``haorch node run --id node-N`` and each worker ``haorch worker run --id worker-N``, recorded with
+pid files like the stack's services (so ``stack down`` stops them too). ``up`` also publishes their HTTP ports
+as Prometheus file_sd targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from typing import Any, Callable
+
+from node.config import HOST, Config
+from node.errors import ServiceError, UsageError
+from node.stack.process import ManagedProcess
+from node.stack.prometheus import write_targets
+
+Progress = Callable[[str], None]
+SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP, "CONT": signal.SIGCONT}
+
+
+def node_process(cfg: Config, n: int) -> ManagedProcess:
+    return ManagedProcess(f"node-{n}", cfg.run_dir, cfg.log_dir)
+
+
+def worker_process(cfg: Config, n: int) -> ManagedProcess:
+    return ManagedProcess(f"worker-{n}", cfg.run_dir, cfg.log_dir)
+
+
+def _numbered(cfg: Config, prefix: str) -> list[int]:
+    if not cfg.run_dir.is_dir():
+        return []
+    return sorted(int(p.stem.split("-", 1)[1]) for p in cfg.run_dir.glob(f"{prefix}-*.pid")
+                  if p.stem.split("-", 1)[1].isdigit())
+
+
+def _env(cfg: Config) -> dict[str, str]:
+    return {**os.environ, "HAORCH_HOME": str(cfg.home), "HAORCH_PORT_BASE": str(cfg.port_base),
+            "HAORCH_ZK_SESSION_TIMEOUT_S": str(cfg.zk_session_timeout_s), "PYTHONUNBUFFERED": "1"}
+
+
+def start_node(cfg: Config, n: int) -> int | None:
+    """Start node-n unless it runs; returns its pid if started."""
+    proc = node_process(cfg, n)
+    if proc.alive():
+        return None
+    return proc.start([sys.executable, "-m", "node.cli", "node", "run", "--id", f"node-{n}"], env=_env(cfg))
+
+
+def start_worker(cfg: Config, n: int, concurrency: int) -> int | None:
+    proc = worker_process(cfg, n)
+    if proc.alive():
+        return None
+    return proc.start([sys.executable, "-m", "node.cli", "worker", "run", "--id", f"worker-{n}",
+                       "--concurrency", str(concurrency)], env=_env(cfg))
+
+
+def publish_targets(cfg: Config) -> None:
+    write_targets(cfg, "nodes", {f"node-{n}": cfg.node_http_port(n) for n in _numbered(cfg, "node")})
+    write_targets(cfg, "workers", {f"worker-{n}": cfg.worker_http_port(n) for n in _numbered(cfg, "worker")})
+
+
+def up(cfg: Config, nodes: int = 3, workers: int = 2, concurrency: int | None = None,
+       progress: Progress = lambda _m: None, wait_s: float = 60.0) -> dict[str, Any]:
+    """Start nodes 1..nodes and workers 1..workers that are not running; wait until a leader acts."""
+    if not 1 <= nodes <= 29:
+        raise UsageError(f"--nodes must be 1..29, got {nodes}")
+    if not 0 <= workers <= 99:
+        raise UsageError(f"--workers must be 0..99, got {workers}")
+    started = []
+    for n in range(1, nodes + 1):
+        if start_node(cfg, n):
+            started.append(f"node-{n}")
+    for n in range(1, workers + 1):
+        if start_worker(cfg, n, concurrency or cfg.worker_concurrency):
+            started.append(f"worker-{n}")
+    publish_targets(cfg)
+    for name in started:
+        progress(f"{name} started")
+    leader = wait_for_leader(cfg, wait_s)
+    progress(f"{leader['node_id']} leads with epoch {leader['epoch']}")
+    return {"started": started, "leader": leader["node_id"], "epoch": leader["epoch"]}
+
+
+def down(cfg: Config, progress: Progress = lambda _m: None) -> list[str]:
+    """Stop every worker, then every standby, then the leader (so it hands over to nobody mid-work)."""
+    stopped = []
+    for n in _numbered(cfg, "worker"):
+        if worker_process(cfg, n).stop(grace_s=10.0):
+            stopped.append(f"worker-{n}")
+    rows = status(cfg)
+    order = sorted(rows, key=lambda r: r["role"] == "leader")
+    for row in order:
+        if node_process(cfg, int(row["node_id"].split("-")[1])).stop(grace_s=10.0):
+            stopped.append(row["node_id"])
+    publish_targets(cfg)
+    for name in stopped:
+        progress(f"{name} stopped")
+    return stopped
+
+
+def _readyz(cfg: Config, n: int, timeout_s: float = 0.5) -> dict[str, Any] | None:
+    url = f"http://{HOST}:{cfg.node_http_port(n)}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 still carries the JSON body
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+
+
+def status(cfg: Config) -> list[dict[str, Any]]:
+    """One row per node: node_id, pid, role (leader|standby|down|unknown), epoch, http_port."""
+    rows = []
+    for n in _numbered(cfg, "node"):
+        pid = node_process(cfg, n).pid()
+        info = _readyz(cfg, n) if pid else None
+        role = info.get("role", "unknown") if info else ("unknown" if pid else "down")
+        rows.append({"node_id": f"node-{n}", "pid": pid, "role": role, "epoch": info.get("epoch") if info else None,
+                     "http_port": cfg.node_http_port(n)})
+    return rows
+
+
+def workers_status(cfg: Config) -> list[dict[str, Any]]:
+    return [{"worker_id": f"worker-{n}", "pid": worker_process(cfg, n).pid(), "http_port": cfg.worker_http_port(n)}
+            for n in _numbered(cfg, "worker")]
+
+
+def leader(cfg: Config) -> dict[str, Any] | None:
+    leaders = [r for r in status(cfg) if r["role"] == "leader"]
+    return max(leaders, key=lambda r: r["epoch"] or 0) if leaders else None
+
+
+def wait_for_leader(cfg: Config, timeout_s: float, newer_than: int = 0) -> dict[str, Any]:
+    """The acting leader with an epoch above ``newer_than``; ServiceError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = leader(cfg)
+        if row and (row["epoch"] or 0) > newer_than:
+            return row
+        time.sleep(0.05)
+    raise ServiceError(f"no leader with epoch > {newer_than} within {timeout_s:g} s; see {cfg.log_dir}/node-*.log")
+
+
+def kill_leader(cfg: Config, sig_name: str = "KILL") -> dict[str, Any]:
+    """Send SIGKILL/SIGTERM/SIGSTOP to the current leader; returns its row plus the time of the signal."""
+    if sig_name.upper() not in SIGNALS:
+        raise UsageError(f"--signal must be one of {', '.join(SIGNALS)}")
+    row = leader(cfg)
+    if row is None:
+        raise ServiceError("no leader to kill (is the cluster up? `haorch cluster status`)")
+    at = time.time()
+    node_process(cfg, int(row["node_id"].split("-")[1])).signal(SIGNALS[sig_name.upper()])
+    return {**row, "signal": sig_name.upper(), "at": at}

@@ -1,0 +1,173 @@
+"""What users do with experiments — register types, submit, inspect, cancel, wait — for the CLI and HTTP API.
+
+Submitting writes the MariaDB row (QUEUED) and then the concrete DAG in Neo4j, both idempotent on the
+experiment id, then tells the leader on ``haorch.submissions``. The notice only saves latency: with no leader
+running (or RabbitMQ down) the submission is already durable, and the next leader's sweep dispatches the roots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from node.config import Config
+from node.errors import TimeoutExpired, UsageError
+from node.model.builtin import builtin_templates
+from node.model.messages import SubmissionNotice
+from node.model.template import NAME_RE, load_template_file
+from node.stack.neo4j import neo4j_driver
+from node.stack.rabbitmq import amqp_parameters
+from node.stores.dags import TERMINAL_EXPERIMENT_STATES, DagStore
+from node.stores.queues import SUBMISSIONS
+from node.stores.records import Records
+from node.worker.executors import KNOWN_EXECUTORS
+
+log = logging.getLogger(__name__)
+
+STATES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+ID_MAX = 64
+
+
+def new_experiment_id(type_: str) -> str:
+    return f"{type_}-{uuid.uuid4().hex[:12]}"
+
+
+def parse_params(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``K=V`` strings to a dict; UsageError on a pair without '='."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param expects K=V, got {pair!r}")
+        params[key] = value
+    return params
+
+
+class Experiments:
+    """Connections to MariaDB, Neo4j and RabbitMQ, opened lazily; close() when done."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.records = Records(cfg, retry_for_s=10.0)
+        self._driver = None
+        self._dags: DagStore | None = None
+
+    @property
+    def dags(self) -> DagStore:
+        if self._dags is None:
+            self._driver = neo4j_driver(self.cfg)
+            self._dags = DagStore(self._driver)
+        return self._dags
+
+    def close(self) -> None:
+        self.records.close()
+        if self._driver is not None:
+            self._driver.close()
+
+    def __enter__(self) -> "Experiments":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- templates ---------------------------------------------------------------------------------------
+    def install_builtins(self) -> list[dict[str, Any]]:
+        """Register the four built-in types (idempotent: an unchanged template keeps its version)."""
+        out = []
+        for template in builtin_templates(KNOWN_EXECUTORS):
+            version, created = self.dags.register_template(template)
+            out.append({"type": template.type, "version": version, "created": created})
+        return out
+
+    def register(self, path: str | Path) -> dict[str, Any]:
+        template = load_template_file(path, KNOWN_EXECUTORS)
+        version, created = self.dags.register_template(template)
+        return {"type": template.type, "version": version, "created": created, "tasks": len(template.tasks)}
+
+    def show_template(self, type_: str) -> dict[str, Any]:
+        template, version = self.dags.get_template(type_)
+        return {"version": version, **template.to_dict()}
+
+    # --- experiments -------------------------------------------------------------------------------------
+    def submit(self, type_: str, experiment_id: str | None = None, params: dict[str, str] | None = None,
+               notify: bool = True) -> dict[str, Any]:
+        """Create (or find, same id) an experiment; returns its id, type, version and whether it is new."""
+        if not NAME_RE.match(type_):
+            raise UsageError(f"invalid experiment type {type_!r}")
+        experiment_id = experiment_id or new_experiment_id(type_)
+        if not experiment_id or len(experiment_id) > ID_MAX or "/" in experiment_id or not experiment_id.isprintable():
+            raise UsageError(f"invalid experiment id {experiment_id!r}: 1-{ID_MAX} printable characters, no '/'")
+        template, version = self.dags.get_template(type_)
+        params = params or {}
+        row_new = self.records.insert_experiment(experiment_id, type_, version, params)
+        if not row_new:
+            version = self.records.get_experiment(experiment_id)["template_version"]
+            template, _ = self.dags.get_template(type_, version)
+        dag_new = self.dags.create_experiment(experiment_id, template, version, params)
+        if notify and dag_new:
+            self._notify([experiment_id])
+        return {"experiment_id": experiment_id, "type": type_, "version": version, "created": row_new or dag_new}
+
+    def submit_many(self, type_: str, ids: list[str], params: dict[str, str] | None = None) -> None:
+        """Submit several experiments and send their notices in one batch (benchmarks, load generators)."""
+        for experiment_id in ids:
+            self.submit(type_, experiment_id, params, notify=False)
+        self._notify(ids)
+
+    def _notify(self, ids: list[str]) -> None:
+        try:
+            conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-submit"))
+        except Exception as exc:  # noqa: BLE001 - the submission is durable already; the sweep will find it
+            log.warning("submit: no notice sent (%s); the leader's sweep will dispatch it", type(exc).__name__)
+            return
+        try:
+            channel = conn.channel()
+            channel.confirm_delivery()
+            for experiment_id in ids:
+                channel.basic_publish("", SUBMISSIONS, SubmissionNotice(experiment_id).encode(),
+                                      pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
+        finally:
+            conn.close()
+
+    def status(self, experiment_id: str) -> dict[str, Any]:
+        """The experiment row, its tasks (state, attempts, timings) from Neo4j."""
+        row = self.records.get_experiment(experiment_id)
+        row["tasks"] = self.dags.experiment_tasks(experiment_id)
+        return row
+
+    def list(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        if state is not None and state.upper() not in STATES:
+            raise UsageError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+        if state:
+            return self.records.experiments("WHERE state = %s", (state.upper(),), limit=limit)
+        return self.records.experiments(limit=limit)
+
+    def cancel(self, experiment_id: str) -> dict[str, Any]:
+        """Cancel an experiment that is not finished (idempotent: a finished one is reported as it is)."""
+        self.records.get_experiment(experiment_id)
+        state, tasks = self.dags.cancel(experiment_id, epoch=0, now=time.time())
+        current = self.records.get_experiment(experiment_id)["state"]
+        if state == "CANCELLED" and current != "CANCELLED":
+            self.records.set_state(experiment_id, "CANCELLED", 0, "cancel", f"{len(tasks)} open tasks cancelled")
+        return {"experiment_id": experiment_id, "state": state, "cancelled_tasks": len(tasks)}
+
+    def wait(self, ids: list[str], timeout_s: float, poll_s: float = 0.1) -> list[dict[str, Any]]:
+        """Block until every experiment is terminal; TimeoutExpired names those that are not."""
+        for experiment_id in ids:
+            self.records.get_experiment(experiment_id)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = {r["experiment_id"]: r for r in self.records.experiments(
+                "WHERE experiment_id IN (" + ",".join(["%s"] * len(ids)) + ")", tuple(ids))}
+            pending = [i for i in ids if rows[i]["state"] not in TERMINAL_EXPERIMENT_STATES]
+            if not pending:
+                return [rows[i] for i in ids]
+            if time.monotonic() > deadline:
+                raise TimeoutExpired(f"{len(pending)} of {len(ids)} experiment(s) not finished after {timeout_s:g} s: "
+                                     f"{', '.join(pending[:5])}{' ...' if len(pending) > 5 else ''}")
+            time.sleep(poll_s)

@@ -1,0 +1,117 @@
+"""``haorch node run``: a replica with its HTTP port, a dependency monitor and signal handling.
+
+SIGTERM/SIGINT hand leadership over (the election lock is released before the process exits, so a standby
+leads within milliseconds) and stop the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import pika
+
+from node import metrics
+from node.config import HOST, Config
+from node.http.server import NodeHTTPServer
+from node.replica import Replica
+from node.stack.neo4j import neo4j_driver
+from node.stack.rabbitmq import amqp_parameters
+from node.stores.queues import QUEUES
+from node.stores.records import Records
+
+log = logging.getLogger(__name__)
+
+
+class DependencyMonitor:
+    """Probes every dependency once a second (real requests) and exports ``haorch_dependency_up`` and
+    ``haorch_queue_depth``; ``healthy()`` reads the latest result without blocking."""
+
+    def __init__(self, cfg: Config, interval_s: float = 1.0) -> None:
+        self.cfg = cfg
+        self.interval_s = interval_s
+        self.up: dict[str, bool] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="deps", daemon=True)
+
+    def start(self) -> "DependencyMonitor":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        records = Records(self.cfg, retry_for_s=0.5)
+        driver = neo4j_driver(self.cfg)
+        try:
+            while not self._stop.is_set():
+                self._probe_all(records, driver)
+                self._stop.wait(self.interval_s)
+        finally:
+            records.close()
+            driver.close()
+
+    def _probe_all(self, records: Records, driver) -> None:  # type: ignore[no-untyped-def]
+        checks = {
+            "zookeeper": lambda: any(_tcp(self.cfg.zk_client_port(m)) for m in (1, 2, 3)),
+            "mariadb": lambda: records.fence_epoch() >= 0,
+            "neo4j": lambda: driver.execute_query("RETURN 1 AS one")[0][0]["one"] == 1,
+            "rabbitmq": self._queue_depths,
+        }
+        for name, check in checks.items():
+            try:
+                ok = bool(check())
+            except Exception:  # noqa: BLE001 - any failure is "down"
+                ok = False
+            self.up[name] = ok
+            metrics.DEPENDENCY_UP.labels(name).set(1 if ok else 0)
+
+    def _queue_depths(self) -> bool:
+        conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-monitor"))
+        try:
+            channel = conn.channel()
+            for queue in QUEUES:
+                depth = channel.queue_declare(queue, passive=True).method.message_count
+                metrics.QUEUE_DEPTH.labels(queue).set(depth)
+        finally:
+            conn.close()
+        return True
+
+
+def _tcp(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def run_node(cfg: Config, node_id: str, http_port: int) -> None:
+    """Run a replica in the foreground until SIGTERM/SIGINT."""
+    shutdown = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: shutdown.set())
+    replica = Replica(cfg, node_id)
+    deps = DependencyMonitor(cfg).start()
+
+    def healthz() -> tuple[bool, dict[str, Any]]:
+        ok = bool(deps.up) and all(deps.up.values())
+        return ok, {"node_id": node_id, "alive": True, "dependencies": deps.up,
+                    "uptime_s": round(time.time() - replica.started_at, 1)}
+
+    def readyz() -> tuple[bool, dict[str, Any]]:
+        session = replica.session_state()
+        ok = session == "CONNECTED" and bool(deps.up) and all(deps.up.values())
+        return ok, {"node_id": node_id, "role": replica.role, "epoch": replica.epoch, "session": session,
+                    "ready": ok, "last_error": replica.last_error}
+
+    http = NodeHTTPServer(cfg, http_port, healthz, readyz).start()
+    log.info("node: http on %s:%d id=%s", HOST, http_port, node_id)
+    try:
+        replica.run(shutdown)
+    finally:
+        deps.stop()
+        http.stop()

@@ -1,0 +1,417 @@
+"""Neo4j: templates (abstract DAGs) and concrete experiment DAGs, advanced in one fenced transaction per batch.
+
+Graph shape::
+
+    (:Template {type, version, hash, definition})
+    (:Experiment {experiment_id, type, version, state, remaining})
+    (:Task {key: "<experiment>/<name>", experiment_id, name, kind, request: bytes, executed, status, attempt,
+            max_attempts, waiting, epoch, dispatched_at, finished_at, ...})
+    (successor:Task)-[:DEPENDS_ON]->(predecessor:Task)
+
+``waiting`` counts predecessors not yet executed, so "ready" is ``executed = false AND waiting = 0`` — an index
+seek, which makes the takeover rescan cheap. Task ``status``: PENDING (waiting on predecessors), DISPATCHED
+(request published for ``attempt``), RETRY_WAIT (failed, next attempt due at ``not_before``), SUCCEEDED
+(``executed = true``), FAILED, CANCELLED.
+
+Every transaction that advances a DAG first writes the ``(:Fence {name: 'leader'})`` node (taking its lock) and
+aborts with :class:`FencedError` if the fence holds a newer epoch than the writer's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from neo4j import Driver, ManagedTransaction
+
+from node.errors import ConflictError, FencedError, NotFoundError, UnknownTypeError
+from node.model.messages import static_request_bytes
+from node.model.template import Template, parse_template
+from node.worker.executors import KNOWN_EXECUTORS
+
+log = logging.getLogger(__name__)
+
+OPEN_STATUSES = ["PENDING", "DISPATCHED", "RETRY_WAIT"]
+TERMINAL_EXPERIMENT_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A task the leader must publish now."""
+
+    key: str
+    experiment_id: str
+    name: str
+    kind: str
+    request: bytes
+    attempt: int
+    redispatch: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A worker's response reduced to what advancing the DAG needs."""
+
+    key: str
+    attempt: int
+    success: bool
+    error: str | None = None
+
+
+@dataclass
+class AdvanceResult:
+    """What one batch did, for the MySQL transaction, the publisher and the metrics."""
+
+    flagged: list[dict[str, Any]] = field(default_factory=list)       # {key, experiment_id, name, kind, attempt, dispatched_at}
+    retries: list[dict[str, Any]] = field(default_factory=list)       # {key, experiment_id, name, attempt, error, not_before}
+    failed: list[dict[str, Any]] = field(default_factory=list)        # {key, experiment_id, name, attempt, error}
+    cancelled: list[dict[str, Any]] = field(default_factory=list)     # {key, experiment_id, name}
+    dispatches: list[Dispatch] = field(default_factory=list)
+    experiments: dict[str, str] = field(default_factory=dict)         # experiment_id -> new state
+    duplicates: list[str] = field(default_factory=list)               # keys of ignored (duplicate/stale) responses
+    unknown: list[str] = field(default_factory=list)                  # keys of responses for no known task
+
+
+def _check_fence(tx: ManagedTransaction, epoch: int) -> None:
+    record = tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
+                    "RETURN f.epoch AS fence", epoch=epoch, now=time.time()).single()
+    fence = record["fence"] if record else 0
+    if fence > epoch:
+        raise FencedError("neo4j", epoch, fence)
+
+
+def _start_experiments(tx: ManagedTransaction, now: float, result: AdvanceResult) -> None:
+    """Experiments with a first dispatch in ``result`` go from QUEUED to RUNNING."""
+    started = sorted({d.experiment_id for d in result.dispatches})
+    if not started:
+        return
+    for r in tx.run("UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) WHERE e.state = 'QUEUED' "
+                    "SET e.state = 'RUNNING', e.started_at = $now RETURN e.experiment_id AS id", ids=started, now=now):
+        result.experiments.setdefault(r["id"], "RUNNING")
+
+
+def _dispatch_rows(rows: list, redispatch: bool = False) -> list[Dispatch]:
+    return [Dispatch(r["key"], r["experiment_id"], r["name"], r["kind"], r["request"], r["attempt"], redispatch)
+            for r in rows]
+
+
+_RETURN_DISPATCH = ("RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
+                    "t.request AS request, t.attempt AS attempt")
+
+
+class DagStore:
+    """Templates and experiment DAGs in Neo4j."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    # --- templates ---------------------------------------------------------------------------------------
+    def register_template(self, template: Template) -> tuple[int, bool]:
+        """Store ``template`` as a new version of its type unless identical to the latest; (version, created)."""
+        digest = template.content_hash()
+
+        def work(tx: ManagedTransaction) -> tuple[int, bool]:
+            latest = tx.run("MATCH (t:Template {type: $type}) RETURN t.version AS v, t.hash AS h "
+                            "ORDER BY t.version DESC LIMIT 1", type=template.type).single()
+            if latest and latest["h"] == digest:
+                return latest["v"], False
+            version = (latest["v"] if latest else 0) + 1
+            tx.run("CREATE (t:Template {type: $type, version: $version, hash: $hash, definition: $definition, "
+                   "description: $description, registered_at: $now}) "
+                   "WITH t UNWIND $tasks AS task "
+                   "CREATE (t)-[:HAS]->(:TemplateTask {key: $type + ':' + $version + ':' + task.name, "
+                   "name: task.name, kind: task.kind, executor: task.executor, depends_on: task.depends_on})",
+                   type=template.type, version=version, hash=digest,
+                   definition=json.dumps(template.to_dict(), sort_keys=True), description=template.description,
+                   now=time.time(), tasks=[{"name": s.name, "kind": s.kind, "executor": s.executor,
+                                            "depends_on": list(s.depends_on)} for s in template.tasks])
+            tx.run("MATCH (t:Template {type: $type, version: $version})-[:HAS]->(a:TemplateTask) "
+                   "UNWIND a.depends_on AS dep "
+                   "MATCH (t)-[:HAS]->(b:TemplateTask {name: dep}) CREATE (a)-[:DEPENDS_ON]->(b)",
+                   type=template.type, version=version)
+            return version, True
+
+        with self.driver.session() as session:
+            return session.execute_write(work)
+
+    def get_template(self, type_: str, version: int | None = None) -> tuple[Template, int]:
+        """The latest (or given) version of a type; UnknownTypeError if it is not registered."""
+        query = ("MATCH (t:Template {type: $type}) WHERE $version IS NULL OR t.version = $version "
+                 "RETURN t.definition AS d, t.version AS v ORDER BY t.version DESC LIMIT 1")
+        records, _, _ = self.driver.execute_query(query, type=type_, version=version)
+        if not records:
+            known = ", ".join(t["type"] for t in self.list_templates()) or "none"
+            what = f"experiment type {type_!r}" + (f" version {version}" if version else "")
+            raise UnknownTypeError(f"unknown {what} (registered: {known})")
+        return parse_template(json.loads(records[0]["d"]), KNOWN_EXECUTORS), records[0]["v"]
+
+    def list_templates(self) -> list[dict[str, Any]]:
+        """Latest version of every type: type, version, description, tasks."""
+        records, _, _ = self.driver.execute_query(
+            "MATCH (t:Template) WITH t.type AS type, max(t.version) AS v "
+            "MATCH (t:Template {type: type, version: v}) "
+            "RETURN type, v AS version, t.description AS description, "
+            "size([(t)-[:HAS]->(x) | x]) AS tasks ORDER BY type")
+        return [dict(r) for r in records]
+
+    # --- experiments -------------------------------------------------------------------------------------
+    def create_experiment(self, experiment_id: str, template: Template, version: int,
+                          params: dict[str, Any]) -> bool:
+        """Create the concrete DAG in one transaction; False if the experiment already exists (idempotent)."""
+        preds = template.predecessors()
+        tasks = [{"key": f"{experiment_id}/{s.name}", "name": s.name, "kind": s.kind,
+                  "request": static_request_bytes(experiment_id, s, params), "waiting": len(preds[s.name]),
+                  "max_attempts": s.retry.max_attempts, "backoff_s": s.retry.backoff_s,
+                  "backoff_factor": s.retry.backoff_factor, "max_backoff_s": s.retry.max_backoff_s,
+                  "timeout_s": s.timeout_s} for s in template.tasks]
+        edges = [{"from": f"{experiment_id}/{name}", "to": f"{experiment_id}/{dep}"}
+                 for name, deps in preds.items() for dep in deps]
+
+        def work(tx: ManagedTransaction) -> bool:
+            existing = tx.run("MATCH (e:Experiment {experiment_id: $id}) RETURN e.type AS type",
+                              id=experiment_id).single()
+            if existing:
+                if existing["type"] != template.type:
+                    raise ConflictError(f"experiment {experiment_id!r} exists with type {existing['type']!r}, "
+                                        f"not {template.type!r}")
+                return False
+            tx.run("CREATE (e:Experiment {experiment_id: $id, type: $type, version: $version, state: 'QUEUED', "
+                   "remaining: $n, created_at: $now}) "
+                   "WITH e UNWIND $tasks AS t "
+                   "CREATE (:Task {key: t.key, experiment_id: $id, name: t.name, kind: t.kind, request: t.request, "
+                   "executed: false, status: 'PENDING', attempt: 0, waiting: t.waiting, "
+                   "max_attempts: t.max_attempts, backoff_s: t.backoff_s, backoff_factor: t.backoff_factor, "
+                   "max_backoff_s: t.max_backoff_s, timeout_s: t.timeout_s, epoch: 0, flags: 0})",
+                   id=experiment_id, type=template.type, version=version, n=len(tasks), now=time.time(),
+                   tasks=tasks)
+            tx.run("UNWIND $edges AS e MATCH (a:Task {key: e.from}), (b:Task {key: e.to}) "
+                   "CREATE (a)-[:DEPENDS_ON]->(b)", edges=edges)
+            return True
+
+        with self.driver.session() as session:
+            return session.execute_write(work)
+
+    def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
+        """Every task of an experiment with its state, attempts and timings, in a stable order."""
+        records, _, _ = self.driver.execute_query(
+            "MATCH (t:Task {experiment_id: $id}) OPTIONAL MATCH (t)-[:DEPENDS_ON]->(p:Task) "
+            "WITH t, collect(p.name) AS deps "
+            "RETURN t.name AS name, t.kind AS kind, t.status AS status, t.executed AS executed, "
+            "t.attempt AS attempt, t.max_attempts AS max_attempts, t.dispatched_at AS dispatched_at, "
+            "t.finished_at AS finished_at, t.last_error AS last_error, t.epoch AS epoch, deps AS depends_on "
+            "ORDER BY coalesce(t.dispatched_at, 1e18), t.name", id=experiment_id)
+        return [dict(r) for r in records]
+
+    def experiment_state(self, experiment_id: str) -> str | None:
+        records, _, _ = self.driver.execute_query(
+            "MATCH (e:Experiment {experiment_id: $id}) RETURN e.state AS state", id=experiment_id)
+        return records[0]["state"] if records else None
+
+    # --- fencing -----------------------------------------------------------------------------------------
+    def raise_fence(self, epoch: int, node_id: str) -> None:
+        """Set the Neo4j fence to ``epoch`` (a new leader's first write); FencedError if it is already higher."""
+
+        def work(tx: ManagedTransaction) -> None:
+            record = tx.run("MERGE (f:Fence {name: 'leader'}) ON CREATE SET f.epoch = 0 "
+                            "SET f.last_write_epoch = $epoch RETURN f.epoch AS fence", epoch=epoch).single()
+            if record["fence"] > epoch:
+                raise FencedError("neo4j", epoch, record["fence"])
+            tx.run("MATCH (f:Fence {name: 'leader'}) SET f.epoch = $epoch, f.holder = $node, f.raised_at = $now",
+                   epoch=epoch, node=node_id, now=time.time())
+
+        with self.driver.session() as session:
+            session.execute_write(work)
+
+    def fence_epoch(self) -> int:
+        records, _, _ = self.driver.execute_query("MATCH (f:Fence {name: 'leader'}) RETURN f.epoch AS e")
+        return records[0]["e"] if records else 0
+
+    # --- the leader's batch ------------------------------------------------------------------------------
+    def advance(self, epoch: int, outcomes: list[Outcome], submitted: list[str], now: float) -> AdvanceResult:
+        """Apply a batch of outcomes and new submissions in ONE fenced transaction; returns what changed."""
+        with self.driver.session() as session:
+            return session.execute_write(self._advance, epoch, outcomes, submitted, now)
+
+    def _advance(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], submitted: list[str],
+                 now: float) -> AdvanceResult:
+        _check_fence(tx, epoch)
+        result = AdvanceResult()
+        if outcomes:
+            self._apply_outcomes(tx, epoch, outcomes, now, result)
+        if submitted:
+            rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
+                          "WHERE t.status = 'PENDING' AND t.waiting = 0 "
+                          "SET t.status = 'DISPATCHED', t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
+                          + _RETURN_DISPATCH, ids=submitted, now=now, epoch=epoch)
+            result.dispatches += _dispatch_rows(list(rows))
+        _start_experiments(tx, now, result)
+        return result
+
+    def _apply_outcomes(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], now: float,
+                        result: AdvanceResult) -> None:
+        # Lock the tasks (a write) before reading them, so that a concurrent cancel is seen, not overwritten.
+        current = {r["key"]: r for r in tx.run(
+            "UNWIND $keys AS k MATCH (t:Task {key: k}) SET t.touched_epoch = $epoch "
+            "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
+            "t.status AS status, t.attempt AS attempt, t.max_attempts AS max_attempts, t.backoff_s AS backoff_s, "
+            "t.backoff_factor AS backoff_factor, t.max_backoff_s AS max_backoff_s, "
+            "t.dispatched_at AS dispatched_at", keys=sorted({o.key for o in outcomes}), epoch=epoch)}
+        seen: set[str] = set()
+        successes, retries, fails = [], [], []
+        for o in outcomes:
+            task = current.get(o.key)
+            if task is None:
+                result.unknown.append(o.key)
+                continue
+            if o.key in seen or task["status"] != "DISPATCHED" or task["attempt"] != o.attempt:
+                result.duplicates.append(o.key)
+                continue
+            seen.add(o.key)
+            info = {"key": o.key, "experiment_id": task["experiment_id"], "name": task["name"],
+                    "kind": task["kind"], "attempt": o.attempt, "dispatched_at": task["dispatched_at"]}
+            if o.success:
+                successes.append(info)
+            elif o.attempt < task["max_attempts"]:
+                delay = min(task["max_backoff_s"], task["backoff_s"] * task["backoff_factor"] ** (o.attempt - 1))
+                retries.append({**info, "error": o.error, "not_before": now + delay})
+            else:
+                fails.append({**info, "error": o.error})
+        if successes:
+            self._flag(tx, epoch, successes, now, result)
+        if retries:
+            tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = 'RETRY_WAIT', "
+                   "t.not_before = r.not_before, t.last_error = r.error, t.epoch = $epoch", rows=retries, epoch=epoch)
+            result.retries += retries
+        if fails:
+            self._fail(tx, epoch, fails, now, result)
+
+    def _flag(self, tx: ManagedTransaction, epoch: int, successes: list[dict], now: float,
+              result: AdvanceResult) -> None:
+        keys = [s["key"] for s in successes]
+        tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) SET t.executed = true, t.status = 'SUCCEEDED', "
+               "t.finished_at = $now, t.epoch = $epoch, t.flags = t.flags + 1", keys=keys, now=now, epoch=epoch)
+        result.flagged += successes
+        # successors lose one waiting predecessor per flagged parent; aggregate first so fan-ins count right
+        rows = tx.run("UNWIND $keys AS k MATCH (t:Task)-[:DEPENDS_ON]->(:Task {key: k}) "
+                      "WITH t, count(*) AS n SET t.waiting = t.waiting - n "
+                      "WITH t WHERE t.waiting = 0 AND t.status = 'PENDING' "
+                      "SET t.status = 'DISPATCHED', t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
+                      + _RETURN_DISPATCH, keys=keys, now=now, epoch=epoch)
+        result.dispatches += _dispatch_rows(list(rows))
+        per_experiment: dict[str, int] = {}
+        for s in successes:
+            per_experiment[s["experiment_id"]] = per_experiment.get(s["experiment_id"], 0) + 1
+        for r in tx.run("UNWIND $rows AS r MATCH (e:Experiment {experiment_id: r.id}) "
+                        "SET e.remaining = e.remaining - r.n "
+                        "WITH e WHERE e.remaining = 0 AND e.state IN ['QUEUED', 'RUNNING'] "
+                        "SET e.state = 'COMPLETED', e.finished_at = $now RETURN e.experiment_id AS id",
+                        rows=[{"id": k, "n": v} for k, v in per_experiment.items()], now=now):
+            result.experiments[r["id"]] = "COMPLETED"
+
+    def _fail(self, tx: ManagedTransaction, epoch: int, fails: list[dict], now: float,
+              result: AdvanceResult) -> None:
+        tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = 'FAILED', t.finished_at = $now, "
+               "t.last_error = r.error, t.epoch = $epoch", rows=fails, now=now, epoch=epoch)
+        result.failed += fails
+        ids = sorted({f["experiment_id"] for f in fails})
+        for r in tx.run("UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) "
+                        "WHERE e.state IN ['QUEUED', 'RUNNING'] "
+                        "SET e.state = 'FAILED', e.finished_at = $now RETURN e.experiment_id AS id", ids=ids, now=now):
+            result.experiments[r["id"]] = "FAILED"
+        result.cancelled += self._cancel_open_tasks(tx, ids, now, epoch)
+
+    @staticmethod
+    def _cancel_open_tasks(tx: ManagedTransaction, ids: list[str], now: float, epoch: int) -> list[dict]:
+        rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
+                      "WHERE t.executed = false AND t.status IN $open "
+                      "SET t.status = 'CANCELLED', t.finished_at = $now, t.epoch = $epoch "
+                      "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.attempt AS attempt",
+                      ids=ids, open=OPEN_STATUSES, now=now, epoch=epoch)
+        return [dict(r) for r in rows]
+
+    def cancel(self, experiment_id: str, epoch: int, now: float) -> tuple[str, list[dict]]:
+        """Cancel an experiment and its open tasks; returns (state after, cancelled tasks)."""
+
+        def work(tx: ManagedTransaction) -> tuple[str, list[dict]]:
+            record = tx.run("MATCH (e:Experiment {experiment_id: $id}) SET e.cancel_requested = $now "
+                            "RETURN e.state AS state", id=experiment_id, now=now).single()
+            if record is None:
+                raise NotFoundError(f"no experiment {experiment_id!r}")
+            if record["state"] in TERMINAL_EXPERIMENT_STATES:
+                return record["state"], []
+            tx.run("MATCH (e:Experiment {experiment_id: $id}) SET e.state = 'CANCELLED', e.finished_at = $now",
+                   id=experiment_id, now=now)
+            return "CANCELLED", self._cancel_open_tasks(tx, [experiment_id], now, epoch)
+
+        with self.driver.session() as session:
+            return session.execute_write(work)
+
+    # --- periodic work and takeover ----------------------------------------------------------------------
+    def due_work(self, epoch: int, now: float, grace_s: float, limit: int) -> AdvanceResult:
+        """Roots never dispatched (a submission whose notice was lost), retries whose backoff has passed and
+        dispatched tasks whose response is overdue, as dispatches."""
+
+        def work(tx: ManagedTransaction) -> AdvanceResult:
+            _check_fence(tx, epoch)
+            roots = tx.run("MATCH (t:Task {status: 'PENDING'}) WHERE t.waiting = 0 WITH t LIMIT $limit "
+                           "SET t.status = 'DISPATCHED', t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
+                           + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch)
+            found = _dispatch_rows(list(roots))
+            retries = tx.run("MATCH (t:Task {status: 'RETRY_WAIT'}) WHERE t.not_before <= $now "
+                             "WITH t LIMIT $limit "
+                             "SET t.status = 'DISPATCHED', t.attempt = t.attempt + 1, t.dispatched_at = $now, "
+                             "t.epoch = $epoch " + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch)
+            found += _dispatch_rows(list(retries))
+            overdue = tx.run("MATCH (t:Task {status: 'DISPATCHED'}) "
+                             "WHERE t.dispatched_at + t.timeout_s + $grace < $now WITH t LIMIT $limit "
+                             "SET t.dispatched_at = $now, t.epoch = $epoch " + _RETURN_DISPATCH,
+                             now=now, grace=grace_s, limit=limit, epoch=epoch)
+            result = AdvanceResult(dispatches=found + _dispatch_rows(list(overdue), redispatch=True))
+            _start_experiments(tx, now, result)
+            return result
+
+        with self.driver.session() as session:
+            return session.execute_write(work)
+
+    def rescan(self, epoch: int, now: float, batch: int = 5000) -> list[dict[str, Any]]:
+        """Takeover: every unflagged task whose predecessors are all executed, in pages (fenced reads)."""
+        found: list[dict[str, Any]] = []
+        last = ""
+        with self.driver.session() as session:
+            while True:
+                page = session.execute_read(lambda tx: list(tx.run(
+                    "MATCH (t:Task) WHERE t.executed = false AND t.waiting = 0 AND t.key > $last "
+                    "AND t.status IN $open "
+                    "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
+                    "t.status AS status, t.attempt AS attempt, t.dispatched_at AS dispatched_at, "
+                    "t.timeout_s AS timeout_s, t.not_before AS not_before "
+                    "ORDER BY t.key LIMIT $batch", last=last, open=OPEN_STATUSES, batch=batch)))
+                found += [dict(r) for r in page]
+                if len(page) < batch:
+                    return found
+                last = page[-1]["key"]
+
+    def mark_dispatched(self, epoch: int, keys: list[str], now: float) -> AdvanceResult:
+        """Takeover re-dispatch: (re)mark tasks as dispatched now; PENDING roots get attempt 1."""
+
+        def work(tx: ManagedTransaction) -> AdvanceResult:
+            _check_fence(tx, epoch)
+            rows = tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) "
+                          "WHERE t.executed = false AND t.status IN ['PENDING', 'DISPATCHED'] "
+                          "SET t.attempt = CASE WHEN t.status = 'PENDING' THEN 1 ELSE t.attempt END, "
+                          "t.status = 'DISPATCHED', t.dispatched_at = $now, t.epoch = $epoch "
+                          + _RETURN_DISPATCH, keys=keys, now=now, epoch=epoch)
+            result = AdvanceResult(dispatches=_dispatch_rows(list(rows), redispatch=True))
+            _start_experiments(tx, now, result)
+            return result
+
+        with self.driver.session() as session:
+            return session.execute_write(work)
+
+    def experiment_states(self, ids: list[str]) -> dict[str, str]:
+        records, _, _ = self.driver.execute_query(
+            "UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) RETURN id, e.state AS state", ids=ids)
+        return {r["id"]: r["state"] for r in records}

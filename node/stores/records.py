@@ -1,0 +1,224 @@
+"""MariaDB: experiment rows, the transition log, the fence row and leader terms.
+
+The leader writes each batch in ONE transaction that first locks the fence row (``SELECT ... FOR UPDATE``) and
+aborts with :class:`FencedError` if a newer epoch holds it. Submitters (CLI, HTTP) insert experiment rows
+idempotently on the experiment id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+import pymysql
+import pymysql.cursors
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from node.config import Config
+from node.errors import ConflictError, FencedError, NotFoundError, ServiceError
+from node.stack.mariadb import mysql_connect_args
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: errors after which the connection is dropped and the operation retried
+RETRYABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+EXPERIMENT_COLUMNS = "experiment_id, type, template_version, state, params, created_at, updated_at, finished_at"
+
+
+class Records:
+    """One pymysql connection with reconnect-and-retry; not shared between threads."""
+
+    def __init__(self, cfg: Config, retry_for_s: float = 60.0) -> None:
+        self.cfg = cfg
+        self.retry_for_s = retry_for_s
+        self._conn: pymysql.connections.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> pymysql.connections.Connection:
+        if self._conn is None:
+            self._conn = pymysql.connect(**mysql_connect_args(self.cfg))  # type: ignore[arg-type]
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+            self._conn = None
+
+    def transaction(self, work: Callable[[pymysql.cursors.Cursor], T], retry: bool = True) -> T:
+        """Run ``work(cursor)`` in one transaction; reconnect and retry it while MariaDB is unreachable."""
+        def once() -> T:
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    value = work(cur)
+                conn.commit()
+                return value
+            except RETRYABLE:
+                self.close()
+                raise
+            except BaseException:
+                try:
+                    conn.rollback()
+                except RETRYABLE:
+                    self.close()
+                raise
+
+        with self._lock:
+            if not retry:
+                return once()
+            try:
+                for attempt in Retrying(stop=stop_after_delay(self.retry_for_s), wait=wait_exponential(0.05, max=2),
+                                        retry=retry_if_exception_type(RETRYABLE), reraise=True):
+                    with attempt:
+                        return once()
+            except RETRYABLE as exc:
+                raise ServiceError(f"mariadb at 127.0.0.1:{self.cfg.mysql_port} unavailable: {exc}") from None
+        raise AssertionError("unreachable")
+
+    # --- fence -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_fence(cur: pymysql.cursors.Cursor, epoch: int) -> None:
+        cur.execute("SELECT epoch FROM fence WHERE name = 'leader' FOR UPDATE")
+        row = cur.fetchone()
+        fence = row[0] if row else 0
+        if fence > epoch:
+            raise FencedError("mariadb", epoch, fence)
+
+    def raise_fence(self, epoch: int, node_id: str, elected_at: float) -> None:
+        """A new leader's first write: fence row to ``epoch`` and a leader_terms row."""
+        def work(cur: pymysql.cursors.Cursor) -> None:
+            self._check_fence(cur, epoch)
+            cur.execute("UPDATE fence SET epoch = %s, holder = %s, raised_at = %s WHERE name = 'leader'",
+                        (epoch, node_id, time.time()))
+            cur.execute("INSERT INTO leader_terms (epoch, node_id, elected_at) VALUES (%s, %s, %s) "
+                        "ON DUPLICATE KEY UPDATE node_id = node_id", (epoch, node_id, elected_at))
+        self.transaction(work)
+
+    def end_term(self, epoch: int, reason: str, phases: dict[str, float] | None = None) -> None:
+        def work(cur: pymysql.cursors.Cursor) -> None:
+            cur.execute("UPDATE leader_terms SET ended_at = %s, end_reason = %s, "
+                        "phases = COALESCE(%s, phases) WHERE epoch = %s",
+                        (time.time(), reason[:128], json.dumps(phases) if phases else None, epoch))
+        self.transaction(work)
+
+    def record_phases(self, epoch: int, phases: dict[str, float]) -> None:
+        def work(cur: pymysql.cursors.Cursor) -> None:
+            cur.execute("UPDATE leader_terms SET phases = %s WHERE epoch = %s", (json.dumps(phases), epoch))
+        self.transaction(work)
+
+    def fence_epoch(self) -> int:
+        def work(cur: pymysql.cursors.Cursor) -> int:
+            cur.execute("SELECT epoch FROM fence WHERE name = 'leader'")
+            return cur.fetchone()[0]
+        return self.transaction(work)
+
+    # --- the leader's batch ------------------------------------------------------------------------------
+    def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
+                    now: float) -> None:
+        """One fenced transaction: transition rows ``(experiment_id, task, from, to, attempt, detail)`` and
+        experiment state changes."""
+        def work(cur: pymysql.cursors.Cursor) -> None:
+            self._check_fence(cur, epoch)
+            if transitions:
+                cur.executemany(
+                    "INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, epoch, node_id, "
+                    "at, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(e, t, f, to, a, epoch, node_id, now, d) for (e, t, f, to, a, d) in transitions])
+            if states:
+                cur.executemany(
+                    "UPDATE experiments SET state = %s, updated_at = %s, "
+                    "finished_at = IF(%s, %s, finished_at) WHERE experiment_id = %s",
+                    [(state, now, state in ("COMPLETED", "FAILED", "CANCELLED"), now, exp)
+                     for exp, state in states.items()])
+        self.transaction(work)
+
+    def missing_successes(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Of (experiment_id, task) pairs flagged in Neo4j, those without a SUCCEEDED transition (crash repair)."""
+        if not keys:
+            return []
+
+        def work(cur: pymysql.cursors.Cursor) -> list[tuple[str, str]]:
+            marks = ",".join(["(%s, %s)"] * len(keys))
+            cur.execute(f"SELECT experiment_id, task FROM transitions WHERE to_state = 'SUCCEEDED' "
+                        f"AND (experiment_id, task) IN ({marks})", [v for k in keys for v in k])
+            present = {(r[0], r[1]) for r in cur.fetchall()}
+            return [k for k in keys if k not in present]
+        return self.transaction(work)
+
+    # --- experiments -------------------------------------------------------------------------------------
+    def insert_experiment(self, experiment_id: str, type_: str, version: int, params: dict[str, str]) -> bool:
+        """Insert a QUEUED experiment; False if the id exists with the same type (idempotent submit)."""
+        now = time.time()
+
+        def work(cur: pymysql.cursors.Cursor) -> bool:
+            cur.execute("INSERT IGNORE INTO experiments (experiment_id, type, template_version, state, params, "
+                        "created_at, updated_at) VALUES (%s, %s, %s, 'QUEUED', %s, %s, %s)",
+                        (experiment_id, type_, version, json.dumps(params, sort_keys=True), now, now))
+            if cur.rowcount == 1:
+                cur.execute("INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, epoch, "
+                            "node_id, at) VALUES (%s, NULL, NULL, 'QUEUED', 0, 0, 'submit', %s)",
+                            (experiment_id, now))
+                return True
+            cur.execute("SELECT type FROM experiments WHERE experiment_id = %s", (experiment_id,))
+            existing = cur.fetchone()[0]
+            if existing != type_:
+                raise ConflictError(f"experiment {experiment_id!r} exists with type {existing!r}, not {type_!r}")
+            return False
+        return self.transaction(work)
+
+    def get_experiment(self, experiment_id: str) -> dict[str, Any]:
+        rows = self.experiments("WHERE experiment_id = %s", (experiment_id,))
+        if not rows:
+            raise NotFoundError(f"no experiment {experiment_id!r}")
+        return rows[0]
+
+    def experiments(self, where: str = "", args: tuple = (), limit: int | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {EXPERIMENT_COLUMNS} FROM experiments {where} ORDER BY created_at, experiment_id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+
+        def work(cur: pymysql.cursors.Cursor) -> list[dict[str, Any]]:
+            cur.execute(sql, args)
+            cols = [c[0] for c in cur.description]
+            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+            for row in rows:
+                row["params"] = json.loads(row["params"])
+            return rows
+        return self.transaction(work)
+
+    def state_counts(self) -> dict[str, int]:
+        def work(cur: pymysql.cursors.Cursor) -> dict[str, int]:
+            cur.execute("SELECT state, COUNT(*) FROM experiments GROUP BY state")
+            return {r[0]: r[1] for r in cur.fetchall()}
+        return self.transaction(work)
+
+    def set_state(self, experiment_id: str, state: str, epoch: int, node_id: str, detail: str) -> None:
+        """Outside the leader loop (cancel): set an experiment's state and log the transition, unfenced."""
+        now = time.time()
+
+        def work(cur: pymysql.cursors.Cursor) -> None:
+            cur.execute("SELECT state FROM experiments WHERE experiment_id = %s FOR UPDATE", (experiment_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"no experiment {experiment_id!r}")
+            cur.execute("UPDATE experiments SET state = %s, updated_at = %s, finished_at = %s "
+                        "WHERE experiment_id = %s", (state, now, now, experiment_id))
+            cur.execute("INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, epoch, "
+                        "node_id, at, detail) VALUES (%s, NULL, %s, %s, 0, %s, %s, %s, %s)",
+                        (experiment_id, row[0], state, epoch, node_id, now, detail))
+        self.transaction(work)
+
+    def transitions(self, experiment_id: str) -> list[dict[str, Any]]:
+        def work(cur: pymysql.cursors.Cursor) -> list[dict[str, Any]]:
+            cur.execute("SELECT task, from_state, to_state, attempt, epoch, node_id, at, detail FROM transitions "
+                        "WHERE experiment_id = %s ORDER BY id", (experiment_id,))
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return self.transaction(work)

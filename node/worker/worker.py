@@ -1,0 +1,353 @@
+"""The worker loop: a batch of requests in, one ledger read, one insert, one update, one publish, one ack.
+
+    stop = threading.Event()
+    Worker(cfg, "worker-1", concurrency=4).run(stop)      # until stop is set; survives broker/database restarts
+
+Per batch taken from ``haorch.requests`` (up to ``cfg.batch_size``):
+
+1. decode each message; a malformed one goes to ``haorch.dead`` with its reason;
+2. one ledger SELECT: an attempt that already ended is *replayed* — its recorded response is published again
+   with ``replayed=True`` and its ``replayed_count`` raised, without running it again (the same attempt twice in
+   one batch runs once and the copy is a replay);
+3. one transaction inserts a start row per remaining attempt; they run concurrently on ``concurrency`` threads,
+   each within its request's ``timeout_s`` counted from its own start (a late task is reported as failed and its
+   thread abandoned: Python cannot kill a thread, so the pool is replaced and the straggler finishes alone);
+4. one transaction records every end; one publish (confirmed by the broker) sends every response;
+5. then the batch is acknowledged up to its last delivery tag.
+
+A crash anywhere before step 5 leaves the batch unacknowledged: the broker redelivers it, and the ledger replays
+what ended and re-runs what did not (those re-runs are the duplicate executions the chaos checker counts). A lost
+RabbitMQ or MariaDB connection is logged in one line and reopened with backoff for as long as the worker is not
+stopped; AMQP heartbeats keep flowing while tasks run or the database is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from collections import Counter
+from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import pymysql
+from pika.adapters.blocking_connection import BlockingConnection
+
+from node.config import Config
+from node.errors import MalformedMessage, ServiceError, UsageError
+from node.metrics import BATCH_SIZE, DEAD_LETTERS, DEPENDENCY_UP, TASK_LATENCY, TASKS
+from node.model.messages import TaskRequest, TaskResponse
+from node.stores.ledger import Finish, Key, Ledger, LedgerRow, Start
+from node.stores.queues import REQUESTS, RESPONSES
+from node.stores.rabbit import (
+    CONNECTION_ERRORS,
+    BatchConsumer,
+    BatchPublisher,
+    Delivery,
+    connect,
+    dead_letter,
+    ensure_topology,
+)
+from node.worker.executors import ExecutionContext, ExecutorFailure, get_executor
+
+log = logging.getLogger(__name__)
+
+#: failures of a dependency: the worker reconnects and carries on (the batch in hand is redelivered)
+DEPENDENCY_ERRORS = (*CONNECTION_ERRORS, ServiceError, pymysql.MySQLError)
+MAX_ID_CHARS = 64  # ledger columns experiment_id, task, worker
+MAX_ERROR_CHARS = 512  # ledger column error
+POLL_S = 0.05  # longest wait without pumping AMQP events (heartbeats) or checking timeouts
+CONNECT_RETRY_S = 5.0  # one bounded connect attempt; repeated while the worker is not stopped
+
+
+@dataclass
+class Outcome:
+    """How one execution ended."""
+
+    outcome: str  # "success" | "failure"
+    result: dict | None
+    error: str | None
+    started_at: float
+    ended_at: float
+    seconds: float
+
+
+def decode_request(body: bytes) -> TaskRequest:
+    """A request the ledger can store; :class:`MalformedMessage` otherwise."""
+    request = TaskRequest.decode(body)
+    for name in ("experiment_id", "task"):
+        if len(getattr(request, name)) > MAX_ID_CHARS:
+            raise MalformedMessage(f"field {name!r} is longer than {MAX_ID_CHARS} characters")
+    return request
+
+
+def request_key(request: TaskRequest) -> Key:
+    return (request.experiment_id, request.task, request.attempt)
+
+
+def experiment_seed(experiment_id: str) -> int:
+    """The executors' seed for an experiment: the same on every worker and in every run."""
+    return zlib.crc32(experiment_id.encode("utf-8"))
+
+
+def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    flat = " ".join(text.split()) or "no message"
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class Worker:
+    """Consumes ``haorch.requests``, executes, publishes to ``haorch.responses``; see the module docstring."""
+
+    def __init__(self, cfg: Config, worker_id: str, concurrency: int) -> None:
+        if not worker_id or len(worker_id) > MAX_ID_CHARS:
+            raise UsageError(f"worker id must be 1..{MAX_ID_CHARS} characters, got {worker_id!r}")
+        if concurrency < 1:
+            raise UsageError(f"worker concurrency must be at least 1, got {concurrency}")
+        self.cfg = cfg
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.ledger = Ledger(cfg, idle=self._idle)
+        self.executed = 0
+        self.replayed = 0
+        self.dead_lettered = 0
+        self._stop = threading.Event()
+        self._pool = self._new_pool()
+        self._conn: BlockingConnection | None = None
+        self._consumer: BatchConsumer | None = None
+        self._publisher: BatchPublisher | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set; the batch in hand is finished first."""
+        self._stop = stop
+        log.info("worker: %s started concurrency=%d batch=%d prefetch=%d", self.worker_id, self.concurrency,
+                 self.cfg.batch_size, self.cfg.worker_prefetch)
+        try:
+            while not stop.is_set():
+                try:
+                    if self._open():
+                        self._serve()
+                except DEPENDENCY_ERRORS as exc:
+                    if stop.is_set():
+                        break
+                    log.warning("worker: %s lost a dependency (%s); reconnecting", self.worker_id,
+                                one_line(f"{type(exc).__name__}: {exc}", 200))
+                    self._close()
+                    stop.wait(0.5)
+        finally:
+            self._close()
+            self.ledger.close()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        log.info("worker: %s stopped executed=%d replayed=%d dead_lettered=%d", self.worker_id, self.executed,
+                 self.replayed, self.dead_lettered)
+
+    def _open(self) -> bool:
+        """Connect to RabbitMQ, retrying while not stopped; False if stopped first."""
+        warned = False
+        while not self._stop.is_set():
+            try:
+                conn = connect(self.cfg, self.worker_id, retry_for_s=CONNECT_RETRY_S)
+            except ServiceError as exc:
+                DEPENDENCY_UP.labels(service="rabbitmq").set(0)
+                if not warned:
+                    log.warning("worker: %s: %s; still retrying", self.worker_id, exc)
+                    warned = True
+                continue
+            DEPENDENCY_UP.labels(service="rabbitmq").set(1)
+            self._conn = conn
+            ensure_topology(self.cfg, conn)
+            self._publisher = BatchPublisher(conn)
+            self._consumer = BatchConsumer(conn, [REQUESTS], prefetch=self.cfg.worker_prefetch)
+            self._consumer.start()
+            if warned:
+                log.info("worker: %s connected to rabbitmq again", self.worker_id)
+            return True
+        return False
+
+    def _serve(self) -> None:
+        assert self._consumer is not None
+        while not self._stop.is_set():
+            batch = self._consumer.next_batch(max_n=self.cfg.batch_size, max_wait_s=0.1)
+            if batch:
+                self.handle_batch(batch)
+        self._consumer.stop()
+
+    def _close(self) -> None:
+        """Drop the AMQP connection: deliveries not acknowledged go back to the queue."""
+        conn, self._conn, self._consumer, self._publisher = self._conn, None, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken; the broker requeues anyway
+                pass
+
+    def _idle(self, seconds: float) -> None:
+        """Wait between ledger retries while keeping the AMQP connection alive; give up once stopped."""
+        DEPENDENCY_UP.labels(service="mariadb").set(0)
+        if self._stop.is_set():
+            raise ServiceError("stopping while mariadb is unavailable")
+        if self._conn is not None and self._conn.is_open:
+            self._conn.sleep(seconds)
+        else:
+            self._stop.wait(seconds)
+
+    # --- one batch ----------------------------------------------------------------------------
+    def handle_batch(self, batch: list[Delivery]) -> None:
+        """Answer every delivery of ``batch`` durably, then acknowledge it."""
+        assert self._publisher is not None and self._consumer is not None
+        BATCH_SIZE.observe(len(batch))
+        requests = []
+        for delivery in batch:
+            try:
+                requests.append(decode_request(delivery.body))
+            except MalformedMessage as exc:
+                dead_letter(self._publisher, delivery, exc.reason)
+                DEAD_LETTERS.inc()
+                self.dead_lettered += 1
+        if requests:
+            responses = self._answer(requests)
+            DEPENDENCY_UP.labels(service="mariadb").set(1)
+            self._publisher.publish_batch(RESPONSES, [r.encode() for r in responses])
+        self._consumer.ack_through(batch[-1].tag)
+
+    def _answer(self, requests: list[TaskRequest]) -> list[TaskResponse]:
+        """The response to each request, in order: replayed from the ledger or executed now."""
+        done = self.ledger.completed(request_key(r) for r in requests)
+        fresh: dict[Key, TaskRequest] = {}
+        for request in requests:
+            key = request_key(request)
+            if key not in done:
+                fresh.setdefault(key, request)
+        runs = list(fresh.values())
+        now = time.time()
+        ids = self.ledger.begin([Start(r.experiment_id, r.task, r.attempt, self.worker_id, r.epoch, now)
+                                 for r in runs])
+        outcomes = self._execute(runs)
+        self.ledger.finish([Finish(row_id, o.ended_at, o.outcome, o.result, o.error, o.started_at)
+                            for row_id, o in zip(ids, outcomes)])
+        self._account(runs, outcomes)
+        executed = {request_key(r): (row_id, o) for r, row_id, o in zip(runs, ids, outcomes)}
+
+        responses, replayed_ids = [], []
+        for request in requests:
+            key = request_key(request)
+            if key in executed and fresh.pop(key, None) is not None:
+                responses.append(self._response(request, executed[key][1]))
+                continue
+            row = done.get(key)
+            if row is None:  # the same attempt twice in this batch: ran once, the copy is a replay
+                row_id, outcome = executed[key]
+                row = LedgerRow(row_id, *key, self.worker_id, request.epoch, outcome.started_at, outcome.ended_at,
+                                outcome.outcome, outcome.result, outcome.error, 0)
+            responses.append(replay_response(row))
+            replayed_ids.append(row.id)
+            log.info("worker: replayed exp=%s task=%s attempt=%d outcome=%s", *key, row.outcome)
+        if replayed_ids:
+            self.ledger.mark_replayed(replayed_ids)
+            self.replayed += len(replayed_ids)
+        return responses
+
+    def _response(self, request: TaskRequest, outcome: Outcome) -> TaskResponse:
+        return TaskResponse(experiment_id=request.experiment_id, task=request.task, attempt=request.attempt,
+                            outcome=outcome.outcome, result=outcome.result, error=outcome.error,  # type: ignore[arg-type]
+                            worker=self.worker_id, started_at=outcome.started_at, ended_at=outcome.ended_at)
+
+    def _account(self, runs: list[TaskRequest], outcomes: list[Outcome]) -> None:
+        """Metrics and log lines for executed tasks (successes only at DEBUG: thousands per second)."""
+        counts: Counter[tuple[str, str]] = Counter()
+        debug = log.isEnabledFor(logging.DEBUG)
+        for request, outcome in zip(runs, outcomes):
+            counts[(request.kind, outcome.outcome)] += 1
+            TASK_LATENCY.observe(outcome.seconds)
+            if outcome.outcome != "success":
+                log.info("worker: executed exp=%s task=%s attempt=%d outcome=%s error=%s", request.experiment_id,
+                         request.task, request.attempt, outcome.outcome, outcome.error)
+            elif debug:
+                log.debug("worker: executed exp=%s task=%s attempt=%d outcome=%s seconds=%.4f",
+                          request.experiment_id, request.task, request.attempt, outcome.outcome, outcome.seconds)
+        for (kind, outcome_name), n in counts.items():
+            TASKS.labels(kind=kind, outcome=outcome_name).inc(n)
+        self.executed += len(runs)
+
+    # --- execution ----------------------------------------------------------------------------
+    def _execute(self, runs: list[TaskRequest]) -> list[Outcome]:
+        """Run every request on the pool, each within its timeout; pump AMQP events while waiting."""
+        if not runs:
+            return []
+        began: list[float | None] = [None] * len(runs)  # monotonic start, set by the executing thread
+        futures = [self._pool.submit(self._run_one, request, began, i) for i, request in enumerate(runs)]
+        outcomes: list[Outcome | None] = [None] * len(runs)
+        pending = set(range(len(runs)))
+        abandoned = 0
+        try:
+            while True:
+                now = time.monotonic()
+                for i in list(pending):
+                    start = began[i]
+                    if futures[i].done():
+                        outcomes[i] = futures[i].result()
+                    elif start is not None and now - start >= runs[i].timeout_s:
+                        outcomes[i] = timed_out(runs[i].timeout_s, now - start)
+                        abandoned += 1
+                    else:
+                        continue
+                    pending.discard(i)
+                if not pending:
+                    break
+                deadlines = [start + runs[i].timeout_s for i in pending if (start := began[i]) is not None]
+                limit = min([POLL_S] + [d - now for d in deadlines])
+                wait([futures[i] for i in pending], timeout=max(limit, 0.0), return_when=ALL_COMPLETED)
+                if self._conn is not None:
+                    self._conn.process_data_events(time_limit=0)
+        finally:  # when the connection failed under us, what has not started yet will not start
+            for future in futures:
+                future.cancel()
+        if abandoned:
+            log.info("worker: %s abandoned %d timed-out task thread(s); using a fresh pool", self.worker_id,
+                     abandoned)
+            self._pool.shutdown(wait=False)
+            self._pool = self._new_pool()
+        return outcomes  # type: ignore[return-value]
+
+    def _run_one(self, request: TaskRequest, began: list[float | None], index: int) -> Outcome:
+        """Execute one request (on a pool thread); never raises."""
+        began[index] = t0 = time.monotonic()
+        started_at = time.time()
+        result, error = None, None
+        try:
+            run = get_executor(request.executor, shell_enabled=self.cfg.shell_executor_enabled)
+            value = run(request.params, ExecutionContext(request.experiment_id, request.task, request.attempt,
+                                                         seed=experiment_seed(request.experiment_id)))
+            if not isinstance(value, dict):
+                raise ExecutorFailure(f"executor returned {type(value).__name__}, not an object")
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ExecutorFailure(f"result is not JSON: {exc}") from None
+            result = value
+        except ExecutorFailure as exc:
+            error = one_line(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a task's bug is the task's failure, not the worker's
+            error = one_line(f"{type(exc).__name__}: {exc}")
+        return Outcome("success" if error is None else "failure", result, error, started_at, time.time(),
+                       time.monotonic() - t0)
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.worker_id}-task")
+
+
+def timed_out(timeout_s: float, elapsed_s: float) -> Outcome:
+    ended = time.time()
+    return Outcome("failure", None, f"timed out after {timeout_s:g} s", ended - elapsed_s, ended, elapsed_s)
+
+
+def replay_response(row: LedgerRow) -> TaskResponse:
+    """The response recorded in a ledger row, marked as a replay."""
+    failed = row.outcome != "success"
+    return TaskResponse(experiment_id=row.experiment_id, task=row.task, attempt=row.attempt,
+                        outcome="failure" if failed else "success", result=row.result,
+                        error=(row.error or "failed (no error recorded)") if failed else None, worker=row.worker,
+                        started_at=row.started_at, ended_at=row.ended_at or row.started_at, replayed=True)
+
