@@ -8,10 +8,12 @@ Usage::
     election = LeaderElection(client, "node-1", on_elected=print, on_revoked=print).start()
 
 One primitive per module: ``client`` (a KazooClient tuned for fast failover), ``epoch`` (a strictly increasing
-counter znode), ``session`` (the session state as an enum and non-blocking callbacks) and ``election`` (terms
-with a fresh epoch each, revoked the moment the session is SUSPENDED or LOST).
+counter znode), ``session`` (the session state as an enum and non-blocking callbacks), ``election`` (terms
+with a fresh epoch each, revoked the moment the session is SUSPENDED or LOST) and ``beacon`` (an optional TCP
+beacon that lets candidates notice a dead leader before its session expires).
 """
 
+from election.beacon import LeaderBeacon
 from election.client import ZooKeeperUnavailableError, make_client
 from election.election import LeaderElection
 from election.epoch import EpochCounter
@@ -19,6 +21,7 @@ from election.session import SessionEvent, SessionState, SessionWatcher
 
 __all__ = [
     "EpochCounter",
+    "LeaderBeacon",
     "LeaderElection",
     "SessionEvent",
     "SessionState",

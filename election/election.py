@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -104,6 +105,7 @@ class LeaderElection:
         self._failed = False  # the current round failed: back off before rejoining
         self._thread: threading.Thread | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self.won_at: float | None = None  # wall clock when the lock was last won (before the epoch was taken)
 
     # -- public API --------------------------------------------------------------------------------------------
 
@@ -119,6 +121,12 @@ class LeaderElection:
     @property
     def session_state(self) -> SessionState:
         return self._session.state
+
+    @property
+    def lock_node(self) -> str | None:
+        """Path of the lock znode that makes this node leader (None when not leading)."""
+        term = self._live_term()
+        return term.node_path if term else None
 
     def start(self) -> LeaderElection:
         with self._cond:
@@ -227,6 +235,7 @@ class LeaderElection:
         generation = self._session.generation
         if self._session.state is not SessionState.CONNECTED:
             return
+        self.won_at = time.time()
         lock = contest.lock
         node_path = f"{lock.path}/{lock.node}"
         if self.client.exists(node_path, watch=self._on_node_event) is None:

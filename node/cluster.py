@@ -41,7 +41,9 @@ def _numbered(cfg: Config, prefix: str) -> list[int]:
 
 def _env(cfg: Config) -> dict[str, str]:
     return {**os.environ, "HAORCH_HOME": str(cfg.home), "HAORCH_PORT_BASE": str(cfg.port_base),
-            "HAORCH_ZK_SESSION_TIMEOUT_S": str(cfg.zk_session_timeout_s), "PYTHONUNBUFFERED": "1"}
+            "HAORCH_ZK_SESSION_TIMEOUT_S": str(cfg.zk_session_timeout_s), "HAORCH_BATCH_SIZE": str(cfg.batch_size),
+            "HAORCH_LEADER_BEACON": str(cfg.leader_beacon).lower(),
+            "PYTHONUNBUFFERED": "1"}
 
 
 def start_node(cfg: Config, n: int) -> int | None:
@@ -83,6 +85,9 @@ def up(cfg: Config, nodes: int = 3, workers: int = 2, concurrency: int | None = 
     for name in started:
         progress(f"{name} started")
     leader = wait_for_leader(cfg, wait_s)
+    dead = [name for name in started if not ManagedProcess(name, cfg.run_dir, cfg.log_dir).alive()]
+    if dead:
+        raise ServiceError(f"{', '.join(dead)} exited right after start; see {cfg.log_dir}/{dead[0]}.log")
     progress(f"{leader['node_id']} leads with epoch {leader['epoch']}")
     return {"started": started, "leader": leader["node_id"], "epoch": leader["epoch"]}
 

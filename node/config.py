@@ -3,7 +3,8 @@
 Values come from, in order of precedence: environment variables ``HAORCH_<NAME>`` (upper case), the file
 ``haorch.toml`` in the state dir, then the defaults below. The state dir is ``$HAORCH_HOME`` (default
 ``./.haorch``). Every port is derived from ``port_base`` so that two stacks (a user's and the test suite's)
-can live side by side on one machine::
+can live side by side on one machine. A stack uses ``port_base + 1 .. port_base + 229`` (services below +70,
+nodes +71..+99, workers +101..+199, leader beacons +201..+229): keep two stacks' bases at least 300 apart::
 
     cfg = load_config()
     cfg.zk_hosts          # "127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103"
@@ -60,13 +61,14 @@ class Config:
     port_base: int = 17100
     # election
     zk_session_timeout_s: float = 2.0
+    leader_beacon: bool = True  # notice a killed leader through its beacon socket, before its session expires
     # leader loop
     batch_size: int = 200
     batch_wait_ms: float = 5.0
     task_timeout_grace_s: float = 5.0
     sweep_interval_s: float = 1.0
     # RabbitMQ
-    rabbit_heartbeat_s: int = 2
+    rabbit_heartbeat_s: int = 5  # a killed peer's TCP closes at once; this bounds a frozen one
     # workers
     worker_concurrency: int = 4
     worker_prefetch: int = 200
@@ -116,6 +118,10 @@ class Config:
     def node_http_port(self, node_id: int) -> int:
         """HTTP port (/metrics, /healthz, /api) of orchestrator node ``node_id`` (1..29)."""
         return self.port_base + 70 + node_id
+
+    def node_beacon_port(self, node_id: int) -> int:
+        """Loopback port of node ``node_id``'s leader beacon (see election/beacon.py)."""
+        return self.port_base + 200 + node_id
 
     def worker_http_port(self, worker_id: int) -> int:
         """HTTP port (/metrics) of worker ``worker_id`` (1..99)."""

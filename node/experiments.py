@@ -16,7 +16,7 @@ from typing import Any
 import pika
 
 from node.config import Config
-from node.errors import TimeoutExpired, UsageError
+from node.errors import TimeoutExpired, UnknownTypeError, UsageError
 from node.model.builtin import builtin_templates
 from node.model.messages import SubmissionNotice
 from node.model.template import NAME_RE, load_template_file
@@ -30,6 +30,7 @@ from node.worker.executors import KNOWN_EXECUTORS
 log = logging.getLogger(__name__)
 
 STATES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+BUILTIN_TYPES = ("chain", "diamond", "fanout", "retry")
 ID_MAX = 64
 
 
@@ -46,6 +47,11 @@ def parse_params(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
             raise UsageError(f"--param expects K=V, got {pair!r}")
         params[key] = value
     return params
+
+
+def _check_id(experiment_id: str) -> None:
+    if not experiment_id or len(experiment_id) > ID_MAX or "/" in experiment_id or not experiment_id.isprintable():
+        raise UsageError(f"invalid experiment id {experiment_id!r}: 1-{ID_MAX} printable characters, no '/'")
 
 
 class Experiments:
@@ -99,10 +105,16 @@ class Experiments:
         """Create (or find, same id) an experiment; returns its id, type, version and whether it is new."""
         if not NAME_RE.match(type_):
             raise UsageError(f"invalid experiment type {type_!r}")
-        experiment_id = experiment_id or new_experiment_id(type_)
-        if not experiment_id or len(experiment_id) > ID_MAX or "/" in experiment_id or not experiment_id.isprintable():
-            raise UsageError(f"invalid experiment id {experiment_id!r}: 1-{ID_MAX} printable characters, no '/'")
-        template, version = self.dags.get_template(type_)
+        experiment_id = new_experiment_id(type_) if experiment_id is None else experiment_id
+        _check_id(experiment_id)
+        try:
+            template, version = self.dags.get_template(type_)
+        except UnknownTypeError:
+            # the HTTP API may be the first caller on a fresh store: built-in types must work there too
+            if type_ not in BUILTIN_TYPES:
+                raise
+            self.install_builtins()
+            template, version = self.dags.get_template(type_)
         params = params or {}
         row_new = self.records.insert_experiment(experiment_id, type_, version, params)
         if not row_new:
@@ -113,11 +125,19 @@ class Experiments:
             self._notify([experiment_id])
         return {"experiment_id": experiment_id, "type": type_, "version": version, "created": row_new or dag_new}
 
-    def submit_many(self, type_: str, ids: list[str], params: dict[str, str] | None = None) -> None:
-        """Submit several experiments and send their notices in one batch (benchmarks, load generators)."""
+    def submit_many(self, type_: str, ids: list[str], params: dict[str, str] | None = None,
+                    notify: bool = True) -> list[str]:
+        """Submit experiments of one type with one MariaDB and one Neo4j transaction (load generators,
+        benchmarks); returns the ids that were new. Resubmitted ids are left as they are."""
         for experiment_id in ids:
-            self.submit(type_, experiment_id, params, notify=False)
-        self._notify(ids)
+            _check_id(experiment_id)
+        template, version = self.dags.get_template(type_)
+        items = [(experiment_id, params or {}) for experiment_id in ids]
+        self.records.insert_experiments(type_, version, items)
+        created = self.dags.create_experiments(template, version, items)
+        if notify and created:
+            self._notify(created)
+        return created
 
     def _notify(self, ids: list[str]) -> None:
         try:
@@ -137,7 +157,9 @@ class Experiments:
     def status(self, experiment_id: str) -> dict[str, Any]:
         """The experiment row, its tasks (state, attempts, timings) from Neo4j."""
         row = self.records.get_experiment(experiment_id)
-        row["tasks"] = self.dags.experiment_tasks(experiment_id)
+        template, _ = self.dags.get_template(row["type"], row["template_version"])
+        order = {name: i for i, name in enumerate(template.topological_order())}
+        row["tasks"] = sorted(self.dags.experiment_tasks(experiment_id), key=lambda t: order.get(t["name"], 1 << 30))
         return row
 
     def list(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:

@@ -21,6 +21,8 @@ LEADER_EPOCH = Gauge("haorch_leader_epoch", "Epoch of the current term of this n
 FAILOVER_DURATION = Histogram("haorch_failover_duration_seconds",
                               "Time spent in each phase of a takeover (total: detect start to first advance)",
                               ["phase"], buckets=FAILOVER_BUCKETS)
+for _phase in FAILOVER_PHASES:  # export every phase at 0 from the start: rate()/increase() then see the first
+    FAILOVER_DURATION.labels(_phase)  # takeover of a node instead of losing it as the series' first sample
 FAILOVERS = Counter("haorch_failovers_total", "Takeovers completed by this node")
 FENCE_REJECTIONS = Counter("haorch_fence_rejections_total", "Writes rejected because a newer epoch holds the fence")
 RESCAN_TASKS = Counter("haorch_rescan_tasks_total", "Ready, unflagged tasks found by takeover rescans")

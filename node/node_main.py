@@ -11,12 +11,13 @@ import signal
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pika
 
 from node import metrics
 from node.config import HOST, Config
+from node.experiments import STATES
 from node.http.server import NodeHTTPServer
 from node.replica import Replica
 from node.stack.neo4j import neo4j_driver
@@ -29,11 +30,13 @@ log = logging.getLogger(__name__)
 
 class DependencyMonitor:
     """Probes every dependency once a second (real requests) and exports ``haorch_dependency_up`` and
-    ``haorch_queue_depth``; ``healthy()`` reads the latest result without blocking."""
+    ``haorch_queue_depth`` (and, while ``is_leader()``, ``haorch_experiments`` from MariaDB's counts by state);
+    ``healthy()`` reads the latest result without blocking."""
 
-    def __init__(self, cfg: Config, interval_s: float = 1.0) -> None:
+    def __init__(self, cfg: Config, interval_s: float = 1.0, is_leader: Callable[[], bool] = lambda: False) -> None:
         self.cfg = cfg
         self.interval_s = interval_s
+        self.is_leader = is_leader
         self.up: dict[str, bool] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="deps", daemon=True)
@@ -59,7 +62,7 @@ class DependencyMonitor:
     def _probe_all(self, records: Records, driver) -> None:  # type: ignore[no-untyped-def]
         checks = {
             "zookeeper": lambda: any(_tcp(self.cfg.zk_client_port(m)) for m in (1, 2, 3)),
-            "mariadb": lambda: records.fence_epoch() >= 0,
+            "mariadb": lambda: self._experiments(records),
             "neo4j": lambda: driver.execute_query("RETURN 1 AS one")[0][0]["one"] == 1,
             "rabbitmq": self._queue_depths,
         }
@@ -70,6 +73,16 @@ class DependencyMonitor:
                 ok = False
             self.up[name] = ok
             metrics.DEPENDENCY_UP.labels(name).set(1 if ok else 0)
+
+    def _experiments(self, records: Records) -> bool:
+        """Probe MariaDB; the acting leader also exports the experiments by state (others export none)."""
+        if not self.is_leader():
+            metrics.EXPERIMENTS.clear()
+            return records.fence_epoch() >= 0
+        counts = records.state_counts()
+        for state in STATES:
+            metrics.EXPERIMENTS.labels(state).set(counts.get(state, 0))
+        return True
 
     def _queue_depths(self) -> bool:
         conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-monitor"))
@@ -89,13 +102,13 @@ def _tcp(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
-def run_node(cfg: Config, node_id: str, http_port: int) -> None:
+def run_node(cfg: Config, node_id: str, http_port: int, beacon_port: int | None = None) -> None:
     """Run a replica in the foreground until SIGTERM/SIGINT."""
     shutdown = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shutdown.set())
-    replica = Replica(cfg, node_id)
-    deps = DependencyMonitor(cfg).start()
+    replica = Replica(cfg, node_id, beacon_port)
+    deps = DependencyMonitor(cfg, is_leader=lambda: replica.role == "leader").start()
 
     def healthz() -> tuple[bool, dict[str, Any]]:
         ok = bool(deps.up) and all(deps.up.values())

@@ -14,28 +14,41 @@ import logging
 import threading
 import time
 
-from election import LeaderElection, SessionState, make_client
+import neo4j.exceptions
+
+from election import LeaderBeacon, LeaderElection, SessionState, make_client
 from election.client import ZooKeeperUnavailableError
 from node import metrics
-from node.config import Config
+from node.config import HOST, Config
 from node.errors import FencedError, ServiceError
 from node.leader.term import LeaderTerm, PhaseClock
 from node.stack.neo4j import neo4j_driver
 from node.stores.dags import DagStore
 from node.stores.rabbit import CONNECTION_ERRORS, connect, ensure_topology
+from node.stores.ledger import Ledger
 from node.stores.records import Records
 
 log = logging.getLogger(__name__)
 
+#: Neo4j unreachable or restarting (DriverError: ServiceUnavailable, SessionExpired, ...) and the server's
+#: transient errors or ``Transaction.Terminated`` (Neo4jError): the term is retried (or ends if no longer current)
+NEO4J_ERRORS = (neo4j.exceptions.DriverError, neo4j.exceptions.Neo4jError)
+
 SESSION_GAUGE = {SessionState.CONNECTED: 1.0, SessionState.SUSPENDED: 0.5, SessionState.LOST: 0.0}
+# A previous leader silent for longer than this before the election is a cold start (cluster restarted), not a
+# failover: its term is not timed as a takeover.
+COLD_START_S = 60.0
 
 
 class Replica:
     """A node of the cluster; see the module docstring."""
 
-    def __init__(self, cfg: Config, node_id: str) -> None:
+    def __init__(self, cfg: Config, node_id: str, beacon_port: int | None = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
+        self.beacon_port = beacon_port
+        self.beacon: LeaderBeacon | None = None
+        self.ledger: Ledger | None = None
         self._term: int | None = None          # epoch of the current term, None while standby
         self._clock = PhaseClock()
         self._shutdown = threading.Event()
@@ -47,12 +60,19 @@ class Replica:
     # --- election callbacks (election thread; must return fast) ------------------------------------------
     def _on_elected(self, epoch: int) -> None:
         self._clock = PhaseClock()
+        won_at = self.election.won_at if self.election is not None else None
+        if won_at is not None:
+            self._clock.mark("won", won_at)
         self._clock.mark("elected")
         self._term = epoch
+        if self.beacon is not None and self.election is not None:
+            self.beacon.publish(self.election.lock_node)
         log.info("node: elected id=%s epoch=%d", self.node_id, epoch)
 
     def _on_revoked(self, reason: str) -> None:
         self._term = None
+        if self.beacon is not None:
+            self.beacon.withdraw()
         metrics.NODE_IS_LEADER.set(0)
         log.warning("node: leadership revoked id=%s reason=%s", self.node_id, reason)
 
@@ -76,6 +96,7 @@ class Replica:
         """Serve until ``shutdown`` is set, then hand leadership over and close everything."""
         self._shutdown = shutdown
         records = Records(self.cfg)
+        self.ledger = Ledger(self.cfg)
         driver = neo4j_driver(self.cfg)
         dags = DagStore(driver)
         try:
@@ -84,23 +105,28 @@ class Replica:
             raise ServiceError(str(exc)) from None
         conn = connect(self.cfg, self.node_id)
         ensure_topology(self.cfg, conn)
+        if self.cfg.leader_beacon and self.beacon_port:
+            self.beacon = LeaderBeacon(zk, self.node_id, (HOST, self.beacon_port)).start()
         self.election = LeaderElection(zk, self.node_id, on_elected=self._on_elected, on_revoked=self._on_revoked)
         self.election.start()
+        threading.Thread(target=self._hand_over_on_shutdown, name="handover", daemon=True).start()
         log.info("node: started id=%s zk_session_timeout_s=%s", self.node_id, self.cfg.zk_session_timeout_s)
         try:
             while not shutdown.is_set():
                 metrics.ZK_SESSION_STATE.set(SESSION_GAUGE.get(self.election.session_state, 0.0))
                 epoch = self._term
                 if epoch is None:
-                    conn.process_data_events(time_limit=0.05)  # standby: keep the connection warm
+                    conn = self._stand_by(conn)
                     continue
                 conn = self._lead(epoch, conn, dags, records)
         finally:
             self._term = None
             self.election.stop()
+            if self.beacon is not None:
+                self.beacon.stop()
             zk.stop()
             zk.close()
-            for close in (conn.close, records.close, driver.close):
+            for close in (conn.close, records.close, self.ledger.close, driver.close):
                 try:
                     close()
                 except Exception:  # noqa: BLE001 - shutting down
@@ -113,10 +139,13 @@ class Replica:
         metrics.NODE_IS_LEADER.set(1)
         metrics.LEADER_EPOCH.set(epoch)
         clock = self._clock
+        # the takeover is over at the first advance: observe its phases then, not when the term ends
+        clock.on_first_advance = lambda: self._observe_phases(epoch, clock, records)
         try:
-            term = LeaderTerm(self.cfg, self.node_id, epoch, dags, records, conn, acting, clock)
+            term = LeaderTerm(self.cfg, self.node_id, epoch, dags, records, conn, acting, clock,
+                              ledger_progress=self.ledger.in_progress if self.ledger else None)
             self.leader_term = term
-            self._mark_detected(dags, clock)
+            self._mark_last_seen(dags, clock)
             term.take_over()
             term.run()
         except FencedError as exc:
@@ -128,9 +157,10 @@ class Replica:
             self.last_error = f"rabbitmq: {type(exc).__name__}"
             log.warning("node: rabbitmq connection lost id=%s (%s); reconnecting", self.node_id, type(exc).__name__)
             conn = self._reconnect(conn)
-        except ServiceError as exc:
+        except (ServiceError, *NEO4J_ERRORS) as exc:
             self.last_error = str(exc)
-            log.error("node: dependency failure id=%s %s; retrying the term", self.node_id, exc)
+            log.error("node: dependency failure id=%s %s: %s; retrying the term", self.node_id,
+                      type(exc).__name__, exc)
             time.sleep(0.5)
         finally:
             self._observe_phases(epoch, clock, records)
@@ -138,17 +168,25 @@ class Replica:
                 metrics.NODE_IS_LEADER.set(0)
         return conn
 
-    def _mark_detected(self, dags: DagStore, clock: PhaseClock) -> None:
-        """The previous leader's last fenced write is its last sign of life: the failover starts there."""
-        if "detected" in clock.marks:
+    def _mark_last_seen(self, dags: DagStore, clock: PhaseClock) -> None:
+        """The previous leader's last fenced write (or its fence raise, if it never wrote after it) is its last
+        sign of life: the failover starts there."""
+        if "last_seen" in clock.marks:
             return
         records, _, _ = dags.driver.execute_query(
-            "MATCH (f:Fence {name: 'leader'}) RETURN f.last_write_at AS at, f.holder AS holder")
-        if records and records[0]["at"] and records[0]["holder"] != self.node_id:
-            clock.mark("detected", min(records[0]["at"], clock.marks["elected"]))
+            "MATCH (f:Fence {name: 'leader'}) RETURN f.last_write_at AS at, f.raised_at AS raised, f.holder AS holder")
+        if not records or records[0]["holder"] in (None, self.node_id):
+            return
+        seen = [t for t in (records[0]["at"], records[0]["raised"]) if t]
+        start = clock.marks.get("won", clock.marks["elected"])
+        if seen and start - max(seen) < COLD_START_S:
+            clock.mark("last_seen", min(max(seen), start))
 
     def _observe_phases(self, epoch: int, clock: PhaseClock, records: Records) -> None:
         if "first_advance" not in clock.marks or clock.marks.get("observed"):
+            return
+        if "last_seen" not in clock.marks:  # the first leader (or a cold start): no takeover to time
+            clock.marks["observed"] = 1.0
             return
         clock.marks["observed"] = 1.0
         durations = clock.durations()
@@ -167,6 +205,25 @@ class Replica:
         if self.election is not None:
             threading.Thread(target=self.election.resign, name="resign", daemon=True).start()
         log.warning("node: stepping down id=%s reason=%s", self.node_id, reason)
+
+    def _stand_by(self, conn):  # type: ignore[no-untyped-def]
+        """Standby: keep the RabbitMQ connection warm; a connection that died (e.g. missed heartbeats while this
+        process was frozen) is replaced instead of ending the process."""
+        try:
+            conn.process_data_events(time_limit=0.05)
+            return conn
+        except (*CONNECTION_ERRORS, ValueError) as exc:  # pika: "Timeout closed before call" on a dead connection
+            log.warning("node: standby rabbitmq connection lost id=%s (%s); reconnecting", self.node_id,
+                        type(exc).__name__)
+            return self._reconnect(conn)
+
+    def _hand_over_on_shutdown(self) -> None:
+        """On SIGTERM give the election lock up at once, not after the batch in progress: a standby leads within
+        milliseconds, and whatever the batch still writes is fenced by the successor's epoch."""
+        self._shutdown.wait()
+        if self._term is not None and self.election is not None:
+            self._term = None
+            self.election.resign(timeout=2.0)
 
     def _reconnect(self, conn):  # type: ignore[no-untyped-def]
         try:

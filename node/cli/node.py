@@ -32,6 +32,6 @@ def run(node_id: str) -> None:
     from node.node_main import run_node
 
     cfg = config()
-    port = cfg.node_http_port(node_number(node_id))
+    number = node_number(node_id)
     configure_logging(os.environ.get("HAORCH_LOG_LEVEL", "INFO"))
-    run_node(cfg, node_id, port)
+    run_node(cfg, node_id, cfg.node_http_port(number), cfg.node_beacon_port(number))

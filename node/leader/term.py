@@ -19,6 +19,7 @@ from typing import Callable
 
 from node import metrics
 from node.errors import MalformedMessage
+from node.leader.fence_guard import FenceGuard
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
 from node.stores.dags import AdvanceResult, DagStore, Dispatch, Outcome
 from node.stores.queues import REQUESTS, RESPONSES, SUBMISSIONS
@@ -30,26 +31,40 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PhaseClock:
-    """Wall-clock timestamps of a takeover's phases, for the failover histogram and leader_terms."""
+    """Wall-clock timestamps of a takeover's phases, for the failover histogram and leader_terms.
+
+    Marks, in order: ``last_seen`` (the previous leader's last fenced write: its last sign of life), ``won``
+    (this node won the election lock), ``elected`` (its new epoch is taken), ``fence``, ``rescan``,
+    ``redispatch``, ``first_advance``. Each phase lasts from the previous mark to its own and is named as in
+    ``metrics.FAILOVER_PHASES``: detect = last_seen→won, elect = won→elected, fence, rescan, redispatch,
+    first_advance, and total = first mark → first_advance. A first leader (nobody to take over from) has no
+    ``last_seen``, hence no detect phase.
+    """
 
     marks: dict[str, float] = field(default_factory=dict)
+    on_first_advance: Callable[[], None] | None = field(default=None, repr=False)  # called once, on that mark
+
+    ORDER = ("last_seen", "won", "elected", "fence", "rescan", "redispatch", "first_advance")
+    PHASE = {"won": "detect", "elected": "elect"}
 
     def mark(self, phase: str, at: float | None = None) -> None:
-        self.marks.setdefault(phase, time.time() if at is None else at)
+        if phase in self.marks:
+            return
+        self.marks[phase] = time.time() if at is None else at
+        if phase == "first_advance" and self.on_first_advance is not None:
+            self.on_first_advance()
 
     def durations(self) -> dict[str, float]:
         """Phase durations: each phase lasts from the previous mark to its own."""
-        order = ["detected", "elected", "fence", "rescan", "redispatch", "first_advance"]
-        names = {"elected": "elect", "detected": None}
         out: dict[str, float] = {}
         previous = None
-        for mark in order:
+        for mark in self.ORDER:
             if mark not in self.marks:
                 continue
             if previous is not None:
-                out[names.get(mark, mark) or mark] = self.marks[mark] - self.marks[previous]
+                out[self.PHASE.get(mark, mark)] = max(0.0, self.marks[mark] - self.marks[previous])
             previous = mark
-        start = self.marks.get("detected", self.marks.get("elected"))
+        start = next((self.marks[m] for m in self.ORDER if m in self.marks), None)
         if start is not None and "first_advance" in self.marks:
             out["total"] = self.marks["first_advance"] - start
         return out
@@ -97,7 +112,8 @@ class LeaderTerm:
     def take_over(self) -> None:
         """Raise both fences, rescan Neo4j, reconcile with the ledger and re-dispatch what was lost."""
         self.records.raise_fence(self.epoch, self.node_id, self.clock.marks.get("elected", time.time()))
-        self.dags.raise_fence(self.epoch, self.node_id)
+        with FenceGuard(self.dags.driver, self.epoch):  # an older leader frozen mid-transaction holds the lock
+            self.dags.raise_fence(self.epoch, self.node_id)
         self.clock.mark("fence")
         found = self.dags.rescan(self.epoch, time.time())
         metrics.RESCAN_TASKS.inc(len(found))
@@ -204,6 +220,10 @@ class LeaderTerm:
         rows = [(e, t, "DISPATCHED", "SUCCEEDED", 0, "recorded on takeover") for e, t in missing if (e, t) in flagged]
         states = {e: s for e, s in self.dags.experiment_states(sorted({m[0] for m in missing})).items()
                   if s in ("COMPLETED", "FAILED", "CANCELLED")}
+        if states:  # only what MariaDB lacks: a late response must not rewrite a finished experiment's row
+            recorded = {r["experiment_id"]: r["state"] for r in self.records.experiments(
+                "WHERE experiment_id IN (" + ",".join(["%s"] * len(states)) + ")", tuple(states))}
+            states = {e: s for e, s in states.items() if recorded.get(e) != s}
         if rows or states:
             self.records.write_batch(self.epoch, self.node_id, rows, states, time.time())
             log.warning("leader: repaired %d transitions lost by a previous leader", len(rows))
@@ -226,7 +246,7 @@ class LeaderTerm:
             return
         now = time.time()
         self.publisher.publish_batch(REQUESTS, (
-            TaskRequest.from_static(d.request, d.attempt, self.epoch, now).encode() for d in dispatches))
+            TaskRequest.wire_from_static(d.request, d.attempt, self.epoch, now) for d in dispatches))
 
     def _count(self, result: AdvanceResult, size: int, dead: int, now: float) -> None:
         if "first_advance" not in self.clock.marks and (result.flagged or result.dispatches):

@@ -66,7 +66,11 @@ class MariaDB(Service):
             f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'{HOST}' IDENTIFIED BY '{pw}';"
             f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'localhost' IDENTIFIED BY '{pw}';"
             f"GRANT ALL PRIVILEGES ON {MYSQL_DATABASE}.* TO '{MYSQL_USER}'@'{HOST}';"
-            f"GRANT ALL PRIVILEGES ON {MYSQL_DATABASE}.* TO '{MYSQL_USER}'@'localhost';")
+            f"GRANT ALL PRIVILEGES ON {MYSQL_DATABASE}.* TO '{MYSQL_USER}'@'localhost';"
+            # PROCESS: a new leader finds (in information_schema) and kills a frozen old leader's transaction that
+            # holds the fence row; KILL of the user's own connections needs no further privilege
+            f"GRANT PROCESS ON *.* TO '{MYSQL_USER}'@'{HOST}';"
+            f"GRANT PROCESS ON *.* TO '{MYSQL_USER}'@'localhost';")
         from node.stores.mysql_schema import ensure_schema
 
         ensure_schema(self.cfg)

@@ -55,6 +55,10 @@ class Neo4j(Service):
             "--password-file", str(self.password_file), "--pagecache", self.cfg.neo4j_pagecache])
 
     def probe(self) -> None:
+        # Bolt listens before the launcher has set the password: an early login fails, and three failures lock
+        # the user (AuthenticationRateLimit) for as long as the probes keep failing. Log in only after READY.
+        if not self._launcher_ready():
+            raise ServiceError("neo4j: launcher has not printed READY yet")
         with neo4j_driver(self.cfg) as driver:
             try:
                 records, _, _ = driver.execute_query("RETURN 1 AS one")
@@ -62,6 +66,17 @@ class Neo4j(Service):
                 raise ServiceError(f"neo4j: {type(exc).__name__}: {exc}") from None
             if records[0]["one"] != 1:
                 raise ServiceError("neo4j: RETURN 1 did not answer 1")
+
+    def _launcher_ready(self) -> bool:
+        """True when the launcher's log shows READY after its latest start (read from the last 64 KiB)."""
+        try:
+            with open(self.proc.log_file, "rb") as log:
+                log.seek(0, 2)
+                log.seek(max(0, log.tell() - 65536))
+                tail = log.read()
+        except OSError:
+            return True  # no log to go by (not started by haorch): let the login decide
+        return b"HAORCH-NEO4J READY" in tail.rsplit(b"--- haorch start", 1)[-1]
 
     def bootstrap(self) -> None:
         from node.stores.neo4j_schema import ensure_schema

@@ -4,6 +4,7 @@ files (written by ``haorch cluster up``) and loads the rule files under ``deploy
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -32,17 +33,44 @@ def write_targets(cfg: Config, role: str, targets: dict[str, int]) -> None:
     tmp.replace(tdir / f"{role}.json")
 
 
-def prometheus_query(cfg: Config, query: str, timeout_s: float = 5.0) -> list[dict]:
-    """Evaluate an instant query through the HTTP API; raise ServiceError on any failure."""
-    url = f"http://{HOST}:{cfg.prometheus_port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+def prometheus_url(cfg: Config) -> str:
+    return f"http://{HOST}:{cfg.prometheus_port}"
+
+
+def _api(cfg: Config, path: str, params: dict[str, str], timeout_s: float) -> dict:
+    """GET ``/api/v1/<path>``; the ``data`` of a successful answer, else ServiceError (one line)."""
+    query = params.get("query", "")
+    url = f"{prometheus_url(cfg)}/api/v1/{path}?" + urllib.parse.urlencode(params)
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             body = json.loads(resp.read())
-    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError (bad query), timeouts
-        raise ServiceError(f"prometheus: query {query!r} failed: {exc}") from None
+    except urllib.error.HTTPError as exc:  # a bad query answers 400 with the reason in the body
+        try:
+            reason = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        raise ServiceError(f"prometheus: query {query!r} failed: {reason}") from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, timeout
+        reason = getattr(exc, "reason", exc)
+        raise ServiceError(f"prometheus: query {query!r} failed: {prometheus_url(cfg)} not reachable ({reason}); "
+                           "is the stack up? (`haorch stack status`)") from None
+    except ValueError as exc:
+        raise ServiceError(f"prometheus: query {query!r} failed: bad answer ({exc})") from None
     if body.get("status") != "success":
         raise ServiceError(f"prometheus: query {query!r}: {body.get('error')}")
-    return body["data"]["result"]
+    return body["data"]
+
+
+def prometheus_query(cfg: Config, query: str, timeout_s: float = 5.0) -> list[dict]:
+    """Evaluate an instant query through the HTTP API; raise ServiceError on any failure."""
+    return _api(cfg, "query", {"query": query}, timeout_s)["result"]
+
+
+def prometheus_query_range(cfg: Config, query: str, start: float, end: float, step_s: float,
+                           timeout_s: float = 10.0) -> list[dict]:
+    """Evaluate a range query (``/api/v1/query_range``): one ``{"metric", "values": [[t, "v"], ...]}`` per series."""
+    return _api(cfg, "query_range", {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                                     "step": f"{step_s:g}"}, timeout_s)["result"]
 
 
 class Prometheus(Service):

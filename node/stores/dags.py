@@ -14,7 +14,9 @@ seek, which makes the takeover rescan cheap. Task ``status``: PENDING (waiting o
 (``executed = true``), FAILED, CANCELLED.
 
 Every transaction that advances a DAG first writes the ``(:Fence {name: 'leader'})`` node (taking its lock) and
-aborts with :class:`FencedError` if the fence holds a newer epoch than the writer's.
+aborts with :class:`FencedError` if the fence holds a newer epoch than the writer's. ``cancel()`` takes the same
+lock, so DAG mutations are serialized through one node: cheap (one leader, cancels are rare) and free of lost
+updates without locking every task.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neo4j import Driver, ManagedTransaction
+from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, FencedError, NotFoundError, UnknownTypeError
 from node.model.messages import static_request_bytes
@@ -161,38 +164,54 @@ class DagStore:
     def create_experiment(self, experiment_id: str, template: Template, version: int,
                           params: dict[str, Any]) -> bool:
         """Create the concrete DAG in one transaction; False if the experiment already exists (idempotent)."""
-        preds = template.predecessors()
-        tasks = [{"key": f"{experiment_id}/{s.name}", "name": s.name, "kind": s.kind,
-                  "request": static_request_bytes(experiment_id, s, params), "waiting": len(preds[s.name]),
-                  "max_attempts": s.retry.max_attempts, "backoff_s": s.retry.backoff_s,
-                  "backoff_factor": s.retry.backoff_factor, "max_backoff_s": s.retry.max_backoff_s,
-                  "timeout_s": s.timeout_s} for s in template.tasks]
-        edges = [{"from": f"{experiment_id}/{name}", "to": f"{experiment_id}/{dep}"}
-                 for name, deps in preds.items() for dep in deps]
+        return bool(self.create_experiments(template, version, [(experiment_id, params)]))
 
-        def work(tx: ManagedTransaction) -> bool:
-            existing = tx.run("MATCH (e:Experiment {experiment_id: $id}) RETURN e.type AS type",
-                              id=experiment_id).single()
-            if existing:
-                if existing["type"] != template.type:
-                    raise ConflictError(f"experiment {experiment_id!r} exists with type {existing['type']!r}, "
+    def create_experiments(self, template: Template, version: int,
+                           experiments: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Create the DAGs of several experiments of one type in ONE transaction (UNWIND); returns the ids
+        that were new. An existing id of another type is a ConflictError; of the same type, skipped."""
+        preds = template.predecessors()
+        specs = [(s, len(preds[s.name])) for s in template.tasks]
+        edges = [(name, dep) for name, deps in preds.items() for dep in deps]
+
+        def work(tx: ManagedTransaction) -> list[str]:
+            ids = [experiment_id for experiment_id, _ in experiments]
+            existing = {r["id"]: r["type"] for r in tx.run(
+                "UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) RETURN id, e.type AS type", ids=ids)}
+            for experiment_id, type_ in existing.items():
+                if type_ != template.type:
+                    raise ConflictError(f"experiment {experiment_id!r} exists with type {type_!r}, "
                                         f"not {template.type!r}")
-                return False
-            tx.run("CREATE (e:Experiment {experiment_id: $id, type: $type, version: $version, state: 'QUEUED', "
+            new = [(i, p) for i, p in experiments if i not in existing]
+            if not new:
+                return []
+            rows = [{"id": experiment_id, "tasks": [
+                {"key": f"{experiment_id}/{spec.name}", "name": spec.name, "kind": spec.kind,
+                 "request": static_request_bytes(experiment_id, spec, params), "waiting": waiting,
+                 "max_attempts": spec.retry.max_attempts, "backoff_s": spec.retry.backoff_s,
+                 "backoff_factor": spec.retry.backoff_factor, "max_backoff_s": spec.retry.max_backoff_s,
+                 "timeout_s": spec.timeout_s} for spec, waiting in specs]} for experiment_id, params in new]
+            tx.run("UNWIND $rows AS row "
+                   "CREATE (e:Experiment {experiment_id: row.id, type: $type, version: $version, state: 'QUEUED', "
                    "remaining: $n, created_at: $now}) "
-                   "WITH e UNWIND $tasks AS t "
-                   "CREATE (:Task {key: t.key, experiment_id: $id, name: t.name, kind: t.kind, request: t.request, "
+                   "WITH row UNWIND row.tasks AS t "
+                   "CREATE (:Task {key: t.key, experiment_id: row.id, name: t.name, kind: t.kind, request: t.request, "
                    "executed: false, status: 'PENDING', attempt: 0, waiting: t.waiting, "
                    "max_attempts: t.max_attempts, backoff_s: t.backoff_s, backoff_factor: t.backoff_factor, "
                    "max_backoff_s: t.max_backoff_s, timeout_s: t.timeout_s, epoch: 0, flags: 0})",
-                   id=experiment_id, type=template.type, version=version, n=len(tasks), now=time.time(),
-                   tasks=tasks)
-            tx.run("UNWIND $edges AS e MATCH (a:Task {key: e.from}), (b:Task {key: e.to}) "
-                   "CREATE (a)-[:DEPENDS_ON]->(b)", edges=edges)
-            return True
+                   rows=rows, type=template.type, version=version, n=len(specs), now=time.time())
+            tx.run("UNWIND $ids AS id UNWIND $edges AS e "
+                   "MATCH (a:Task {key: id + '/' + e[0]}), (b:Task {key: id + '/' + e[1]}) "
+                   "CREATE (a)-[:DEPENDS_ON]->(b)", ids=[i for i, _ in new], edges=edges)
+            return [i for i, _ in new]
 
         with self.driver.session() as session:
-            return session.execute_write(work)
+            try:
+                return session.execute_write(work)
+            except ConstraintError:
+                # a concurrent submit of one of these ids committed first: run again, which now sees it
+                # (and skips it, or raises ConflictError if that submit was of another type)
+                return session.execute_write(work)
 
     def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
         """Every task of an experiment with its state, attempts and timings, in a stable order."""
@@ -237,28 +256,36 @@ class DagStore:
 
     def _advance(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], submitted: list[str],
                  now: float) -> AdvanceResult:
-        _check_fence(tx, epoch)
         result = AdvanceResult()
         if outcomes:
             self._apply_outcomes(tx, epoch, outcomes, now, result)
+        else:
+            _check_fence(tx, epoch)
         if submitted:
             rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
                           "WHERE t.status = 'PENDING' AND t.waiting = 0 "
                           "SET t.status = 'DISPATCHED', t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
                           + _RETURN_DISPATCH, ids=submitted, now=now, epoch=epoch)
-            result.dispatches += _dispatch_rows(list(rows))
-        _start_experiments(tx, now, result)
+            roots = AdvanceResult(dispatches=_dispatch_rows(list(rows)))
+            _start_experiments(tx, now, roots)  # successors' experiments are RUNNING already
+            result.dispatches += roots.dispatches
+            result.experiments.update({k: v for k, v in roots.experiments.items() if k not in result.experiments})
         return result
 
     def _apply_outcomes(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], now: float,
                         result: AdvanceResult) -> None:
-        # Lock the tasks (a write) before reading them, so that a concurrent cancel is seen, not overwritten.
-        current = {r["key"]: r for r in tx.run(
-            "UNWIND $keys AS k MATCH (t:Task {key: k}) SET t.touched_epoch = $epoch "
-            "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
+        # One statement: check the fence (which also serializes this transaction with cancel(), since both
+        # write the Fence node first), then read the tasks.
+        rows = list(tx.run(
+            "MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
+            "WITH f UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
+            "RETURN f.epoch AS fence, k AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
             "t.status AS status, t.attempt AS attempt, t.max_attempts AS max_attempts, t.backoff_s AS backoff_s, "
             "t.backoff_factor AS backoff_factor, t.max_backoff_s AS max_backoff_s, "
-            "t.dispatched_at AS dispatched_at", keys=sorted({o.key for o in outcomes}), epoch=epoch)}
+            "t.dispatched_at AS dispatched_at", keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
+        if rows and rows[0]["fence"] > epoch:
+            raise FencedError("neo4j", epoch, rows[0]["fence"])
+        current = {r["key"]: r for r in rows if r["status"] is not None}
         seen: set[str] = set()
         successes, retries, fails = [], [], []
         for o in outcomes:
@@ -290,26 +317,33 @@ class DagStore:
 
     def _flag(self, tx: ManagedTransaction, epoch: int, successes: list[dict], now: float,
               result: AdvanceResult) -> None:
-        keys = [s["key"] for s in successes]
-        tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) SET t.executed = true, t.status = 'SUCCEEDED', "
-               "t.finished_at = $now, t.epoch = $epoch, t.flags = t.flags + 1", keys=keys, now=now, epoch=epoch)
-        result.flagged += successes
-        # successors lose one waiting predecessor per flagged parent; aggregate first so fan-ins count right
-        rows = tx.run("UNWIND $keys AS k MATCH (t:Task)-[:DEPENDS_ON]->(:Task {key: k}) "
-                      "WITH t, count(*) AS n SET t.waiting = t.waiting - n "
-                      "WITH t WHERE t.waiting = 0 AND t.status = 'PENDING' "
-                      "SET t.status = 'DISPATCHED', t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
-                      + _RETURN_DISPATCH, keys=keys, now=now, epoch=epoch)
-        result.dispatches += _dispatch_rows(list(rows))
+        """Flag tasks executed, dispatch successors whose last predecessor this was, complete experiments:
+        one statement. Successors lose one waiting predecessor per flagged parent, aggregated first so that
+        a fan-in with several parents in the batch counts right."""
         per_experiment: dict[str, int] = {}
-        for s in successes:
-            per_experiment[s["experiment_id"]] = per_experiment.get(s["experiment_id"], 0) + 1
-        for r in tx.run("UNWIND $rows AS r MATCH (e:Experiment {experiment_id: r.id}) "
-                        "SET e.remaining = e.remaining - r.n "
-                        "WITH e WHERE e.remaining = 0 AND e.state IN ['QUEUED', 'RUNNING'] "
-                        "SET e.state = 'COMPLETED', e.finished_at = $now RETURN e.experiment_id AS id",
-                        rows=[{"id": k, "n": v} for k, v in per_experiment.items()], now=now):
-            result.experiments[r["id"]] = "COMPLETED"
+        for success in successes:
+            per_experiment[success["experiment_id"]] = per_experiment.get(success["experiment_id"], 0) + 1
+        record = tx.run(
+            "CALL () { UNWIND $keys AS k MATCH (t:Task {key: k}) "
+            "  SET t.executed = true, t.status = 'SUCCEEDED', t.finished_at = $now, t.epoch = $epoch, "
+            "      t.flags = t.flags + 1 "
+            "  WITH t MATCH (s:Task)-[:DEPENDS_ON]->(t) "
+            "  WITH s, count(*) AS n SET s.waiting = s.waiting - n "
+            "  WITH s WHERE s.waiting = 0 AND s.status = 'PENDING' "
+            "  SET s.status = 'DISPATCHED', s.attempt = 1, s.dispatched_at = $now, s.epoch = $epoch "
+            "  RETURN collect({key: s.key, experiment_id: s.experiment_id, name: s.name, kind: s.kind, "
+            "                  request: s.request, attempt: s.attempt}) AS dispatches } "
+            "CALL () { UNWIND $exps AS r MATCH (e:Experiment {experiment_id: r.id}) "
+            "  SET e.remaining = e.remaining - r.n "
+            "  WITH e WHERE e.remaining = 0 AND e.state IN ['QUEUED', 'RUNNING'] "
+            "  SET e.state = 'COMPLETED', e.finished_at = $now RETURN collect(e.experiment_id) AS completed } "
+            "RETURN dispatches, completed",
+            keys=[s["key"] for s in successes], exps=[{"id": k, "n": v} for k, v in per_experiment.items()],
+            now=now, epoch=epoch).single()
+        result.flagged += successes
+        result.dispatches += _dispatch_rows(record["dispatches"])
+        for experiment_id in record["completed"]:
+            result.experiments[experiment_id] = "COMPLETED"
 
     def _fail(self, tx: ManagedTransaction, epoch: int, fails: list[dict], now: float,
               result: AdvanceResult) -> None:
@@ -336,6 +370,9 @@ class DagStore:
         """Cancel an experiment and its open tasks; returns (state after, cancelled tasks)."""
 
         def work(tx: ManagedTransaction) -> tuple[str, list[dict]]:
+            # Lock the Fence node first, as every leader transaction does: a batch that read a task before this
+            # commits cannot then overwrite the cancellation (no lost update), whatever the isolation level.
+            tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_cancel_at = $now", now=now)
             record = tx.run("MATCH (e:Experiment {experiment_id: $id}) SET e.cancel_requested = $now "
                             "RETURN e.state AS state", id=experiment_id, now=now).single()
             if record is None:
@@ -383,8 +420,8 @@ class DagStore:
         with self.driver.session() as session:
             while True:
                 page = session.execute_read(lambda tx: list(tx.run(
-                    "MATCH (t:Task) WHERE t.executed = false AND t.waiting = 0 AND t.key > $last "
-                    "AND t.status IN $open "
+                    "MATCH (t:Task) USING INDEX t:Task(executed, waiting, key) "
+                    "WHERE t.executed = false AND t.waiting = 0 AND t.key > $last AND t.status IN $open "
                     "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
                     "t.status AS status, t.attempt AS attempt, t.dispatched_at AS dispatched_at, "
                     "t.timeout_s AS timeout_s, t.not_before AS not_before "

@@ -5,6 +5,7 @@
     ids = ledger.begin([Start("exp-1", "stage_in", 1, worker="worker-1", epoch=7, started_at=time.time())])
     ledger.finish([Finish(ids[0], ended_at=time.time(), outcome="success", result={}, error=None)])
     ledger.mark_replayed(ids)                                # a redelivered request was answered from the ledger
+    ledger.in_progress([("exp-1", "stage_in", 1)])            # {key: started_at} of attempts begun, not ended
 
 Each method is one statement in one transaction whatever the batch size. A lost connection (MariaDB restarted,
 a deadlock, a dropped socket) is reopened with exponential backoff and the statement retried for up to
@@ -61,21 +62,15 @@ class Finish(NamedTuple):
     started_at: float | None = None
 
 
-class LedgerRow(NamedTuple):
-    """A ledger row as read back (``result`` decoded from JSON)."""
+_ROW_FIELDS = [("id", int), *Start.__annotations__.items(), ("ended_at", float | None), ("outcome", str | None),
+               ("result", dict[str, Any] | None), ("error", str | None), ("replayed_count", int)]
 
-    id: int
-    experiment_id: str
-    task: str
-    attempt: int
-    worker: str
-    epoch: int
-    started_at: float
-    ended_at: float | None
-    outcome: str | None
-    result: dict[str, Any] | None
-    error: str | None
-    replayed_count: int
+
+class LedgerRow(NamedTuple("_LedgerRow", _ROW_FIELDS)):  # type: ignore[misc]
+    """A ledger row as read back, columns in table order: the id, the :class:`Start` columns, the end (``result``
+    decoded from JSON) and how often it was replayed."""
+
+    __slots__ = ()
 
     @property
     def key(self) -> Key:
@@ -99,25 +94,32 @@ class Ledger:
         self.idle = idle
         self._conn: pymysql.connections.Connection | None = None
 
-    # --- the four operations ------------------------------------------------------------------
+    # --- the operations ------------------------------------------------------------------
     def completed(self, keys: Iterable[Key]) -> dict[Key, LedgerRow]:
         """The ended attempts among ``keys`` (one SELECT); the earliest row wins when there are several."""
+        found: dict[Key, LedgerRow] = {}
+        for row in self._rows(keys, "ended_at IS NOT NULL"):
+            found.setdefault(row.key, row)
+        return found
+
+    def in_progress(self, keys: Iterable[Key]) -> dict[Key, float]:
+        """The latest start of each attempt among ``keys`` that a worker began and has not ended (one SELECT)."""
+        return {row.key: row.started_at for row in self._rows(keys, "ended_at IS NULL")}
+
+    def _rows(self, keys: Iterable[Key], condition: str) -> list[LedgerRow]:
+        """Rows of ``keys`` that meet ``condition``, in id order."""
         wanted = list(dict.fromkeys(keys))
         if not wanted:
-            return {}
+            return []
         sql = (f"SELECT {_COLUMNS} FROM ledger WHERE (experiment_id, task, attempt) IN ("
-               + ",".join(["(%s,%s,%s)"] * len(wanted)) + ") AND ended_at IS NOT NULL ORDER BY id")
+               + ",".join(["(%s,%s,%s)"] * len(wanted)) + f") AND {condition} ORDER BY id")
         args = [value for key in wanted for value in key]
 
         def select(cur: Cursor) -> list[tuple]:
             cur.execute(sql, args)
             return list(cur.fetchall())
 
-        found: dict[Key, LedgerRow] = {}
-        for raw in self._transaction(select):
-            row = LedgerRow(*raw[:9], _load_json(raw[9]), *raw[10:])
-            found.setdefault(row.key, row)
-        return found
+        return [LedgerRow(*raw[:9], _load_json(raw[9]), *raw[10:]) for raw in self._transaction(select)]
 
     def begin(self, rows: list[Start]) -> list[int]:
         """Insert one start row per attempt in one transaction; the new ids, in the order of ``rows``."""
@@ -197,6 +199,9 @@ class Ledger:
             self._drop()
             raise ServiceError(f"mariadb at 127.0.0.1:{self.cfg.mysql_port} unavailable for "
                                f"{self.retry_for_s:.0f} s ({_describe(exc)})") from None
+        except BaseException:  # nothing half-done may stay open on the connection
+            self._drop()
+            raise
         if failures:
             log.info("ledger: mariadb answers again after %d failed attempt(s)", failures)
         return value

@@ -61,6 +61,13 @@ SCHEMA = [
         raised_at DOUBLE NOT NULL
     ) ENGINE=InnoDB""",
     "INSERT IGNORE INTO fence (name, epoch, holder, raised_at) VALUES ('leader', 0, NULL, 0)",
+    # one row per committed leader batch: a retried transaction whose commit did go through (only its
+    # acknowledgement was lost) finds its id here and writes nothing twice
+    """CREATE TABLE IF NOT EXISTS applied_batches (
+        batch_id CHAR(32) NOT NULL PRIMARY KEY,
+        at DOUBLE NOT NULL,
+        KEY idx_at (at)
+    ) ENGINE=InnoDB""",
     # one row per leader term: who led which epoch, and the timestamps of each takeover phase
     """CREATE TABLE IF NOT EXISTS leader_terms (
         epoch BIGINT NOT NULL PRIMARY KEY,
@@ -72,7 +79,7 @@ SCHEMA = [
     ) ENGINE=InnoDB""",
 ]
 
-TABLES = ("experiments", "transitions", "ledger", "fence", "leader_terms")
+TABLES = ("experiments", "transitions", "ledger", "fence", "applied_batches", "leader_terms")
 
 
 def ensure_schema(cfg: Config) -> None:

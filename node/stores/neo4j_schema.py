@@ -2,7 +2,7 @@
 
 The takeover rescan looks for task nodes with ``executed = false`` whose predecessors are all executed; each
 task keeps ``waiting`` (predecessors not yet executed), so the rescan is one index seek on
-``(executed, waiting)`` instead of a graph walk.
+``(executed, waiting, key)`` — paged by key — that touches only ready tasks, however long the history.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ SCHEMA = [
     "CREATE CONSTRAINT template_task_key IF NOT EXISTS FOR (t:TemplateTask) REQUIRE t.key IS UNIQUE",
     "CREATE CONSTRAINT experiment_id IF NOT EXISTS FOR (e:Experiment) REQUIRE e.experiment_id IS UNIQUE",
     "CREATE CONSTRAINT task_key IF NOT EXISTS FOR (t:Task) REQUIRE t.key IS UNIQUE",
-    "CREATE INDEX task_rescan IF NOT EXISTS FOR (t:Task) ON (t.executed, t.waiting)",
+    "DROP INDEX task_rescan IF EXISTS",  # its first version lacked `key`, so the planner ignored it for paging
+    "CREATE INDEX task_ready IF NOT EXISTS FOR (t:Task) ON (t.executed, t.waiting, t.key)",
     "CREATE INDEX task_experiment IF NOT EXISTS FOR (t:Task) ON (t.experiment_id)",
     "CREATE INDEX task_status IF NOT EXISTS FOR (t:Task) ON (t.status)",
     "CREATE CONSTRAINT fence_name IF NOT EXISTS FOR (f:Fence) REQUIRE f.name IS UNIQUE",

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from typing import Any, Callable, TypeVar
 
 import pymysql
@@ -26,6 +27,11 @@ T = TypeVar("T")
 
 #: errors after which the connection is dropped and the operation retried
 RETRYABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+BLOCKERS = ("SELECT b.trx_mysql_thread_id FROM information_schema.INNODB_LOCK_WAITS w "
+            "JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id "
+            "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id "
+            "WHERE r.trx_mysql_thread_id = %s")
+APPLIED_BATCHES_KEEP_S = 86400.0  # far longer than any retry of a batch; pruned on each takeover
 EXPERIMENT_COLUMNS = "experiment_id, type, template_version, state, params, created_at, updated_at, finished_at"
 
 
@@ -91,14 +97,22 @@ class Records:
         if fence > epoch:
             raise FencedError("mariadb", epoch, fence)
 
+    def _unblocked_raise(self, epoch: int):  # type: ignore[no-untyped-def]
+        """While a new leader raises the fence, kill whatever transaction blocks that raise: only an older
+        leader's fenced transaction can hold the fence row, and one frozen (SIGSTOP, a stalled host) would hold it
+        for as long as it is frozen. Killing its connection rolls its transaction back."""
+        return _FenceUnblocker(self.cfg, self._connection().thread_id(), epoch)
+
     def raise_fence(self, epoch: int, node_id: str, elected_at: float) -> None:
         """A new leader's first write: fence row to ``epoch`` and a leader_terms row."""
         def work(cur: pymysql.cursors.Cursor) -> None:
-            self._check_fence(cur, epoch)
+            with self._unblocked_raise(epoch):
+                self._check_fence(cur, epoch)
             cur.execute("UPDATE fence SET epoch = %s, holder = %s, raised_at = %s WHERE name = 'leader'",
                         (epoch, node_id, time.time()))
             cur.execute("INSERT INTO leader_terms (epoch, node_id, elected_at) VALUES (%s, %s, %s) "
                         "ON DUPLICATE KEY UPDATE node_id = node_id", (epoch, node_id, elected_at))
+            cur.execute("DELETE FROM applied_batches WHERE at < %s", (time.time() - APPLIED_BATCHES_KEEP_S,))
         self.transaction(work)
 
     def end_term(self, epoch: int, reason: str, phases: dict[str, float] | None = None) -> None:
@@ -123,9 +137,15 @@ class Records:
     def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
                     now: float) -> None:
         """One fenced transaction: transition rows ``(experiment_id, task, from, to, attempt, detail)`` and
-        experiment state changes."""
+        experiment state changes. Idempotent across retries: the batch id is recorded in the same transaction."""
+        batch_id = uuid.uuid4().hex
+
         def work(cur: pymysql.cursors.Cursor) -> None:
             self._check_fence(cur, epoch)
+            cur.execute("INSERT IGNORE INTO applied_batches (batch_id, at) VALUES (%s, %s)", (batch_id, now))
+            if cur.rowcount == 0:
+                log.info("records: batch %s was committed before its acknowledgement got lost", batch_id)
+                return
             if transitions:
                 cur.executemany(
                     "INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, epoch, node_id, "
@@ -134,7 +154,8 @@ class Records:
             if states:
                 cur.executemany(
                     "UPDATE experiments SET state = %s, updated_at = %s, "
-                    "finished_at = IF(%s, %s, finished_at) WHERE experiment_id = %s",
+                    "finished_at = IF(%s, %s, finished_at) WHERE experiment_id = %s "
+                    "AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')",  # terminal is final (a racing cancel)
                     [(state, now, state in ("COMPLETED", "FAILED", "CANCELLED"), now, exp)
                      for exp, state in states.items()])
         self.transaction(work)
@@ -155,22 +176,32 @@ class Records:
     # --- experiments -------------------------------------------------------------------------------------
     def insert_experiment(self, experiment_id: str, type_: str, version: int, params: dict[str, str]) -> bool:
         """Insert a QUEUED experiment; False if the id exists with the same type (idempotent submit)."""
-        now = time.time()
+        return bool(self.insert_experiments(type_, version, [(experiment_id, params)]))
 
-        def work(cur: pymysql.cursors.Cursor) -> bool:
-            cur.execute("INSERT IGNORE INTO experiments (experiment_id, type, template_version, state, params, "
-                        "created_at, updated_at) VALUES (%s, %s, %s, 'QUEUED', %s, %s, %s)",
-                        (experiment_id, type_, version, json.dumps(params, sort_keys=True), now, now))
-            if cur.rowcount == 1:
-                cur.execute("INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, epoch, "
-                            "node_id, at) VALUES (%s, NULL, NULL, 'QUEUED', 0, 0, 'submit', %s)",
-                            (experiment_id, now))
-                return True
-            cur.execute("SELECT type FROM experiments WHERE experiment_id = %s", (experiment_id,))
-            existing = cur.fetchone()[0]
-            if existing != type_:
-                raise ConflictError(f"experiment {experiment_id!r} exists with type {existing!r}, not {type_!r}")
-            return False
+    def insert_experiments(self, type_: str, version: int, items: list[tuple[str, dict[str, str]]]) -> list[str]:
+        """Insert QUEUED experiments of one type in ONE transaction; returns the ids that were new. An id that
+        exists with another type is a ConflictError (and nothing is inserted)."""
+        now = time.time()
+        ids = [experiment_id for experiment_id, _ in items]
+
+        def work(cur: pymysql.cursors.Cursor) -> list[str]:
+            marks = ",".join(["%s"] * len(ids))
+            cur.execute(f"SELECT experiment_id, type FROM experiments WHERE experiment_id IN ({marks}) FOR UPDATE",
+                        ids)
+            existing = dict(cur.fetchall())
+            for experiment_id, existing_type in existing.items():
+                if existing_type != type_:
+                    raise ConflictError(f"experiment {experiment_id!r} exists with type {existing_type!r}, "
+                                        f"not {type_!r}")
+            new = [(i, p) for i, p in items if i not in existing]
+            if new:
+                cur.executemany("INSERT IGNORE INTO experiments (experiment_id, type, template_version, state, "
+                                "params, created_at, updated_at) VALUES (%s, %s, %s, 'QUEUED', %s, %s, %s)",
+                                [(i, type_, version, json.dumps(p, sort_keys=True), now, now) for i, p in new])
+                cur.executemany("INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, "
+                                "epoch, node_id, at) VALUES (%s, NULL, NULL, 'QUEUED', 0, 0, 'submit', %s)",
+                                [(i, now) for i, _ in new])
+            return [i for i, _ in new]
         return self.transaction(work)
 
     def get_experiment(self, experiment_id: str) -> dict[str, Any]:
@@ -222,3 +253,47 @@ class Records:
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, r)) for r in cur.fetchall()]
         return self.transaction(work)
+
+
+class _FenceUnblocker:
+    """A thread with its own connection that, every ``interval_s`` while the ``with`` block runs, kills the
+    connections blocking thread ``waiter`` (needs the PROCESS privilege, granted by ``stack up``)."""
+
+    def __init__(self, cfg: Config, waiter: int, epoch: int, interval_s: float = 0.5) -> None:
+        self.cfg, self.waiter, self.epoch, self.interval_s = cfg, waiter, epoch, interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fence-unblocker", daemon=True)
+
+    def __enter__(self) -> "_FenceUnblocker":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        if self._done.wait(self.interval_s):
+            return  # the raise went through at once: the usual case
+        try:
+            conn = pymysql.connect(**mysql_connect_args(self.cfg))  # type: ignore[arg-type]
+        except RETRYABLE as exc:
+            log.warning("records: fence unblocker cannot connect: %s", exc)
+            return
+        try:
+            while not self._done.is_set():
+                with conn.cursor() as cur:
+                    cur.execute(BLOCKERS, (self.waiter,))
+                    for (blocker,) in cur.fetchall():
+                        log.warning("records: fence raise of epoch %d blocked by connection %s (an older leader "
+                                    "frozen mid-transaction?): killing it", self.epoch, blocker)
+                        try:
+                            cur.execute("KILL CONNECTION %s", (blocker,))
+                        except pymysql.err.OperationalError as exc:  # gone already
+                            log.info("records: kill %s: %s", blocker, exc.args[-1])
+                conn.commit()
+                self._done.wait(self.interval_s)
+        except RETRYABLE as exc:
+            log.warning("records: fence unblocker lost its connection: %s", exc)
+        finally:
+            conn.close()

@@ -103,7 +103,7 @@ def test_mariadb_has_the_schema(stack):
 def test_neo4j_answers_with_auth_and_rejects_a_wrong_password(stack):
     with neo4j_driver(stack) as driver:
         records, _, _ = driver.execute_query("SHOW INDEXES YIELD name RETURN collect(name) AS names")
-        assert "task_rescan" in records[0]["names"]
+        assert "task_ready" in records[0]["names"]
     with GraphDatabase.driver(stack.neo4j_uri, auth=(NEO4J_USER, "wrong-password")) as bad:
         with pytest.raises(AuthError):
             bad.verify_connectivity()

@@ -191,3 +191,12 @@ def test_malformed_response(message: TaskResponse, changes: dict[str, Any], reas
 def test_a_message_of_another_kind_is_malformed() -> None:
     assert reason_of(TaskResponse, REQUEST.encode()) == "unknown field 'kind'"
     assert reason_of(SubmissionNotice, SUCCESS.encode()) == "unknown field 'task'"
+
+
+def test_wire_from_static_decodes_to_the_same_request_as_from_static():
+    from node.model.messages import TaskRequest, static_request_bytes
+    from node.model.template import TaskSpec
+
+    blob = static_request_bytes("exp-9", TaskSpec(name="a", kind="k", executor="sleep", params={"ms": 5}), {"x": "1"})
+    wire = TaskRequest.wire_from_static(blob, attempt=2, epoch=7, dispatched_at=1700000000.25)
+    assert TaskRequest.decode(wire) == TaskRequest.from_static(blob, 2, 7, 1700000000.25)

@@ -1,0 +1,86 @@
+"""LeaderBeacon: a killed leader is replaced before its session expires; a frozen one is not."""
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from election_harness import REPO_ROOT, first_elected, wait_until
+
+from election import LeaderBeacon
+
+CANDIDATE = REPO_ROOT / "tests" / "election" / "candidate_proc.py"
+SESSION_TIMEOUT_S = 4.0  # long, so that a failover well under it can only come from the beacon
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def beacon_leader(zk, paths):
+    """A leader in its own process with a beacon; yields (proc, epoch, beacon_path)."""
+    beacon_path = paths[0] + "-beacon"
+    proc = subprocess.Popen([sys.executable, str(CANDIDATE), zk.hosts, str(SESSION_TIMEOUT_S), "proc-leader", *paths,
+                             str(free_port()), beacon_path],
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line.strip()) for line in proc.stdout], daemon=True).start()
+    first = lines.get(timeout=15)
+    assert first.startswith("ELECTED "), first
+    try:
+        yield proc, int(first.split()[1]), beacon_path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait(5)
+
+
+def _watchers(make_candidate, beacon_path):
+    cands = [make_candidate(f"node-{i}", SESSION_TIMEOUT_S) for i in range(2)]
+    beacons = [LeaderBeacon(c.client, c.name, ("127.0.0.1", free_port()), beacon_path).start() for c in cands]
+    wait_until(lambda: all(b._watched for b in beacons), 5.0, "watchers following the leader's beacon")
+    return cands, beacons
+
+
+def test_killed_leader_is_replaced_before_its_session_expires(beacon_leader, make_candidate):
+    proc, old_epoch, beacon_path = beacon_leader
+    cands, beacons = _watchers(make_candidate, beacon_path)
+    try:
+        killed_at = time.monotonic()
+        proc.kill()
+        new, elected_at, epoch = first_elected(cands, killed_at, SESSION_TIMEOUT_S)
+        failover = elected_at - killed_at
+        print(f"\nkill -9 fail-over with the beacon at session timeout {SESSION_TIMEOUT_S}s: {failover * 1000:.0f} ms")
+        assert epoch > old_epoch
+        assert failover < SESSION_TIMEOUT_S / 4, "the beacon, not session expiry, must drive this fail-over"
+        assert sum(b.deaths_detected for b in beacons) >= 1
+    finally:
+        for beacon in beacons:
+            beacon.stop()
+
+
+def test_frozen_leader_keeps_its_beacon_so_only_session_expiry_replaces_it(beacon_leader, make_candidate):
+    proc, old_epoch, beacon_path = beacon_leader
+    cands, beacons = _watchers(make_candidate, beacon_path)
+    try:
+        frozen_at = time.monotonic()
+        proc.send_signal(signal.SIGSTOP)
+        new, elected_at, epoch = first_elected(cands, frozen_at, SESSION_TIMEOUT_S + 5.0)
+        waited = elected_at - frozen_at
+        print(f"\nSIGSTOP fail-over with the beacon at session timeout {SESSION_TIMEOUT_S}s: {waited * 1000:.0f} ms")
+        assert waited > SESSION_TIMEOUT_S * 0.5, "a frozen leader's sockets stay open: no early takeover"
+        assert epoch > old_epoch
+        assert sum(b.deaths_detected for b in beacons) == 0
+    finally:
+        for beacon in beacons:
+            beacon.stop()
