@@ -3,12 +3,14 @@
     run_worker(cfg, "worker-3", concurrency=4)   # serves /metrics on 127.0.0.1:cfg.worker_http_port(3)
 
 SIGTERM or SIGINT sets the stop event: the batch in hand is finished and acknowledged, unprocessed prefetched
-deliveries go back to the queue, and the function returns 0.
+deliveries go back to the queue, and the function returns 0 — or ends the process at once with status 0 when a
+task abandoned at its timeout is still running, since Python would otherwise wait for its thread.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -56,4 +58,9 @@ def run_worker(cfg: Config, worker_id: str, concurrency: int) -> int:
             signal.signal(sig, previous)
         if server is not None:
             server.shutdown()
+    stragglers = worker.stragglers()
+    if stragglers:  # the interpreter would wait for their threads at exit, possibly for hours
+        log.info("worker: %s exits with %d timed-out task(s) still running", worker_id, stragglers)
+        logging.shutdown()
+        os._exit(0)
     return 0

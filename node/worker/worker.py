@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import pymysql
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 DEPENDENCY_ERRORS = (*CONNECTION_ERRORS, ServiceError, pymysql.MySQLError)
 MAX_ID_CHARS = 64  # ledger columns experiment_id, task, worker
 MAX_ERROR_CHARS = 512  # ledger column error
+MAX_RESULT_BYTES = 60_000  # ledger column result (TEXT: 65,535 bytes)
 POLL_S = 0.05  # longest wait without pumping AMQP events (heartbeats) or checking timeouts
 CONNECT_RETRY_S = 5.0  # one bounded connect attempt; repeated while the worker is not stopped
 
@@ -117,6 +118,13 @@ class Worker:
         self._conn: BlockingConnection | None = None
         self._consumer: BatchConsumer | None = None
         self._publisher: BatchPublisher | None = None
+        self._lost: BaseException | None = None  # the AMQP connection failed while tasks were running
+        self._abandoned: list[Future] = []  # executions that outlived their timeout
+
+    def stragglers(self) -> int:
+        """Executions abandoned at their timeout that are still running (their threads cannot be stopped)."""
+        self._abandoned = [f for f in self._abandoned if not f.done()]
+        return len(self._abandoned)
 
     # --- life cycle ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -171,12 +179,12 @@ class Worker:
         while not self._stop.is_set():
             batch = self._consumer.next_batch(max_n=self.cfg.batch_size, max_wait_s=0.1)
             if batch:
-                self.handle_batch(batch)
+                self._handle_batch(batch)
         self._consumer.stop()
 
     def _close(self) -> None:
         """Drop the AMQP connection: deliveries not acknowledged go back to the queue."""
-        conn, self._conn, self._consumer, self._publisher = self._conn, None, None, None
+        conn, self._conn, self._consumer, self._publisher, self._lost = self._conn, None, None, None, None
         if conn is not None and conn.is_open:
             try:
                 conn.close()
@@ -194,7 +202,7 @@ class Worker:
             self._stop.wait(seconds)
 
     # --- one batch ----------------------------------------------------------------------------
-    def handle_batch(self, batch: list[Delivery]) -> None:
+    def _handle_batch(self, batch: list[Delivery]) -> None:
         """Answer every delivery of ``batch`` durably, then acknowledge it."""
         assert self._publisher is not None and self._consumer is not None
         BATCH_SIZE.observe(len(batch))
@@ -228,12 +236,16 @@ class Worker:
         self.ledger.finish([Finish(row_id, o.ended_at, o.outcome, o.result, o.error, o.started_at)
                             for row_id, o in zip(ids, outcomes)])
         self._account(runs, outcomes)
+        if self._lost is not None:
+            lost, self._lost = self._lost, None
+            raise lost
         executed = {request_key(r): (row_id, o) for r, row_id, o in zip(runs, ids, outcomes)}
 
-        responses, replayed_ids = [], []
+        responses, replayed_ids, answered = [], [], set()
         for request in requests:
             key = request_key(request)
-            if key in executed and fresh.pop(key, None) is not None:
+            if key in executed and key not in answered:
+                answered.add(key)
                 responses.append(self._response(request, executed[key][1]))
                 continue
             row = done.get(key)
@@ -290,6 +302,7 @@ class Worker:
                         outcomes[i] = futures[i].result()
                     elif start is not None and now - start >= runs[i].timeout_s:
                         outcomes[i] = timed_out(runs[i].timeout_s, now - start)
+                        self._abandoned.append(futures[i])
                         abandoned += 1
                     else:
                         continue
@@ -299,8 +312,7 @@ class Worker:
                 deadlines = [start + runs[i].timeout_s for i in pending if (start := began[i]) is not None]
                 limit = min([POLL_S] + [d - now for d in deadlines])
                 wait([futures[i] for i in pending], timeout=max(limit, 0.0), return_when=ALL_COMPLETED)
-                if self._conn is not None:
-                    self._conn.process_data_events(time_limit=0)
+                self._pump()
         finally:  # when the connection failed under us, what has not started yet will not start
             for future in futures:
                 future.cancel()
@@ -310,6 +322,16 @@ class Worker:
             self._pool.shutdown(wait=False)
             self._pool = self._new_pool()
         return outcomes  # type: ignore[return-value]
+
+    def _pump(self) -> None:
+        """Serve AMQP heartbeats while tasks run. A lost connection is remembered, not raised: the tasks in hand
+        finish and reach the ledger first, so that their redelivery is replayed instead of run again."""
+        if self._conn is None or self._lost is not None:
+            return
+        try:
+            self._conn.process_data_events(time_limit=0)
+        except CONNECTION_ERRORS as exc:
+            self._lost = exc
 
     def _run_one(self, request: TaskRequest, began: list[float | None], index: int) -> Outcome:
         """Execute one request (on a pool thread); never raises."""
@@ -323,9 +345,11 @@ class Worker:
             if not isinstance(value, dict):
                 raise ExecutorFailure(f"executor returned {type(value).__name__}, not an object")
             try:
-                json.dumps(value, allow_nan=False)
+                size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode("utf-8"))
             except (TypeError, ValueError) as exc:
                 raise ExecutorFailure(f"result is not JSON: {exc}") from None
+            if size > MAX_RESULT_BYTES:
+                raise ExecutorFailure(f"result is {size} bytes of JSON, more than {MAX_RESULT_BYTES}")
             result = value
         except ExecutorFailure as exc:
             error = one_line(str(exc))
