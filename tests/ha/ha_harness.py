@@ -1,0 +1,91 @@
+"""Helpers of the HA tests: polling, restoring the 3-node cluster, scraping a node, finding ZooKeeper links."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+from chaos_tests.checker import check
+from node import cluster
+from node.audit import Audit
+from node.config import HOST, Config
+from node.experiments import Experiments
+from node.load import Load
+from node.stack.process import wait_gone
+
+NODES = 3
+
+
+def number(node_id: str) -> int:
+    return int(node_id.split("-")[1])
+
+
+def restore_nodes(cfg: Config) -> None:
+    """Restart every node that is not running (a killed one), so that 3 replicas remain."""
+    for n in range(1, NODES + 1):
+        pid = cluster.node_process(cfg, n).pid()
+        if pid is None:
+            cluster.start_node(cfg, n)
+
+
+def restart_when_gone(cfg: Config, row: dict, timeout_s: float = 15.0) -> None:
+    """Wait for the signalled node's process to exit, then start it again."""
+    assert wait_gone(row["pid"], timeout_s), f"{row['node_id']} (pid {row['pid']}) still running"
+    cluster.start_node(cfg, number(row["node_id"]))
+
+
+def metric(cfg: Config, n: int, name: str) -> float:
+    """Sum of the samples of ``name`` (no labels) on node-n's /metrics."""
+    with urllib.request.urlopen(f"http://{HOST}:{cfg.node_http_port(n)}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def log_size(cfg: Config, n: int) -> int:
+    path = cluster.node_process(cfg, n).log_file
+    return path.stat().st_size if path.exists() else 0
+
+
+def log_since(cfg: Config, n: int, offset: int) -> str:
+    with open(cluster.node_process(cfg, n).log_file, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def zk_member_of(cfg: Config, pid: int) -> set[int]:
+    """ZooKeeper members (1..3) that process ``pid`` holds a TCP connection to (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = {cfg.zk_client_port(m): m for m in (1, 2, 3)}
+    members = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if fields[9] in inodes and remote_port in ports:
+                members.add(ports[remote_port])
+    return members
+
+
+def finish(cfg: Config, exps: Experiments, audit: Audit, load: Load, timeout_s: float = 90.0) -> dict[str, str]:
+    """Wait for the load to be submitted and every experiment to end; assert the invariants; return states."""
+    assert load.join(timeout_s), f"load not submitted after {timeout_s:g} s ({load.done}/{load.total})"
+    rows = exps.wait(load.ids, timeout_s)
+    states = {r["experiment_id"]: r["state"] for r in rows}
+    assert set(states.values()) == {"COMPLETED"}, {s: sum(1 for v in states.values() if v == s) for s in states.values()}
+    assert audit.double_advanced(load.ids) == []
+    report = check(cfg, experiment_ids=load.ids)
+    assert report.ok, report.to_markdown()
+    return states
