@@ -161,7 +161,9 @@ class Records:
         self.transaction(work)
 
     def missing_successes(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Of (experiment_id, task) pairs flagged in Neo4j, those without a SUCCEEDED transition (crash repair)."""
+        """Of (experiment_id, task) pairs flagged in Neo4j, those without a SUCCEEDED transition (crash repair);
+        each pair once, however often it is given (a batch can hold several duplicates of one task)."""
+        keys = list(dict.fromkeys(keys))
         if not keys:
             return []
 

@@ -37,3 +37,12 @@ def test_a_leader_frozen_inside_a_fenced_transaction_does_not_block_the_next_rai
     with pytest.raises(pymysql.err.OperationalError):
         cursor.execute("SELECT 1")
     records.close()
+
+
+def test_missing_successes_names_each_pair_once(stack):
+    """The takeover repair writes what this returns: a pair given twice (duplicates in one batch) must come
+    back once, or its SUCCEEDED row would be written twice (found by the chaos campaign)."""
+    records = Records(stack)
+    pair = (f"repair-{time.time_ns()}", "stage_in")
+    assert records.missing_successes([pair, pair, pair]) == [pair]
+    records.close()
