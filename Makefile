@@ -19,6 +19,11 @@ demo: setup
 bench: setup
 	$(HAORCH) stack up
 	$(HAORCH) bench throughput
+	$(HAORCH) bench failover
+
+chaos: setup
+	$(HAORCH) stack up
+	$(HAORCH) chaos run mixed --kills 50 --experiments 2000 --report docs/chaos
 
 stack-up: setup
 	$(HAORCH) stack up

@@ -1,0 +1,164 @@
+"""Writes a chaos run's result as ``result.json``, ``report.md`` and ``timeline.png`` into a report dir.
+
+    paths = write(result, "docs/chaos")      # {"json": ..., "markdown": ..., "png": ...}
+
+The timeline (matplotlib, Agg backend) has two panels over the seconds since the run started: the role of each
+node as coloured bands (leader coloured by epoch, standby grey, down or unanswered red) with every fault as a
+shaded span (inject → undo) and its failover (fault → first SUCCEEDED transition of the next epoch) as a black
+bar; and the throughput per time bucket (task successes, finished experiments, submissions) with the faults
+marked again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+LEADER_FAULTS = ("kill-leader", "stop-leader", "freeze-leader", "partition-leader")
+EPOCH_COLOURS = (0, 1, 2, 4, 5, 6, 8, 9)
+#: short labels of the faults on the timeline
+CODES = {"kill-leader": "K", "stop-leader": "T", "freeze-leader": "F", "partition-leader": "P", "kill-worker": "W",
+         "zk-member": "Z1", "zk-quorum": "ZQ", "restart-rabbitmq": "Rmq", "restart-mariadb": "Rdb",
+         "restart-neo4j": "Rneo"}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 1000:.0f} ms"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    exp = result["experiments"]
+    fo = result["failover"]
+    verdict = "OK" if result["ok"] else "FAILED"
+    lines = [f"# Chaos run `{result['scenario']}`: {verdict}", "",
+             f"Seed {result['seed']}, {len(result['faults'])} fault(s), {exp['submitted']} experiments at "
+             f"{result['rate']:.1f}/s, {result['nodes']} nodes, {result['workers']} workers, ZooKeeper session "
+             f"{result['session_timeout_s']:g} s; {result['duration_s']:.0f} s in all. Ids `{result['prefix']}*`.", "",
+             "| result | value |", "| --- | --- |",
+             f"| invariant violations | {result['violations']} |",
+             f"| experiments completed | {exp['completed']} / {exp['submitted']} (states: "
+             + ", ".join(f"{k} {v}" for k, v in sorted(exp["states"].items())) + ") |",
+             f"| not terminal / missing | {exp['not_terminal']} / {exp['missing']} |",
+             f"| duplicate executions (keys / extra rows / replays) | {result['duplicate_executions']} / "
+             f"{result['duplicate_rows']} / {result['replays']} |",
+             f"| leader failovers measured | {fo['count']} |",
+             f"| failover p50 / p99 / max | {_ms(fo['p50_s'])} / {_ms(fo['p99_s'])} / {_ms(fo['max_s'])} |",
+             f"| frozen processes / chaos iptables rules left | {len(result['frozen_left'])} / "
+             f"{result['rules_left']} |",
+             ""]
+    if fo["by_fault"]:
+        lines += ["| leader fault | count | failover p50 | max |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {k} | {v['count']} | {_ms(v['p50_s'])} | {_ms(v['max_s'])} |" for k, v in fo["by_fault"].items()]
+        lines.append("")
+    lines += ["## Faults", "", "| # | fault | detail | at (s) | held (s) | new leader | elected after | failover |",
+              "| ---: | --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    t0 = result["started_at"]
+    for rec in result["faults"]:
+        at = rec.get("injected_at")
+        held = (rec["undone_at"] - at) if at and rec.get("undone_at") else None
+        detail = rec.get("victim") or ",".join(rec.get("services", [])) or ""
+        if rec.get("error"):
+            detail += f" error: {rec['error']}"
+        leader = (rec.get("next_leader") or "-") + (f" e{rec['next_epoch']}" if rec.get("next_epoch") else "")
+        lines.append(f"| {rec['n']} | {rec['fault']} | {detail} | {(at - t0) if at else float('nan'):.1f} | "
+                     f"{held if held is not None else float('nan'):.1f} | {leader} | {_ms(rec.get('elected_s'))} | "
+                     f"{_ms(rec.get('failover_s'))} |")
+    if result["errors"]:
+        lines += ["", "Errors during the run:", ""] + [f"- {e}" for e in result["errors"]]
+    lines += ["", "Failover = fault injected → first SUCCEEDED transition of the next epoch (from the stores). "
+                  "Duplicate executions are at-least-once redeliveries that a worker ran again (counted, not "
+                  "violations).", "", "![timeline](timeline.png)", "", result["check_markdown"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _segments(samples: list[dict[str, Any]], node: str, t0: float) -> list[tuple[float, float, str, Any]]:
+    """(start, end, role, epoch) runs of one node's sampled role (each sample lasts until the next one)."""
+    out: list[tuple[float, float, str, Any]] = []
+    for i, sample in enumerate(samples):
+        info = sample["nodes"].get(node, {"role": "down", "epoch": None})
+        start = sample["t"] - t0
+        end = (samples[i + 1]["t"] - t0) if i + 1 < len(samples) else start
+        key = (info["role"], info["epoch"] if info["role"] == "leader" else None)
+        if out and (out[-1][2], out[-1][3]) == key and abs(out[-1][1] - start) < 1e-6:
+            out[-1] = (out[-1][0], end, key[0], key[1])
+        else:
+            out.append((start, end, key[0], key[1]))
+    return out
+
+
+def timeline_png(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    t0 = result["started_at"]
+    samples = result["leader_timeline"]
+    nodes = sorted({n for s in samples for n in s["nodes"]}, key=lambda n: int(n.split("-")[1]))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(10.0, min(22.0, result["duration_s"] / 30)), 7.0),
+                                   sharex=True, gridspec_kw={"height_ratios": [1.2, 1]})
+    palette = plt.get_cmap("tab10")
+    for row, node in enumerate(nodes):
+        for start, end, role, epoch in _segments(samples, node, t0):
+            if role == "leader":  # tab10 without its red and grey (those mean down and standby)
+                color = palette(EPOCH_COLOURS[int(epoch or 0) % len(EPOCH_COLOURS)])
+            elif role == "standby":
+                color = "#d0d0d0"
+            else:
+                color = "#e05050"
+            ax1.broken_barh([(start, end - start)], (row - 0.35, 0.7), facecolors=color, linewidth=0)
+    ax1.set_yticks(range(len(nodes)), nodes)
+    ax1.set_ylim(-0.8, len(nodes) - 0.2 + 0.6)
+    ax1.set_title(f"chaos {result['scenario']} (seed {result['seed']}): leader per node, faults, failovers\n"
+                  + "  ".join(f"{c} {k}" for k, c in CODES.items()), fontsize=9)
+    many = len(result["faults"]) > 20
+    top = len(nodes) - 0.2
+    for rec in result["faults"]:
+        at = rec.get("injected_at")
+        if not at:
+            continue
+        start = at - t0
+        end = (rec["undone_at"] - t0) if rec.get("undone_at") else start + 0.5
+        color = "#ff9f1c" if rec["fault"] in LEADER_FAULTS else "#2ec4b6"
+        for ax in (ax1, ax2):
+            ax.axvspan(start, max(end, start + 0.1), color=color, alpha=0.25, linewidth=0)
+            ax.axvline(start, color=color, linewidth=0.8)
+        ax1.text(start, top + 0.05, CODES.get(rec["fault"], rec["fault"]), fontsize=6, va="bottom")
+        if rec.get("failover_s") is not None:
+            ax1.plot([start, start + rec["failover_s"]], [-0.6, -0.6], color="black", linewidth=2)
+            if not many:
+                ax1.text(start, -0.75, f"{rec['failover_s'] * 1000:.0f} ms", fontsize=6, va="top")
+    ax1.legend(handles=[Patch(color=palette(1), label="leader (colour = epoch)"),
+                        Patch(color="#d0d0d0", label="standby"),
+                        Patch(color="#e05050", label="down / no answer"),
+                        Patch(color="#ff9f1c", alpha=0.4, label="leader fault"),
+                        Patch(color="#2ec4b6", alpha=0.4, label="other fault"),
+                        Patch(color="black", label="failover")], fontsize=7, loc="upper right", ncols=6)
+    tp = result["throughput"]
+    bucket = tp["bucket_s"]
+    xs = [i * bucket for i in range(len(tp["tasks_succeeded"]))]
+    ax2.step(xs, [v / bucket for v in tp["tasks_succeeded"]], where="post", label="tasks succeeded /s")
+    ax2.step(xs, [v / bucket for v in tp["experiments_finished"]], where="post", label="experiments finished /s")
+    ax2.step(xs, [v / bucket for v in tp["submitted"]], where="post", label="submitted /s", alpha=0.6)
+    ax2.set_xlabel("seconds since the run started")
+    ax2.set_ylabel("per second")
+    ax2.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(result: dict[str, Any], directory: str | Path) -> dict[str, str]:
+    """Write result.json, report.md and timeline.png into ``directory`` (created); returns their paths."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "result.json"
+    json_path.write_text(json.dumps(result, indent=1, default=str))
+    md_path = out / "report.md"
+    md_path.write_text(markdown(result))
+    png_path = timeline_png(result, out / "timeline.png")
+    return {"json": str(json_path), "markdown": str(md_path), "png": str(png_path)}

@@ -1,0 +1,326 @@
+"""Named chaos scenarios: a 3-node cluster under steady load, N faults at intervals, then the invariant checker.
+
+    result = run(cfg, "kill-leader", kills=3, experiments=200, seed=1)
+    result["ok"], result["violations"], result["failover"]["p50_s"]
+
+Each run: make sure the stack runs, (re)start the cluster (``nodes`` nodes, ``workers`` workers) → start the
+load (ids ``chaos-<scenario>-<run>-NNNNN``) and a sampler of ``cluster.status`` every 0.25 s → for every fault
+of the plan: inject, hold (bounded), undo, wait until every process runs and a leader acts (bounded), pause
+``interval_s`` → let the load reach its count → wait (bounded) until every experiment is terminal → run
+:func:`chaos_tests.checker.check` over exactly the load's ids. Whatever happens, a ``finally`` undoes every
+fault again and deletes every iptables rule and cgroup of the stack (:func:`chaos_tests.faults.cleanup`).
+
+The result dict (what :mod:`chaos_tests.report` renders): the plan, each fault with its timestamps and the
+leader change it caused (failover = fault → the next epoch's first SUCCEEDED transition, as ``bench failover``
+measures it), the sampled leader per node over time, submissions / task successes / finished experiments per
+time bucket (from MariaDB), experiment states, the checker's report, violations and duplicate executions.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from bench.throughput import _query
+from chaos_tests import faults as fault_mod
+from chaos_tests.load import SteadyLoad
+from node import cluster
+from node.config import Config, with_overrides
+from node.errors import HaorchError, TimeoutExpired, UsageError
+from node.experiments import Experiments
+from node.stack import manager
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+#: scenario → the fault kinds it cycles through (``mixed`` draws from all of them with ``random_mix``)
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    "kill-leader": ("kill-leader",),
+    "stop-leader": ("stop-leader",),
+    "freeze-leader": ("freeze-leader",),
+    "partition-leader": ("partition-leader",),
+    "kill-worker": ("kill-worker",),
+    "zk-member": ("zk-member",),
+    "zk-quorum": ("zk-quorum",),
+    "restart-services": ("restart-rabbitmq", "restart-mariadb", "restart-neo4j"),
+    "mixed": fault_mod.KINDS,
+}
+SAMPLE_PERIOD_S = 0.25
+FIRST_ADVANCE_WAIT_S = 20.0
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def plan(scenario: str, kills: int, seed: int, workers: int = 2) -> list[dict[str, Any]]:
+    """The reproducible list of fault specs of a run."""
+    if scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
+    if scenario == "mixed":
+        return fault_mod.random_mix(seed, kills, workers=workers)
+    rng = random.Random(seed)
+    kinds = SCENARIOS[scenario]
+    return [fault_mod.spec(kinds[i % len(kinds)], rng, workers) for i in range(kills)]
+
+
+class LeaderSampler:
+    """Samples ``cluster.status`` every ``period_s`` on a thread (bounded by ``max_s``): role and epoch per node,
+    kept as the list of changes (each state lasts until the next entry's ``t``)."""
+
+    def __init__(self, cfg: Config, period_s: float = SAMPLE_PERIOD_S, max_s: float = 24 * 3600.0) -> None:
+        self.cfg, self.period_s, self.max_s = cfg, period_s, max_s
+        self.samples: list[dict[str, Any]] = []   # the sampled states, from one change to the next
+        self.count = 0                             # samples taken
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="leader-sampler", daemon=True)
+
+    def start(self) -> "LeaderSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        end = time.monotonic() + self.max_s
+        while not self._stop.is_set() and time.monotonic() < end:
+            started = time.monotonic()
+            try:
+                rows = cluster.status(self.cfg)
+            except Exception as exc:  # noqa: BLE001 - a sample may fail mid-fault; keep sampling
+                log.debug("sampler: %s", exc)
+                rows = []
+            self._record({r["node_id"]: {"role": r["role"], "epoch": r["epoch"]} for r in rows})
+            self._stop.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+        self._record(None)
+
+    def _record(self, nodes: dict[str, Any] | None) -> None:
+        """Keep a sample only when some node's role or epoch changed (and the last one, closing the timeline)."""
+        self.count += nodes is not None
+        if nodes is None:
+            if self.samples:
+                self.samples.append({"t": time.time(), "nodes": self.samples[-1]["nodes"]})
+        elif not self.samples or self.samples[-1]["nodes"] != nodes:
+            self.samples.append({"t": time.time(), "nodes": nodes})
+
+
+def _stack_up(cfg: Config, progress: Progress) -> None:
+    if not all(s.proc.alive() for s in manager.services(cfg)):
+        manager.up(cfg, progress=lambda m: progress(f"stack: {m}"))
+
+
+def _first_advance(cfg: Config, epoch: int, timeout_s: float) -> float | None:
+    """Time of the first SUCCEEDED transition of ``epoch``, polled for up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        at = _query(cfg, "SELECT MIN(at) FROM transitions WHERE epoch = %s AND to_state = 'SUCCEEDED'", (epoch,))[0][0]
+        if at is not None or time.monotonic() > deadline:
+            return None if at is None else float(at)
+        time.sleep(0.1)
+
+
+def _run_fault(fault: fault_mod.Fault, nodes: int, workers: int, progress: Progress,
+               on_injected: Callable[[fault_mod.Fault], None] | None) -> dict[str, Any]:
+    try:
+        fault.inject()
+        progress(f"fault {fault.name} injected {fault.detail}")
+        if on_injected is not None:
+            on_injected(fault)
+        fault.hold()
+        if fault.leader_fault and fault.detail.get("new_epoch"):
+            # like `bench failover`: the fault lasts until the new leader advanced a DAG (bounded)
+            _first_advance(fault.cfg, fault.detail["new_epoch"], FIRST_ADVANCE_WAIT_S)
+    finally:
+        fault.undo()
+    recovered = fault_mod.wait_recovered(fault.cfg, nodes, workers)
+    record = {**fault.record(), **recovered}
+    progress(f"fault {fault.name} undone; recovered={recovered['recovered']}")
+    return record
+
+
+def _leader_changes(cfg: Config, records: list[dict[str, Any]], end: float) -> None:
+    """Per fault: the first epoch elected after it (before the next fault), its election and first advance."""
+    terms = _query(cfg, "SELECT epoch, node_id, elected_at FROM leader_terms ORDER BY epoch")
+    for i, rec in enumerate(records):
+        start = rec.get("injected_at")
+        if start is None:
+            continue
+        until = records[i + 1]["injected_at"] if i + 1 < len(records) and records[i + 1].get("injected_at") else end
+        before = rec.get("epoch_before") or 0
+        nxt = next(((e, n, float(at)) for e, n, at in terms if e > before and start - 0.5 <= float(at) < until),
+                   None)
+        rec["epoch_changed"] = nxt is not None
+        if nxt is None:
+            continue
+        epoch, node_id, elected_at = nxt
+        first = _first_advance(cfg, epoch, 0.0)
+        rec.update({"next_epoch": epoch, "next_leader": node_id, "elected_s": round(elected_at - start, 4),
+                    "failover_s": round(float(first) - start, 4) if first is not None else None})
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _failover_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    leader = [r for r in records if r.get("failover_s") is not None and r["fault"] in
+              ("kill-leader", "stop-leader", "freeze-leader", "partition-leader")]
+    by_kind: dict[str, list[float]] = {}
+    for r in leader:
+        by_kind.setdefault(r["fault"], []).append(r["failover_s"])
+    values = [r["failover_s"] for r in leader]
+    return {"count": len(values), "p50_s": _pct(values, 0.5), "p99_s": _pct(values, 0.99),
+            "max_s": max(values) if values else None,
+            "by_fault": {k: {"count": len(v), "p50_s": _pct(v, 0.5), "max_s": max(v)} for k, v in by_kind.items()}}
+
+
+def _throughput(cfg: Config, prefix: str, t0: float, end: float) -> dict[str, Any]:
+    """Submissions, task successes and finished experiments per bucket, from MariaDB."""
+    bucket = max(1.0, round((end - t0) / 300.0))
+    n = int((end - t0) // bucket) + 1
+    like = prefix + "%"
+
+    def series(sql: str) -> list[int]:
+        out = [0] * n
+        for idx, count in _query(cfg, sql, (t0, bucket, like)):
+            if idx is not None and 0 <= int(idx) < n:
+                out[int(idx)] += int(count)
+        return out
+
+    return {"bucket_s": bucket, "t0": t0,
+            "submitted": series("SELECT FLOOR((created_at - %s) / %s), COUNT(*) FROM experiments "
+                                "WHERE experiment_id LIKE %s GROUP BY 1"),
+            "tasks_succeeded": series("SELECT FLOOR((at - %s) / %s), COUNT(*) FROM transitions WHERE experiment_id "
+                                      "LIKE %s AND to_state = 'SUCCEEDED' AND task IS NOT NULL GROUP BY 1"),
+            "experiments_finished": series("SELECT FLOOR((finished_at - %s) / %s), COUNT(*) FROM experiments "
+                                           "WHERE experiment_id LIKE %s AND finished_at IS NOT NULL GROUP BY 1")}
+
+
+def _wait_terminal(cfg: Config, ids: list[str], timeout_s: float) -> dict[str, Any]:
+    started = time.monotonic()
+    quiescent = True
+    if ids:
+        with Experiments(cfg) as exps:
+            try:
+                exps.wait(ids, timeout_s=timeout_s, poll_s=0.5)
+            except TimeoutExpired:
+                quiescent = False
+    rows = _query(cfg, "SELECT state, COUNT(*) FROM experiments WHERE experiment_id IN ("
+                  + ",".join(["%s"] * len(ids)) + ") GROUP BY state", ids) if ids else []
+    states = {s: int(c) for s, c in rows}
+    return {"submitted": len(ids), "states": states, "completed": states.get("COMPLETED", 0),
+            "not_terminal": sum(c for s, c in states.items() if s not in TERMINAL),
+            "missing": len(ids) - sum(states.values()), "quiescent": quiescent,
+            "wait_s": round(time.monotonic() - started, 3)}
+
+
+def _inject_all(run_cfg: Config, specs: list[dict[str, Any]], load: SteadyLoad, nodes: int, workers: int,
+                interval_s: float, load_bound_s: float, progress: Progress,
+                on_injected: Callable[[fault_mod.Fault], None] | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Start the load, run every fault of the plan in turn; a ``finally`` undoes them all and cleans up."""
+    made: list[fault_mod.Fault] = []
+    records: list[dict[str, Any]] = []
+    errors: list[str] = []
+    try:
+        load.start()
+        time.sleep(min(2.0, 4.0 / load.rate + 0.5))
+        for i, fault_spec in enumerate(specs):
+            fault = fault_mod.make_fault(run_cfg, fault_spec)
+            made.append(fault)
+            progress(f"fault {i + 1}/{len(specs)}: {fault_spec}")
+            try:
+                records.append({"n": i + 1, **_run_fault(fault, nodes, workers, progress, on_injected)})
+            except HaorchError as exc:  # e.g. no leader to kill: record it, keep going
+                errors.append(f"fault {i + 1} {fault.name}: {exc}")
+                records.append({"n": i + 1, **fault.record(), "error": str(exc)})
+                progress(f"fault {fault.name} failed: {exc}")
+                fault_mod.wait_recovered(run_cfg, nodes, workers)
+            time.sleep(interval_s)
+        progress("faults done; letting the load finish")
+        if not load.wait_done(load_bound_s):
+            errors.append("load did not finish within its bound")
+    finally:
+        for fault in reversed(made):
+            try:
+                fault.undo()
+            except Exception as exc:  # noqa: BLE001 - undo the others anyway
+                errors.append(f"undo {fault.name}: {exc}")
+        leftover = fault_mod.cleanup(run_cfg)
+        if leftover:
+            errors.append(f"cleanup deleted {leftover} leftover iptables rule(s)")
+        load.stop(timeout_s=60.0)
+    return records, errors
+
+
+def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed: int = 1,
+        rate: float | None = None, interval_s: float = 2.0, nodes: int = 3, workers: int = 2,
+        session_timeout_s: float | None = None, quiesce_s: float = 300.0, fresh_cluster: bool = True,
+        keep_cluster: bool = False, progress: Progress = lambda _m: None,
+        on_injected: Callable[[fault_mod.Fault], None] | None = None) -> dict[str, Any]:
+    """Run one scenario and return its result dict (see the module docstring). Raises only on a setup error
+    or when ``on_injected`` raises; faults are undone in every case."""
+    if experiments < 1 or kills < 0:
+        raise UsageError("--experiments must be at least 1 and --kills at least 0")
+    specs = plan(scenario, kills, seed, workers)
+    run_cfg = with_overrides(cfg, zk_session_timeout_s=session_timeout_s) if session_timeout_s else cfg
+    if rate is None:
+        planned_s = 4.0 + kills * (interval_s + 2 * run_cfg.zk_session_timeout_s + 3.0)
+        rate = min(50.0, max(2.0, experiments / planned_s))
+    run_id = uuid.uuid4().hex[:6]
+    prefix = f"chaos-{scenario}-{run_id}-"
+    started = time.time()
+    progress(f"scenario {scenario}: {kills} fault(s), {experiments} experiments at {rate:.1f}/s, seed {seed}")
+
+    fault_mod.cleanup(run_cfg)
+    _stack_up(run_cfg, progress)
+    if fresh_cluster:
+        cluster.down(run_cfg)
+    cluster.up(run_cfg, nodes=nodes, workers=workers, progress=lambda m: progress(f"cluster: {m}"))
+    load_bound_s = experiments / rate + kills * 120.0 + 60.0
+    load = SteadyLoad(run_cfg, prefix, per_tick=4 if rate >= 8 else 1, rate=rate, limit=experiments,
+                      max_s=load_bound_s)
+    sampler = LeaderSampler(run_cfg, max_s=load_bound_s + quiesce_s + 600.0).start()
+    try:
+        records, errors = _inject_all(run_cfg, specs, load, nodes, workers, interval_s, load_bound_s, progress,
+                                      on_injected)
+        fault_mod.wait_recovered(run_cfg, nodes, workers)
+        progress(f"{len(load.ids)} experiments submitted; waiting for all to finish")
+        exp = _wait_terminal(run_cfg, load.ids, quiesce_s)
+        sampler.stop()
+        ended = time.time()
+        from chaos_tests.checker import check
+
+        report = check(run_cfg, experiment_ids=load.ids)
+        _leader_changes(run_cfg, records, ended)
+        result = {
+            "scenario": scenario, "seed": seed, "kills": kills, "run_id": run_id, "prefix": prefix,
+            "experiments_requested": experiments, "rate": rate, "interval_s": interval_s,
+            "session_timeout_s": run_cfg.zk_session_timeout_s, "nodes": nodes, "workers": workers,
+            "started_at": started, "ended_at": ended, "duration_s": round(ended - started, 3),
+            "plan": specs, "faults": records, "errors": errors,
+            "leader_timeline": sampler.samples, "leader_samples": sampler.count, "failover": _failover_summary(records),
+            "throughput": _throughput(run_cfg, prefix, started, ended),
+            "experiments": exp, "load_errors": load.errors,
+            "check": report.to_dict(), "violations": len(report.violations),
+            "duplicate_executions": report.duplicate_executions,
+            "duplicate_rows": report.duplicate_rows, "replays": report.replays,
+            "frozen_left": fault_mod.stopped_pids(run_cfg), "rules_left": len(fault_mod.chaos_rules(run_cfg)),
+            "check_markdown": report.to_markdown(),
+        }
+        result["ok"] = (report.ok and exp["not_terminal"] == 0 and exp["missing"] == 0
+                        and not result["frozen_left"] and not result["rules_left"])
+        progress(f"scenario {scenario}: {'OK' if result['ok'] else 'FAILED'}: {len(report.violations)} "
+                 f"violation(s), {exp['completed']}/{exp['submitted']} completed, "
+                 f"{report.duplicate_executions} duplicate execution(s), failover p50 {result['failover']['p50_s']}")
+        return result
+    finally:
+        sampler.stop()
+        if not keep_cluster:
+            cluster.down(run_cfg)

@@ -1,0 +1,61 @@
+"""``haorch bench``: benchmarks through the real stack; print a table and append it to docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import click
+
+from node.cli.common import config, emit, json_option, stderr
+
+
+def _progress(message: str) -> None:
+    stderr.print(f"[dim]bench[/dim] {message}")
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks (the stack must be up: `haorch stack up`)."""
+
+
+@bench.command()
+@click.option("--experiments", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="4-step chains for the batched run (x4 advancements).")
+@click.option("--batch1-experiments", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Chains for the batch-size-1 run (it is slow: fewer, compared as a rate).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=200, show_default=True)
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def throughput(experiments: int, batch1_experiments: int, workers: int, batch_size: int, no_record: bool,
+               as_json: bool) -> None:
+    """Task advancements/s batched vs batch size 1, hop latency, idle end-to-end latency."""
+    from bench import report, throughput as tp
+
+    result = tp.run(config(), experiments, batch1_experiments, workers, batch_size, progress=_progress)
+    section = tp.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
+@click.option("--kills", type=click.IntRange(min=1), default=20, show_default=True, help="SIGKILLs per session timeout.")
+@click.option("--timeouts", default="0.5,2", show_default=True, help="ZooKeeper session timeouts (s), comma-separated.")
+@click.option("--handovers", type=click.IntRange(min=1), default=5, show_default=True, help="SIGTERM handovers.")
+@click.option("--rescan-experiments", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Pre-submitted chains for the rescan timing (x4 task nodes).")
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def failover(kills: int, timeouts: str, handovers: int, rescan_experiments: int, no_record: bool,
+             as_json: bool) -> None:
+    """Failover under load (SIGKILL, by phase) at each session timeout, SIGTERM handover, rescan time."""
+    from bench import failover as fo, report
+
+    try:
+        values = tuple(float(t) for t in timeouts.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected numbers like 0.5,2; got {timeouts!r}", param_hint="--timeouts") from None
+    result = fo.run(config(), kills, values, handovers, rescan_experiments, progress=_progress)
+    section = fo.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))
