@@ -64,7 +64,7 @@ class Config:
     leader_beacon: bool = True  # notice a killed leader through its beacon socket, before its session expires
     # leader loop
     batch_size: int = 200
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 1.0  # under load a batch fills while the previous one is processed; linger costs latency
     task_timeout_grace_s: float = 5.0
     sweep_interval_s: float = 1.0
     # RabbitMQ

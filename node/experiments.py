@@ -24,6 +24,7 @@ from node.stack.neo4j import neo4j_driver
 from node.stack.rabbitmq import amqp_parameters
 from node.stores.dags import TERMINAL_EXPERIMENT_STATES, DagStore
 from node.stores.queues import SUBMISSIONS
+from node.stores.rabbit import BatchPublisher
 from node.stores.records import Records
 from node.worker.executors import KNOWN_EXECUTORS
 
@@ -62,6 +63,7 @@ class Experiments:
         self.records = Records(cfg, retry_for_s=10.0)
         self._driver = None
         self._dags: DagStore | None = None
+        self._notifier: BatchPublisher | None = None
 
     @property
     def dags(self) -> DagStore:
@@ -71,6 +73,7 @@ class Experiments:
         return self._dags
 
     def close(self) -> None:
+        self._close_notifier()
         self.records.close()
         if self._driver is not None:
             self._driver.close()
@@ -140,19 +143,29 @@ class Experiments:
         return created
 
     def _notify(self, ids: list[str]) -> None:
-        try:
-            conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-submit"))
-        except Exception as exc:  # noqa: BLE001 - the submission is durable already; the sweep will find it
-            log.warning("submit: no notice sent (%s); the leader's sweep will dispatch it", type(exc).__name__)
-            return
-        try:
-            channel = conn.channel()
-            channel.confirm_delivery()
-            for experiment_id in ids:
-                channel.basic_publish("", SUBMISSIONS, SubmissionNotice(experiment_id).encode(),
-                                      pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
-        finally:
-            conn.close()
+        """Tell the leader (one confirmed batch on a connection kept for this object's life). Best effort: the
+        submission is durable already and the leader's sweep dispatches it without a notice."""
+        bodies = [SubmissionNotice(experiment_id).encode() for experiment_id in ids]
+        for attempt in (1, 2):  # a kept connection may have died (broker restart): reconnect once
+            try:
+                if self._notifier is None:
+                    conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-submit"))
+                    self._notifier = BatchPublisher(conn)
+                self._notifier.publish_batch(SUBMISSIONS, bodies)
+                return
+            except Exception as exc:  # noqa: BLE001 - pika raises many types; all mean "no notice this time"
+                self._close_notifier()
+                if attempt == 2:
+                    log.warning("submit: no notice sent (%s); the leader's sweep will dispatch it",
+                                type(exc).__name__)
+
+    def _close_notifier(self) -> None:
+        if self._notifier is not None:
+            try:
+                self._notifier.conn.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+            self._notifier = None
 
     def status(self, experiment_id: str) -> dict[str, Any]:
         """The experiment row, its tasks (state, attempts, timings) from Neo4j."""

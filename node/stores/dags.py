@@ -69,7 +69,7 @@ class AdvanceResult:
     """What one batch did, for the MySQL transaction, the publisher and the metrics."""
 
     flagged: list[dict[str, Any]] = field(default_factory=list)       # {key, experiment_id, name, kind, attempt, dispatched_at}
-    retries: list[dict[str, Any]] = field(default_factory=list)       # {key, experiment_id, name, attempt, error, not_before}
+    retries: list[dict[str, Any]] = field(default_factory=list)       # {key, experiment_id, name, kind, attempt, error}
     failed: list[dict[str, Any]] = field(default_factory=list)        # {key, experiment_id, name, attempt, error}
     cancelled: list[dict[str, Any]] = field(default_factory=list)     # {key, experiment_id, name}
     dispatches: list[Dispatch] = field(default_factory=list)
@@ -280,8 +280,7 @@ class DagStore:
             "MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
             "WITH f UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
             "RETURN f.epoch AS fence, k AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
-            "t.status AS status, t.attempt AS attempt, t.max_attempts AS max_attempts, t.backoff_s AS backoff_s, "
-            "t.backoff_factor AS backoff_factor, t.max_backoff_s AS max_backoff_s, "
+            "t.status AS status, t.attempt AS attempt, t.max_attempts AS max_attempts, "
             "t.dispatched_at AS dispatched_at", keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
         if rows and rows[0]["fence"] > epoch:
             raise FencedError("neo4j", epoch, rows[0]["fence"])
@@ -302,15 +301,17 @@ class DagStore:
             if o.success:
                 successes.append(info)
             elif o.attempt < task["max_attempts"]:
-                delay = min(task["max_backoff_s"], task["backoff_s"] * task["backoff_factor"] ** (o.attempt - 1))
-                retries.append({**info, "error": o.error, "not_before": now + delay})
+                retries.append({**info, "error": o.error})
             else:
                 fails.append({**info, "error": o.error})
         if successes:
             self._flag(tx, epoch, successes, now, result)
         if retries:
+            # the template's backoff: backoff_s * backoff_factor ^ (attempt - 1), at most max_backoff_s
             tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = 'RETRY_WAIT', "
-                   "t.not_before = r.not_before, t.last_error = r.error, t.epoch = $epoch", rows=retries, epoch=epoch)
+                   "t.not_before = $now + CASE WHEN t.backoff_s * t.backoff_factor ^ (r.attempt - 1) > t.max_backoff_s "
+                   "THEN t.max_backoff_s ELSE t.backoff_s * t.backoff_factor ^ (r.attempt - 1) END, "
+                   "t.last_error = r.error, t.epoch = $epoch", rows=retries, epoch=epoch, now=now)
             result.retries += retries
         if fails:
             self._fail(tx, epoch, fails, now, result)

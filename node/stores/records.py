@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 #: errors after which the connection is dropped and the operation retried
 RETRYABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 BLOCKERS = ("SELECT b.trx_mysql_thread_id FROM information_schema.INNODB_LOCK_WAITS w "
             "JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id "
             "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id "
@@ -151,13 +152,15 @@ class Records:
                     "INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, epoch, node_id, "
                     "at, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [(e, t, f, to, a, epoch, node_id, now, d) for (e, t, f, to, a, d) in transitions])
-            if states:
-                cur.executemany(
-                    "UPDATE experiments SET state = %s, updated_at = %s, "
-                    "finished_at = IF(%s, %s, finished_at) WHERE experiment_id = %s "
-                    "AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')",  # terminal is final (a racing cancel)
-                    [(state, now, state in ("COMPLETED", "FAILED", "CANCELLED"), now, exp)
-                     for exp, state in states.items()])
+            by_state: dict[str, list[str]] = {}
+            for experiment_id, state in states.items():
+                by_state.setdefault(state, []).append(experiment_id)
+            for state, ids in by_state.items():  # one statement per state, not per experiment
+                cur.execute(
+                    f"UPDATE experiments SET state = %s, updated_at = %s, finished_at = IF(%s, %s, finished_at) "
+                    f"WHERE experiment_id IN ({','.join(['%s'] * len(ids))}) "
+                    f"AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')",  # terminal is final (a racing cancel)
+                    (state, now, state in TERMINAL_STATES, now, *ids))
         self.transaction(work)
 
     def missing_successes(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:

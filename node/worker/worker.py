@@ -177,7 +177,8 @@ class Worker:
     def _serve(self) -> None:
         assert self._consumer is not None
         while not self._stop.is_set():
-            batch = self._consumer.next_batch(max_n=self.cfg.batch_size, max_wait_s=0.1)
+            batch = self._consumer.next_batch(max_n=self.cfg.batch_size, max_wait_s=0.1,
+                                              linger_s=self.cfg.batch_wait_ms / 1000)
             if batch:
                 self._handle_batch(batch)
         self._consumer.stop()
