@@ -23,7 +23,8 @@ bench: setup
 
 chaos: setup
 	$(HAORCH) stack up
-	$(HAORCH) chaos run mixed --kills 50 --experiments 2000 --report docs/chaos
+	$(HAORCH) chaos run mixed --kills 50 --experiments 2000 --seed 1 --report docs/chaos; rc=$$?; \
+	  sed 's#](timeline.png)#](chaos/timeline.png)#' docs/chaos/report.md > docs/CHAOS.md; exit $$rc
 
 stack-up: setup
 	$(HAORCH) stack up

@@ -21,6 +21,7 @@ from node import cluster
 from node.config import Config, with_overrides
 from node.experiments import Experiments
 from node.stack.neo4j import neo4j_driver
+from node.stack.process import wait_gone
 from node.stores.dags import DagStore
 
 PHASES = ("detect", "elect", "fence", "rescan", "redispatch", "first_advance")
@@ -71,6 +72,7 @@ def kill_series(cfg: Config, session_timeout_s: float, kills: int, progress: Pro
                             "total_s": total, "phases": phases})
             progress(f"timeout {session_timeout_s:g}s beacon {'on' if beacon else 'off'} kill {k + 1}/{kills}: {old['node_id']} -> {new['node_id']} "
                      f"in {total * 1000:.0f} ms")
+            wait_gone(killed["pid"], 10.0)  # a node still exiting would look alive: start_node would skip it
             cluster.start_node(run_cfg, victim)
             time.sleep(1.0)
     finally:
@@ -103,6 +105,7 @@ def handovers(cfg: Config, count: int, progress: Progress) -> list[float]:
         at = float(elected[0][0]) if elected else time.time()
         times.append(at - signalled["at"])
         progress(f"SIGTERM handover {old['node_id']} -> {new['node_id']} in {times[-1] * 1000:.0f} ms")
+        wait_gone(signalled["pid"], 20.0)
         cluster.start_node(cfg, int(old["node_id"].split("-")[1]))
         time.sleep(1.0)
     cluster.down(cfg)

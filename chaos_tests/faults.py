@@ -259,8 +259,8 @@ def chaos_rules(cfg: Config | None = None) -> list[str]:
     return found
 
 
-def _established_zk_sockets(pids: list[int], zk_ports: set[int]) -> list[tuple[int, int]]:
-    """(local port, ZooKeeper port) of the TCP connections that ``pids`` hold to ``zk_ports`` on 127.0.0.1."""
+def established_sockets(pids: list[int], zk_ports: set[int]) -> list[tuple[int, int]]:
+    """(local port, remote port) of the TCP connections that ``pids`` hold to ``zk_ports`` on 127.0.0.1 (from /proc)."""
     inodes: set[str] = set()
     for pid in pids:
         try:
@@ -352,7 +352,7 @@ class PartitionLeader(_TimedLeaderFault):
         self._add(base + ["-m", "multiport", "--dports", ports, "-m", "cgroup", "--path", cgroup_name(self.cfg)]
                   + tag + ["-j", "DROP"])
         # the connections that already exist (their sockets stay in the cgroup they were created in)
-        sockets = _established_zk_sockets(members, zk_ports)
+        sockets = established_sockets(members, zk_ports)
         for local, zk in sockets:
             self._add(base + ["--sport", str(local), "--dport", str(zk)] + tag + ["-j", "DROP"])
             self._add(base + ["--sport", str(zk), "--dport", str(local)] + tag + ["-j", "DROP"])

@@ -174,6 +174,7 @@ class LeaderElection:
                 log.warning("election: thread still running after stop id=%s timeout_s=%g", self.identifier, timeout)
         if self._unsubscribe is not None:
             self._unsubscribe()
+            self._unsubscribe = None
         if self._owns_session:
             self._session.stop()
         log.info("election: stopped id=%s", self.identifier)

@@ -218,12 +218,13 @@ class Replica:
             return self._reconnect(conn)
 
     def _hand_over_on_shutdown(self) -> None:
-        """On SIGTERM give the election lock up at once, not after the batch in progress: a standby leads within
-        milliseconds, and whatever the batch still writes is fenced by the successor's epoch."""
+        """On SIGTERM leave the election at once, not after the batch in progress: a standby leads within
+        milliseconds, and whatever the batch still writes is fenced by the successor's epoch. Leave, not resign:
+        a node that is stopping must not win the election again (it would if it were the only candidate)."""
         self._shutdown.wait()
-        if self._term is not None and self.election is not None:
-            self._term = None
-            self.election.resign(timeout=2.0)
+        self._term = None
+        if self.election is not None:
+            self.election.stop(timeout=2.0)
 
     def _reconnect(self, conn):  # type: ignore[no-untyped-def]
         try:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import urllib.request
-from pathlib import Path
 
 from chaos_tests.checker import check
+from chaos_tests.faults import established_sockets
 from node import cluster
 from node.audit import Audit
 from node.config import HOST, Config
@@ -55,28 +54,9 @@ def log_since(cfg: Config, n: int, offset: int) -> str:
 
 
 def zk_member_of(cfg: Config, pid: int) -> set[int]:
-    """ZooKeeper members (1..3) that process ``pid`` holds a TCP connection to (from /proc)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    """ZooKeeper members (1..3) that process ``pid`` holds a TCP connection to."""
     ports = {cfg.zk_client_port(m): m for m in (1, 2, 3)}
-    members = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if fields[9] in inodes and remote_port in ports:
-                members.add(ports[remote_port])
-    return members
+    return {ports[remote] for _local, remote in established_sockets([pid], set(ports))}
 
 
 def finish(cfg: Config, exps: Experiments, audit: Audit, load: Load, timeout_s: float = 90.0) -> dict[str, str]:
