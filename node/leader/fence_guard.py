@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
+
+from node.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -32,32 +33,22 @@ class FenceGuard:
     def __init__(self, driver, epoch: int, interval_s: float = 0.2) -> None:  # type: ignore[no-untyped-def]
         self.driver = driver
         self.epoch = epoch
-        self.interval_s = interval_s
         self.terminated: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="fence-guard", daemon=True)
+        self._periodic = Periodic(self.sweep, interval_s, "fence-guard")
 
     def __enter__(self) -> "FenceGuard":
-        self._thread.start()
+        self._periodic.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.sweep()
-            except Exception as exc:  # noqa: BLE001 - best effort: the raise itself reports a dead Neo4j
-                log.debug("fence guard: sweep failed (%s)", exc)
+        self._periodic.__exit__(*exc)
 
     def sweep(self) -> list[str]:
         """Terminate the transactions blocking a fence raise of ours; returns their ids."""
         records, _, _ = self.driver.execute_query(_BLOCKED_RAISES, epoch=self.epoch)
         ours = {r["id"] for r in records}
         blockers = sorted({b for r in records for b in _TX_ID.findall(r["status"])} - ours)
-        if blockers and not self._stop.is_set():
+        if blockers and not self._periodic.stopped:
             self.driver.execute_query("TERMINATE TRANSACTIONS $ids", ids=blockers)
             self.terminated += blockers
             log.warning("leader: terminated %s holding the neo4j fence for an older epoch (raising epoch=%d)",

@@ -20,6 +20,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from node.config import Config
 from node.errors import ConflictError, FencedError, NotFoundError, ServiceError
+from node.periodic import Periodic
 from node.stack.mariadb import mysql_connect_args
 
 log = logging.getLogger(__name__)
@@ -261,44 +262,33 @@ class Records:
 
 
 class _FenceUnblocker:
-    """A thread with its own connection that, every ``interval_s`` while the ``with`` block runs, kills the
-    connections blocking thread ``waiter`` (needs the PROCESS privilege, granted by ``stack up``)."""
+    """While the ``with`` block runs, every ``interval_s``: kill the connections blocking thread ``waiter`` (found
+    in information_schema, which needs the PROCESS privilege granted by ``stack up``), on a connection of its own."""
 
     def __init__(self, cfg: Config, waiter: int, epoch: int, interval_s: float = 0.5) -> None:
-        self.cfg, self.waiter, self.epoch, self.interval_s = cfg, waiter, epoch, interval_s
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fence-unblocker", daemon=True)
+        self.cfg, self.waiter, self.epoch = cfg, waiter, epoch
+        self._conn: pymysql.connections.Connection | None = None
+        self._periodic = Periodic(self.sweep, interval_s, "fence-unblocker")
 
     def __enter__(self) -> "_FenceUnblocker":
-        self._thread.start()
+        self._periodic.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
+        self._periodic.__exit__(*exc)
+        if self._conn is not None:
+            self._conn.close()
 
-    def _run(self) -> None:
-        if self._done.wait(self.interval_s):
-            return  # the raise went through at once: the usual case
-        try:
-            conn = pymysql.connect(**mysql_connect_args(self.cfg))  # type: ignore[arg-type]
-        except RETRYABLE as exc:
-            log.warning("records: fence unblocker cannot connect: %s", exc)
-            return
-        try:
-            while not self._done.is_set():
-                with conn.cursor() as cur:
-                    cur.execute(BLOCKERS, (self.waiter,))
-                    for (blocker,) in cur.fetchall():
-                        log.warning("records: fence raise of epoch %d blocked by connection %s (an older leader "
-                                    "frozen mid-transaction?): killing it", self.epoch, blocker)
-                        try:
-                            cur.execute("KILL CONNECTION %s", (blocker,))
-                        except pymysql.err.OperationalError as exc:  # gone already
-                            log.info("records: kill %s: %s", blocker, exc.args[-1])
-                conn.commit()
-                self._done.wait(self.interval_s)
-        except RETRYABLE as exc:
-            log.warning("records: fence unblocker lost its connection: %s", exc)
-        finally:
-            conn.close()
+    def sweep(self) -> None:
+        if self._conn is None:
+            self._conn = pymysql.connect(**mysql_connect_args(self.cfg))  # type: ignore[arg-type]
+        with self._conn.cursor() as cur:
+            cur.execute(BLOCKERS, (self.waiter,))
+            for (blocker,) in cur.fetchall():
+                log.warning("records: fence raise of epoch %d blocked by connection %s (an older leader frozen "
+                            "mid-transaction?): killing it", self.epoch, blocker)
+                try:
+                    cur.execute("KILL CONNECTION %s", (blocker,))
+                except pymysql.err.OperationalError as exc:  # gone already
+                    log.info("records: kill %s: %s", blocker, exc.args[-1])
+        self._conn.commit()
