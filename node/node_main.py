@@ -38,6 +38,7 @@ class DependencyMonitor:
         self.interval_s = interval_s
         self.is_leader = is_leader
         self.up: dict[str, bool] = {}
+        self._amqp: pika.BlockingConnection | None = None  # used by the monitor thread only
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="deps", daemon=True)
 
@@ -56,6 +57,7 @@ class DependencyMonitor:
                 self._probe_all(records, driver)
                 self._stop.wait(self.interval_s)
         finally:
+            self._close_amqp()
             records.close()
             driver.close()
 
@@ -85,15 +87,27 @@ class DependencyMonitor:
         return True
 
     def _queue_depths(self) -> bool:
-        conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-monitor"))
+        """Passive declares on a connection kept across probes (dropped on any failure, reopened next time)."""
         try:
-            channel = conn.channel()
+            if self._amqp is None:
+                self._amqp = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-monitor"))
+            channel = self._amqp.channel()
             for queue in QUEUES:
                 depth = channel.queue_declare(queue, passive=True).method.message_count
                 metrics.QUEUE_DEPTH.labels(queue).set(depth)
-        finally:
-            conn.close()
+            channel.close()
+        except Exception:
+            self._close_amqp()
+            raise
         return True
+
+    def _close_amqp(self) -> None:
+        if self._amqp is not None:
+            try:
+                self._amqp.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+            self._amqp = None
 
 
 def _tcp(port: int) -> bool:
