@@ -135,11 +135,6 @@ def status(cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
-def workers_status(cfg: Config) -> list[dict[str, Any]]:
-    return [{"worker_id": f"worker-{n}", "pid": worker_process(cfg, n).pid(), "http_port": cfg.worker_http_port(n)}
-            for n in _numbered(cfg, "worker")]
-
-
 def leader(cfg: Config) -> dict[str, Any] | None:
     leaders = [r for r in status(cfg) if r["role"] == "leader"]
     return max(leaders, key=lambda r: r["epoch"] or 0) if leaders else None

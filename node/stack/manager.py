@@ -35,10 +35,6 @@ def services(cfg: Config) -> list[Service]:
     return zk + [RabbitMQ(cfg), MariaDB(cfg), Neo4j(cfg), Prometheus(cfg)]
 
 
-def service_names(cfg: Config) -> list[str]:
-    return [s.name for s in services(cfg)]
-
-
 @dataclass
 class UpResult:
     started: list[str]

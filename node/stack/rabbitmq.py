@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 
 import pika
 
@@ -112,14 +111,6 @@ log.file.level = info
         from node.stores.queues import declare_topology
 
         declare_topology(self.cfg)
-
-    def ctl(self, *args: str, timeout_s: float = 30.0) -> str:
-        """Run ``rabbitmqctl`` against this node."""
-        out = subprocess.run([f"{RABBIT_BIN}/rabbitmqctl", "-n", self.node_name, *args], env=self.env(),
-                             capture_output=True, text=True, timeout=timeout_s)
-        if out.returncode != 0:
-            raise ServiceError(f"rabbitmqctl {' '.join(args)} failed: {out.stderr.strip().splitlines()[-1:]}")
-        return out.stdout
 
     def stop(self) -> bool:
         stopped = self.proc.stop(grace_s=30.0)

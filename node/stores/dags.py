@@ -224,11 +224,6 @@ class DagStore:
             "ORDER BY coalesce(t.dispatched_at, 1e18), t.name", id=experiment_id)
         return [dict(r) for r in records]
 
-    def experiment_state(self, experiment_id: str) -> str | None:
-        records, _, _ = self.driver.execute_query(
-            "MATCH (e:Experiment {experiment_id: $id}) RETURN e.state AS state", id=experiment_id)
-        return records[0]["state"] if records else None
-
     # --- fencing -----------------------------------------------------------------------------------------
     def raise_fence(self, epoch: int, node_id: str) -> None:
         """Set the Neo4j fence to ``epoch`` (a new leader's first write); FencedError if it is already higher."""

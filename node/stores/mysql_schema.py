@@ -73,9 +73,7 @@ SCHEMA = [
         epoch BIGINT NOT NULL PRIMARY KEY,
         node_id VARCHAR(64) NOT NULL,
         elected_at DOUBLE NOT NULL,
-        phases TEXT NULL,
-        ended_at DOUBLE NULL,
-        end_reason VARCHAR(128) NULL
+        phases TEXT NULL
     ) ENGINE=InnoDB""",
 ]
 

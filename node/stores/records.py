@@ -117,13 +117,6 @@ class Records:
             cur.execute("DELETE FROM applied_batches WHERE at < %s", (time.time() - APPLIED_BATCHES_KEEP_S,))
         self.transaction(work)
 
-    def end_term(self, epoch: int, reason: str, phases: dict[str, float] | None = None) -> None:
-        def work(cur: pymysql.cursors.Cursor) -> None:
-            cur.execute("UPDATE leader_terms SET ended_at = %s, end_reason = %s, "
-                        "phases = COALESCE(%s, phases) WHERE epoch = %s",
-                        (time.time(), reason[:128], json.dumps(phases) if phases else None, epoch))
-        self.transaction(work)
-
     def record_phases(self, epoch: int, phases: dict[str, float]) -> None:
         def work(cur: pymysql.cursors.Cursor) -> None:
             cur.execute("UPDATE leader_terms SET phases = %s WHERE epoch = %s", (json.dumps(phases), epoch))
