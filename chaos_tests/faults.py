@@ -31,7 +31,6 @@ import logging
 import os
 import random
 import shlex
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -41,8 +40,9 @@ from typing import Any
 from node import cluster
 from node.config import ZK_MEMBERS, Config
 from node.errors import ServiceError
+from node.runtime import handle, names
 from node.stack import manager
-from node.stack.process import ManagedProcess, group_members, wait_gone
+from node.stack.process import wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ class _LeaderFault(Fault):
         if pid is not None and pid == self.victim_pid:
             # SIGTERM is still being handled (or SIGKILL not yet reaped): bounded wait, then make sure
             if not wait_gone(pid, 15.0):
-                proc.kill_group(signal.SIGCONT)
-                proc.kill_group(signal.SIGKILL)
+                proc.thaw()
+                proc.kill()
                 wait_gone(pid, 5.0)
         cluster.start_node(self.cfg, self.victim)
 
@@ -208,14 +208,14 @@ class FreezeLeader(_TimedLeaderFault):
     def _inject(self) -> None:
         self._victim()
         self.detail["frozen_s"] = self.hold_s()
-        cluster.node_process(self.cfg, self.victim).kill_group(signal.SIGSTOP)
+        cluster.node_process(self.cfg, self.victim).freeze()
 
     def _undo(self) -> None:
         if self.victim is None:
             return
         proc = cluster.node_process(self.cfg, self.victim)
         if proc.pid() is not None and proc.pid() == self.victim_pid:
-            proc.kill_group(signal.SIGCONT)
+            proc.thaw()
         else:
             cluster.start_node(self.cfg, self.victim)
 
@@ -342,7 +342,7 @@ class PartitionLeader(_TimedLeaderFault):
         zk_ports = {self.cfg.zk_client_port(m) for m in range(1, ZK_MEMBERS + 1)}
         group = _cgroup2_root() / cgroup_name(self.cfg)
         group.mkdir(exist_ok=True)
-        members = group_members(self.victim_pid) or [self.victim_pid]
+        members = cluster.node_process(self.cfg, self.victim).pids() or [self.victim_pid]
         for pid in members:
             (group / "cgroup.procs").write_text(str(pid))
         tag = ["-m", "comment", "--comment", comment(self.cfg)]
@@ -385,7 +385,7 @@ class KillWorker(Fault):
     def _inject(self) -> None:
         proc = cluster.worker_process(self.cfg, self.worker)
         self.detail.update({"victim": f"worker-{self.worker}", "pid": proc.pid()})
-        proc.kill_group(signal.SIGKILL)
+        proc.kill()
         if self.detail["pid"]:
             wait_gone(self.detail["pid"], 5.0)
 
@@ -487,18 +487,8 @@ def make_fault(cfg: Config, fault_spec: dict[str, Any]) -> Fault:
 
 # --- checks used by the scenarios and the tests ---------------------------------------------------------------
 def stopped_pids(cfg: Config) -> list[str]:
-    """Names of this state dir's processes that are stopped (state T), i.e. left frozen."""
-    frozen = []
-    for pid_file in sorted(cfg.run_dir.glob("*.pid")) if cfg.run_dir.is_dir() else []:
-        pid = ManagedProcess(pid_file.stem, cfg.run_dir, cfg.log_dir).pid()
-        for member in group_members(pid) if pid else []:
-            try:
-                state = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state in ("T", "t"):
-                frozen.append(f"{pid_file.stem}:{member}")
-    return frozen
+    """Names of this state dir's programs that are left frozen (a process stopped, a container paused)."""
+    return [name for name in names(cfg) if handle(cfg, name, name.split("-", 1)[0]).frozen()]
 
 
 def wait_recovered(cfg: Config, nodes: int, workers: int, timeout_s: float = RECOVERY_WAIT_S) -> dict[str, Any]:

@@ -1,46 +1,51 @@
-"""``haorch cluster``: orchestrator nodes and workers as background processes of the state dir.
+"""``haorch cluster``: orchestrator nodes and workers as background programs of the state dir.
 
-Each node is ``haorch node run --id node-N`` and each worker ``haorch worker run --id worker-N``, recorded with
-pid files like the stack's services (so ``stack down`` stops them too). ``up`` also publishes their HTTP ports
-as Prometheus file_sd targets.
+Each node is ``haorch node run --id node-N`` and each worker ``haorch worker run --id worker-N``, run like the
+stack's services (processes with pid files, or containers: ``node/runtime.py``), so ``stack down`` stops them
+too. ``up`` also publishes their HTTP ports as Prometheus file_sd targets.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sys
 import time
 import urllib.request
 from typing import Any, Callable
 
 from node.config import HOST, Config
 from node.errors import ServiceError, UsageError
-from node.stack.process import ManagedProcess
+from node.runtime import Handle, TcpCheck, handle, haorch_argv, names
 from node.stack.prometheus import write_targets
 
 Progress = Callable[[str], None]
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP, "CONT": signal.SIGCONT}
 
 
-def node_process(cfg: Config, n: int) -> ManagedProcess:
-    return ManagedProcess(f"node-{n}", cfg.run_dir, cfg.log_dir)
+def _http_check(port: int, path: str) -> TcpCheck:
+    return TcpCheck(port, f"GET {path} HTTP/1.0\\r\\n\\r\\n", "200 OK")
 
 
-def worker_process(cfg: Config, n: int) -> ManagedProcess:
-    return ManagedProcess(f"worker-{n}", cfg.run_dir, cfg.log_dir)
+def node_process(cfg: Config, n: int) -> Handle:
+    return handle(cfg, f"node-{n}", "node", _http_check(cfg.node_http_port(n), "/healthz"))
+
+
+def worker_process(cfg: Config, n: int) -> Handle:
+    return handle(cfg, f"worker-{n}", "worker", _http_check(cfg.worker_http_port(n), "/metrics"))
 
 
 def _numbered(cfg: Config, prefix: str) -> list[int]:
-    if not cfg.run_dir.is_dir():
-        return []
-    return sorted(int(p.stem.split("-", 1)[1]) for p in cfg.run_dir.glob(f"{prefix}-*.pid")
-                  if p.stem.split("-", 1)[1].isdigit())
+    """Numbers of the state dir's recorded programs named ``<prefix>-N``."""
+    numbers = []
+    for name in names(cfg):
+        kind, _, number = name.partition("-")
+        if kind == prefix and number.isdigit():
+            numbers.append(int(number))
+    return sorted(numbers)
 
 
 def _env(cfg: Config) -> dict[str, str]:
-    return {**os.environ, "HAORCH_HOME": str(cfg.home), "HAORCH_PORT_BASE": str(cfg.port_base),
+    return {"HAORCH_HOME": str(cfg.home), "HAORCH_PORT_BASE": str(cfg.port_base),
             "HAORCH_ZK_SESSION_TIMEOUT_S": str(cfg.zk_session_timeout_s), "HAORCH_BATCH_SIZE": str(cfg.batch_size),
             "HAORCH_LEADER_BEACON": str(cfg.leader_beacon).lower(),
             "PYTHONUNBUFFERED": "1"}
@@ -51,15 +56,15 @@ def start_node(cfg: Config, n: int) -> int | None:
     proc = node_process(cfg, n)
     if proc.alive():
         return None
-    return proc.start([sys.executable, "-m", "node.cli", "node", "run", "--id", f"node-{n}"], env=_env(cfg))
+    return proc.start(haorch_argv(cfg, "node", "run", "--id", f"node-{n}"), env=_env(cfg))
 
 
 def start_worker(cfg: Config, n: int, concurrency: int) -> int | None:
     proc = worker_process(cfg, n)
     if proc.alive():
         return None
-    return proc.start([sys.executable, "-m", "node.cli", "worker", "run", "--id", f"worker-{n}",
-                       "--concurrency", str(concurrency)], env=_env(cfg))
+    return proc.start(haorch_argv(cfg, "worker", "run", "--id", f"worker-{n}", "--concurrency", str(concurrency)),
+                      env=_env(cfg))
 
 
 def publish_targets(cfg: Config) -> None:
@@ -85,9 +90,12 @@ def up(cfg: Config, nodes: int = 3, workers: int = 2, concurrency: int | None = 
     for name in started:
         progress(f"{name} started")
     leader = wait_for_leader(cfg, wait_s)
-    dead = [name for name in started if not ManagedProcess(name, cfg.run_dir, cfg.log_dir).alive()]
+    handles = {f"node-{n}": node_process(cfg, n) for n in range(1, nodes + 1)}
+    handles.update({f"worker-{n}": worker_process(cfg, n) for n in range(1, workers + 1)})
+    dead = [name for name in started if not handles[name].alive()]
     if dead:
-        raise ServiceError(f"{', '.join(dead)} exited right after start; see {cfg.log_dir}/{dead[0]}.log")
+        raise ServiceError(f"{', '.join(dead)} exited right after start; see "
+                           f"`{' '.join(handles[dead[0]].log_command(50, False))}`")
     progress(f"{leader['node_id']} leads with epoch {leader['epoch']}")
     return {"started": started, "leader": leader["node_id"], "epoch": leader["epoch"]}
 
@@ -148,7 +156,8 @@ def wait_for_leader(cfg: Config, timeout_s: float, newer_than: int = 0) -> dict[
         if row and (row["epoch"] or 0) > newer_than:
             return row
         time.sleep(0.05)
-    raise ServiceError(f"no leader with epoch > {newer_than} within {timeout_s:g} s; see {cfg.log_dir}/node-*.log")
+    raise ServiceError(f"no leader with epoch > {newer_than} within {timeout_s:g} s; see the nodes' logs "
+                       "(`haorch stack logs node-1`)")
 
 
 def kill_leader(cfg: Config, sig_name: str = "KILL") -> dict[str, Any]:

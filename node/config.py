@@ -29,6 +29,7 @@ RABBIT_USER = "haorch"
 MYSQL_DATABASE = "haorch"
 MYSQL_USER = "haorch"
 NEO4J_USER = "neo4j"
+RUNTIMES = ("process", "docker")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Config:
 
     home: Path
     port_base: int = 17100
+    runtime: str = "process"  # or "docker": services, nodes and workers as containers (node/runtime.py)
     # election
     zk_session_timeout_s: float = 2.0
     leader_beacon: bool = True  # notice a killed leader through its beacon socket, before its session expires
@@ -190,7 +192,28 @@ def load_config(home: str | Path | None = None, **overrides: object) -> Config:
             values[key] = _coerce(key, env)
     for key, raw in overrides.items():
         values[key] = _coerce(key, raw)
-    cfg = Config(home=home_path, **values)  # type: ignore[arg-type]
+    if "runtime" not in values and recorded_runtime(home_path):  # the state dir's stack runs in it
+        values["runtime"] = recorded_runtime(home_path)
+    return _validated(Config(home=home_path, **values))  # type: ignore[arg-type]
+
+
+def recorded_runtime(home: Path) -> str | None:
+    """The runtime (node/runtime.py) the state dir's stack was last started in; None before its first start."""
+    try:
+        return (home / "runtime").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def record_runtime(cfg: Config) -> None:
+    """Remember in the state dir that its stack runs in ``cfg.runtime`` (read back by :func:`load_config`)."""
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    (cfg.home / "runtime").write_text(cfg.runtime + "\n")
+
+
+def _validated(cfg: Config) -> Config:
+    if cfg.runtime not in RUNTIMES:
+        raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {cfg.runtime!r}")
     if not 1024 <= cfg.port_base <= 65000:
         raise UsageError(f"port_base {cfg.port_base} is out of range 1024..65000")
     return cfg
@@ -198,4 +221,4 @@ def load_config(home: str | Path | None = None, **overrides: object) -> Config:
 
 def with_overrides(cfg: Config, **changes: object) -> Config:
     """A copy of ``cfg`` with some settings changed (used by benchmarks and tests)."""
-    return replace(cfg, **{k: _coerce(k, v) for k, v in changes.items()})
+    return _validated(replace(cfg, **{k: _coerce(k, v) for k, v in changes.items()}))

@@ -8,6 +8,7 @@ from datetime import datetime
 import click
 
 from node.cli.common import config, emit, json_option
+from node.config import RUNTIMES, with_overrides
 from node.errors import UsageError
 
 
@@ -73,9 +74,12 @@ def check(since: str | None, experiment_ids: tuple[str, ...], as_json: bool) -> 
               help="ZooKeeper session timeout of the cluster's nodes (default: the config's).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write result.json, report.md and timeline.png into DIR.")
+@click.option("--backend", type=click.Choice(RUNTIMES), default=None,
+              help="Run the stack and cluster as processes (signals by PID) or as Docker containers (docker kill, "
+                   "pause/unpause, stop/start through the docker SDK). Default: the state dir's runtime.")
 @json_option
 def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | None, interval_s: float,
-        session_timeout_s: float | None, report_dir: str | None, as_json: bool) -> None:
+        session_timeout_s: float | None, report_dir: str | None, backend: str | None, as_json: bool) -> None:
     """Run SCENARIO: a 3-node cluster + 2 workers under steady load, KILLS faults, then the checker.
 
     \b
@@ -88,7 +92,8 @@ def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | No
 
     if scenario not in scenarios.SCENARIOS:
         raise UsageError(f"unknown scenario {scenario!r}; one of {', '.join(scenarios.SCENARIOS)}")
-    result = scenarios.run(config(), scenario, kills=kills, experiments=experiments, seed=seed, rate=rate,
+    cfg = with_overrides(config(), runtime=backend) if backend else config()
+    result = scenarios.run(cfg, scenario, kills=kills, experiments=experiments, seed=seed, rate=rate,
                            interval_s=interval_s, session_timeout_s=session_timeout_s,
                            progress=lambda m: stderr.print(f"chaos {m}"))
     if report_dir:

@@ -9,8 +9,8 @@ import click
 
 from node.cli.common import config, emit, json_option, stderr, table
 from node.errors import UsageError
+from node.runtime import handle, names
 from node.stack import manager
-from node.stack.process import ManagedProcess
 
 
 def _progress(message: str) -> None:
@@ -70,9 +70,13 @@ def status(as_json: bool) -> None:
 def logs(service: str, lines: int, follow: bool) -> None:
     """Print the log of SERVICE (a stack service, a node like node-1, or a worker)."""
     cfg = config()
-    proc = ManagedProcess(service, cfg.run_dir, cfg.log_dir)
-    if not proc.log_file.exists():
+    proc = handle(cfg, service, service.split("-", 1)[0])
+    if cfg.runtime == "docker":
+        known = names(cfg)
+        found = service in known
+    else:
         known = sorted(p.stem for p in cfg.log_dir.glob("*.log")) if cfg.log_dir.exists() else []
+        found = proc.log_file.exists()
+    if not found:
         raise UsageError(f"no log for {service!r}; known: {', '.join(known) or 'none (is the stack up?)'}")
-    argv = ["tail", "-n", str(lines)] + (["-F"] if follow else []) + [str(proc.log_file)]
-    sys.exit(subprocess.call(argv))
+    sys.exit(subprocess.call(proc.log_command(lines, follow)))

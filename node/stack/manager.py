@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from node.config import ZK_MEMBERS, Config
-from node.errors import HaorchError, ServiceError
+from node.config import ZK_MEMBERS, Config, record_runtime, recorded_runtime, with_overrides
+from node.errors import HaorchError, ServiceError, UsageError
+from node.runtime import Handle, handle, names
 from node.stack.mariadb import MariaDB
 from node.stack.neo4j import Neo4j
-from node.stack.process import ManagedProcess
 from node.stack.prometheus import Prometheus
 from node.stack.rabbitmq import RabbitMQ
 from node.stack.service import Service
@@ -64,12 +64,19 @@ def _wait_ready(service: Service, progress: Progress) -> None:
 def up(cfg: Config, progress: Progress = lambda _m: None) -> UpResult:
     """Start what is not running, wait until every service answers, bootstrap schemas. Idempotent."""
     t0 = time.monotonic()
+    _check_runtime(cfg)
+    if cfg.runtime == "docker":
+        from node.containers.images import ensure_images
+
+        ensure_images(progress)
     stack = services(cfg)
     to_start = [s for s in stack if not s.proc.alive()]
     running = [s.name for s in stack if s not in to_start]
     for service in to_start:  # fail before starting anything if a binary is missing or a port is taken
         service.check_binaries()
         service.check_ports_free()
+    if to_start:
+        record_runtime(cfg)
     for service in to_start:
         progress(f"{service.name} starting on port {service.port}")
         service.start()
@@ -89,13 +96,26 @@ def up(cfg: Config, progress: Progress = lambda _m: None) -> UpResult:
     return UpResult([s.name for s in to_start], running, time.monotonic() - t0)
 
 
-def _extra_processes(cfg: Config) -> list[ManagedProcess]:
-    """Processes haorch started besides the services (cluster nodes, workers): stopped first on ``down``."""
+def _check_runtime(cfg: Config) -> None:
+    """Refuse to start a stack in one runtime while the state dir's programs run in the one it recorded."""
+    recorded = recorded_runtime(cfg.home)
+    if recorded in (None, cfg.runtime):
+        return
+    if recorded == "docker":
+        from node.containers.daemon import engine_answers
+
+        if not engine_answers():  # no engine: none of its containers runs either
+            return
+    running = [s.name for s in services(with_overrides(cfg, runtime=recorded)) if s.proc.alive()]
+    if running:
+        raise UsageError(f"the stack of {cfg.home} runs in the {recorded} runtime ({', '.join(running)}); "
+                         f"stop it first (`haorch deploy down`) or use runtime = {recorded!r}")
+
+
+def _extra_processes(cfg: Config) -> list[Handle]:
+    """Programs haorch started besides the services (cluster nodes, workers): stopped first on ``down``."""
     known = {s.proc.name for s in services(cfg)} | {"rabbitmq-epmd"}
-    if not cfg.run_dir.is_dir():
-        return []
-    return [ManagedProcess(p.stem, cfg.run_dir, cfg.log_dir) for p in sorted(cfg.run_dir.glob("*.pid"))
-            if p.stem not in known]
+    return [handle(cfg, name, name.split("-", 1)[0]) for name in names(cfg) if name not in known]
 
 
 def down(cfg: Config, purge: bool = False, progress: Progress = lambda _m: None) -> list[str]:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import subprocess
-
 from node.config import HOST, MYSQL_DATABASE, MYSQL_USER, Config
 from node.errors import ServiceError
+from node.runtime import TcpCheck
 from node.stack.service import Launch, Service
 
 
 class MariaDB(Service):
     name = "mariadb"
+    image = "mariadb"
     binaries = ("mariadbd", "mariadb-install-db", "mariadb")
     start_timeout_s = 60.0
 
     @property
     def port(self) -> int:
         return self.cfg.mysql_port
+
+    @property
+    def health(self) -> TcpCheck:
+        return TcpCheck(self.port, "", "MariaDB", read_bytes=40)  # the server's greeting names it
 
     @property
     def datadir(self):  # type: ignore[no-untyped-def]
@@ -31,11 +35,10 @@ class MariaDB(Service):
             return
         self.datadir.mkdir(parents=True, exist_ok=True)
         self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.proc.log_file, "ab") as out:
-            done = subprocess.run(
-                ["mariadb-install-db", "--no-defaults", "--user=root", f"--datadir={self.datadir}",
-                 "--auth-root-authentication-method=socket", "--skip-test-db"],
-                stdout=out, stderr=subprocess.STDOUT, timeout=180)
+        done = self.proc.run(["mariadb-install-db", "--no-defaults", "--user=root", f"--datadir={self.datadir}",
+                              "--auth-root-authentication-method=socket", "--skip-test-db"], timeout_s=180)
+        with open(self.proc.log_file, "a") as out:
+            out.write(done.stdout + done.stderr)
         if done.returncode != 0:
             raise ServiceError(f"mariadb: mariadb-install-db failed; {self.log_hint()}")
 
@@ -49,8 +52,8 @@ class MariaDB(Service):
 
     def root_sql(self, sql: str, timeout_s: float = 30.0) -> str:
         """Run SQL as root over the socket (root authenticates by unix socket, no password exists)."""
-        out = subprocess.run(["mariadb", "--no-defaults", "-S", self.socket, "-u", "root", "-N", "-B", "-e", sql],
-                             capture_output=True, text=True, timeout=timeout_s)
+        out = self.proc.run(["mariadb", "--no-defaults", "-S", self.socket, "-u", "root", "-N", "-B", "-e", sql],
+                            timeout_s=timeout_s)
         if out.returncode != 0:
             raise ServiceError(f"mariadb: {out.stderr.strip()}")
         return out.stdout

@@ -7,6 +7,7 @@ from pathlib import Path
 from node.config import NEO4J_USER, Config
 from node.errors import ServiceError, SetupError
 from node.paths import NEO4J_LAUNCHER_DIR
+from node.runtime import TcpCheck, asset
 from node.stack.service import Launch, Service
 
 LAUNCHER_JAR = NEO4J_LAUNCHER_DIR / "target" / "haorch-neo4j.jar"
@@ -23,6 +24,7 @@ def neo4j_driver(cfg: Config, **kwargs: object):  # type: ignore[no-untyped-def]
 
 class Neo4j(Service):
     name = "neo4j"
+    image = "neo4j"
     binaries = ("java",)
     start_timeout_s = 120.0
 
@@ -31,12 +33,17 @@ class Neo4j(Service):
         return self.cfg.neo4j_port
 
     @property
+    def health(self) -> TcpCheck:
+        # the Bolt handshake (magic, then versions 5.0 and 4.4): any answer is a version choice
+        return TcpCheck(self.port, "\\x60\\x60\\xb0\\x17\\0\\0\\0\\x05\\0\\0\\x04\\x04" + "\\0" * 8, "", read_bytes=4)
+
+    @property
     def password_file(self) -> Path:
         return self.cfg.data_dir(self.name) / "password"
 
     def check_binaries(self) -> None:
         super().check_binaries()
-        if not LAUNCHER_JAR.exists():
+        if self.cfg.runtime == "process" and not LAUNCHER_JAR.exists():
             raise SetupError(f"neo4j: launcher {LAUNCHER_JAR} is not built; run `make setup` "
                              f"(or {NEO4J_LAUNCHER_DIR / 'build.sh'})")
 
@@ -50,7 +57,7 @@ class Neo4j(Service):
         return Launch([
             "java", "-Xms128m", f"-Xmx{self.cfg.neo4j_heap}", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
             "--add-opens=java.base/java.nio=ALL-UNNAMED", "-Djava.net.preferIPv4Stack=true",
-            "-cp", f"{LAUNCHER_JAR}:{LAUNCHER_LIB}/*", "io.haorch.neo4j.Launcher",
+            "-cp", f"{asset(self.cfg, LAUNCHER_JAR)}:{asset(self.cfg, LAUNCHER_LIB)}/*", "io.haorch.neo4j.Launcher",
             "--home", str(self.cfg.data_dir(self.name) / "db"), "--bolt-port", str(self.port),
             "--password-file", str(self.password_file), "--pagecache", self.cfg.neo4j_pagecache])
 
@@ -69,14 +76,7 @@ class Neo4j(Service):
 
     def _launcher_ready(self) -> bool:
         """True when the launcher's log shows READY after its latest start (read from the last 64 KiB)."""
-        try:
-            with open(self.proc.log_file, "rb") as log:
-                log.seek(0, 2)
-                log.seek(max(0, log.tell() - 65536))
-                tail = log.read()
-        except OSError:
-            return True  # no log to go by (not started by haorch): let the login decide
-        return b"HAORCH-NEO4J READY" in tail.rsplit(b"--- haorch start", 1)[-1]
+        return b"HAORCH-NEO4J READY" in self.proc.output_since_start()
 
     def bootstrap(self) -> None:
         from node.stores.neo4j_schema import ensure_schema

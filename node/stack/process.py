@@ -23,6 +23,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+START_MARKER = b"\n--- haorch start"
+
 
 def _proc_start_time(pid: int) -> int | None:
     """Start time (clock ticks since boot) of ``pid``, or None if it is gone or a zombie."""
@@ -45,6 +47,14 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` (R, S, T, Z, ...), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """True when ``pid`` runs and is not a zombie."""
     return _proc_start_time(pid) is not None
@@ -63,10 +73,10 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of process group ``pid`` in bytes (None when it is gone)."""
+def rss_bytes(pids: list[int]) -> int | None:
+    """Resident memory of ``pids`` in bytes (None when they are all gone)."""
     total = None
-    for member in group_members(pid) or [pid]:
+    for member in pids:
         try:
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -109,11 +119,13 @@ class ManagedProcess:
         return self.pid() is not None
 
     def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
-        """Start ``argv`` in the background (own session, output appended to the log file)."""
+        """Start ``argv`` in the background (own session, output appended to the log file); ``env`` adds to
+        this process's environment."""
+        env = {**os.environ, **env} if env else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
-            out.write(f"\n--- haorch start {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+            out.write(START_MARKER + f" {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
             out.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=env, cwd=cwd, start_new_session=True, close_fds=True)
@@ -136,6 +148,49 @@ class ManagedProcess:
             return False
         os.kill(pid, sig)
         return True
+
+    def kill(self) -> bool:
+        """SIGKILL the process and everything it forked."""
+        return self.kill_group(signal.SIGKILL)
+
+    def freeze(self) -> bool:
+        """SIGSTOP the process group (a frozen program: its sockets stay open)."""
+        return self.kill_group(signal.SIGSTOP)
+
+    def thaw(self) -> bool:
+        return self.kill_group(signal.SIGCONT)
+
+    def frozen(self) -> bool:
+        """True when some process of the group is stopped (state T)."""
+        return any(_state(member) in ("T", "t") for member in self.pids())
+
+    def pids(self) -> list[int]:
+        """The live process and everything it forked (its process group)."""
+        pid = self.pid()
+        return (group_members(pid) or [pid]) if pid else []
+
+    def run(self, argv: list[str], timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run a one-off command of this program's kind (a client, an init tool) and capture its output."""
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+
+    def output_since_start(self, max_bytes: int = 65536) -> bytes:
+        """What the process printed since its latest start (the last ``max_bytes`` of its log at most)."""
+        try:
+            with open(self.log_file, "rb") as log_:
+                log_.seek(0, 2)
+                log_.seek(max(0, log_.tell() - max_bytes))
+                tail = log_.read()
+        except OSError:
+            return b""
+        return tail.rsplit(START_MARKER, 1)[-1]
+
+    def log_command(self, lines: int, follow: bool) -> list[str]:
+        """The command that prints the last ``lines`` of the log (and follows it)."""
+        return ["tail", "-n", str(lines)] + (["-F"] if follow else []) + [str(self.log_file)]
+
+    def info(self) -> dict[str, object]:
+        """Runtime-specific status fields (none for a process)."""
+        return {}
 
     def kill_group(self, sig: int) -> bool:
         """Send ``sig`` to the process and everything it forked (its process group)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from node.config import HOST, Config
 from node.errors import ServiceError
 from node.paths import DEPLOY_DIR
+from node.runtime import TcpCheck, asset
 from node.stack.service import Launch, Service
 
 RULES_DIR = DEPLOY_DIR / "prometheus" / "rules"
@@ -75,12 +76,17 @@ def prometheus_query_range(cfg: Config, query: str, start: float, end: float, st
 
 class Prometheus(Service):
     name = "prometheus"
+    image = "prometheus"
     binaries = ("prometheus",)
     start_timeout_s = 60.0
 
     @property
     def port(self) -> int:
         return self.cfg.prometheus_port
+
+    @property
+    def health(self) -> TcpCheck:
+        return TcpCheck(self.port, "GET /-/ready HTTP/1.0\\r\\n\\r\\n", "200 OK")
 
     @property
     def config_file(self) -> Path:
@@ -98,7 +104,7 @@ global:
   scrape_timeout: {self.cfg.scrape_interval}
   evaluation_interval: {self.cfg.scrape_interval}
 rule_files:
-  - {RULES_DIR}/*.yml
+  - {asset(self.cfg, RULES_DIR)}/*.yml
 scrape_configs:
   - job_name: haorch-node
     file_sd_configs:

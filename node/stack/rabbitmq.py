@@ -8,13 +8,12 @@ stopped by PID and two stacks on one machine do not share it.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pika
 
 from node.config import HOST, RABBIT_USER, RABBIT_VHOST, Config
 from node.errors import ServiceError
-from node.stack.process import ManagedProcess
+from node.runtime import TcpCheck, handle
 from node.stack.service import Launch, Service
 
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"
@@ -32,16 +31,22 @@ def amqp_parameters(cfg: Config, heartbeat_s: int | None = None, name: str = "ha
 
 class RabbitMQ(Service):
     name = "rabbitmq"
+    image = "rabbitmq"
     binaries = (f"{RABBIT_BIN}/rabbitmq-server", "epmd")
     start_timeout_s = 90.0
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        self.epmd = ManagedProcess("rabbitmq-epmd", cfg.run_dir, cfg.log_dir)
+        self.epmd = handle(cfg, "rabbitmq-epmd", self.image)
 
     @property
     def port(self) -> int:
         return self.cfg.rabbit_port
+
+    @property
+    def health(self) -> TcpCheck:
+        # the protocol header; the broker answers Connection.Start, whose server properties open with capabilities
+        return TcpCheck(self.port, "AMQP\\0\\0\\x09\\x01", "capabilities", read_bytes=64)
 
     @property
     def node_name(self) -> str:
@@ -54,7 +59,6 @@ class RabbitMQ(Service):
     def env(self) -> dict[str, str]:
         data = self.cfg.data_dir(self.name)
         return {
-            **os.environ,
             "HOME": str(data),
             "RABBITMQ_NODENAME": self.node_name,
             "RABBITMQ_BASE": str(data),

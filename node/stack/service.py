@@ -1,8 +1,9 @@
 """What a stack service is: processes to start, ports it owns, a readiness probe and an idempotent bootstrap.
 
 Concrete services (``zookeeper.py``, ``rabbitmq.py``, ``mariadb.py``, ``neo4j.py``, ``prometheus.py``) fill in
-``command()``, ``probe()`` and, where needed, ``prepare()`` and ``bootstrap()``. The manager starts them in
-parallel and waits for each probe, which must be a real request (a query, a publish), not an open port.
+``command()``, ``probe()`` and, where needed, ``prepare()``, ``bootstrap()`` and ``health``. The manager starts
+them in parallel and waits for each probe, which must be a real request (a query, a publish), not an open port.
+A service runs as a process or a container (``node/runtime.py``): ``self.proc`` is its handle either way.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from node.config import HOST, Config
 from node.errors import ServiceError, SetupError
 from node.paths import SETUP_SCRIPT
-from node.stack.process import ManagedProcess, rss_bytes
+from node.runtime import TcpCheck, handle
+from node.stack.process import rss_bytes
 
 
 @dataclass
@@ -30,18 +32,24 @@ class Service:
     """A stack service backed by one managed process."""
 
     name: str = ""
+    image: str = ""  # the image it runs from in the docker runtime (node/containers/images.py)
     binaries: tuple[str, ...] = ()
     start_timeout_s: float = 60.0
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.proc = ManagedProcess(self.name, cfg.run_dir, cfg.log_dir)
+        self.proc = handle(cfg, self.name, self.image, self.health)
 
     # --- to implement ---------------------------------------------------------------------------
     @property
     def port(self) -> int:
         """The port clients use (shown in status)."""
         raise NotImplementedError
+
+    @property
+    def health(self) -> TcpCheck | None:
+        """The check a container of this service runs on itself (a request and the answer it expects)."""
+        return None
 
     def owned_ports(self) -> list[int]:
         """Every port the service listens on (checked for conflicts before start)."""
@@ -62,6 +70,8 @@ class Service:
 
     # --- shared behaviour -----------------------------------------------------------------------
     def check_binaries(self) -> None:
+        if self.cfg.runtime == "docker":  # the image carries them
+            return
         for binary in self.binaries:
             if not shutil.which(binary):
                 raise SetupError(f"{self.name}: {binary} not found; run `make setup` (or {SETUP_SCRIPT})")
@@ -98,11 +108,12 @@ class Service:
             "pid": pid,
             "port": self.port,
             "healthy": bool(pid) and (self.healthy() if check_health else True),
-            "rss_bytes": rss_bytes(pid) if pid else None,
+            "rss_bytes": rss_bytes(self.proc.pids()) if pid else None,
+            **self.proc.info(),
         }
 
     def log_hint(self) -> str:
-        return f"see {self.proc.log_file}"
+        return f"see `{' '.join(self.proc.log_command(50, False))}`"
 
 
 def port_in_use(port: int) -> bool:

@@ -10,6 +10,7 @@ import socket
 
 from node.config import HOST, ZK_MEMBERS
 from node.errors import ServiceError
+from node.runtime import TcpCheck
 from node.stack.service import Launch, Service
 
 ZK_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
@@ -39,6 +40,7 @@ def zk_mode(port: int) -> str | None:
 
 
 class ZooKeeperMember(Service):
+    image = "zookeeper"
     binaries = ("java",)
     start_timeout_s = 60.0
 
@@ -50,6 +52,10 @@ class ZooKeeperMember(Service):
     @property
     def port(self) -> int:
         return self.cfg.zk_client_port(self.member)
+
+    @property
+    def health(self) -> TcpCheck:
+        return TcpCheck(self.port, "ruok", "imok")
 
     def owned_ports(self) -> list[int]:
         return [self.port, self.cfg.zk_peer_port(self.member), self.cfg.zk_election_port(self.member)]
