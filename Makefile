@@ -4,7 +4,7 @@ VENV := .venv
 HAORCH := $(VENV)/bin/haorch
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench chaos stack-up stack-down stack-status clean
+.PHONY: setup test demo bench chaos stack-up stack-down stack-status deploy-docker clean
 
 setup:
 	@bash deploy/setup.sh
@@ -20,6 +20,10 @@ bench: setup
 	$(HAORCH) stack up
 	$(HAORCH) bench throughput
 	$(HAORCH) bench failover
+	$(HAORCH) bench docker
+
+deploy-docker: setup
+	$(HAORCH) deploy up --docker
 
 chaos: setup
 	$(HAORCH) stack up
@@ -37,4 +41,6 @@ stack-down:
 
 clean: stack-down
 	@if [ -x $(HAORCH) ]; then HAORCH_HOME=.haorch-test $(HAORCH) stack down --purge; fi
+	@if [ -x $(HAORCH) ] && [ -d .haorch-docker-test ]; then \
+	  HAORCH_HOME=.haorch-docker-test HAORCH_PORT_BASE=19000 $(HAORCH) deploy down --purge; fi
 	rm -rf .haorch .haorch-test $(VENV) deploy/neo4j/target build *.egg-info .pytest_cache

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs what haorch needs on a Debian 12 machine, idempotently, and is quick when all is in place:
-#   1. Debian packages: ZooKeeper, RabbitMQ, MariaDB, Prometheus (+ promtool), a JDK and Maven if missing
+#   1. Debian packages: ZooKeeper, RabbitMQ, MariaDB, Prometheus (+ promtool), Docker Engine and debootstrap (for
+#      `haorch deploy --docker`; haorch starts dockerd itself when none runs), a JDK and Maven if missing
 #   2. the Python venv in .venv with haorch installed editable (re-installed when pyproject.toml changes)
 #   3. the embedded Neo4j launcher (deploy/neo4j, built with Maven)
-# The packages' own system services are not used: `haorch stack up` runs its own processes.
+# The packages' own system services are not used: `haorch stack up` runs its own processes (or containers).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { printf 'setup: %s\n' "$*"; }
 
-packages=(zookeeper rabbitmq-server mariadb-server mariadb-client prometheus iproute2 iptables procps)
+packages=(zookeeper rabbitmq-server mariadb-server mariadb-client prometheus iproute2 iptables procps
+          docker.io debootstrap)
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 missing=()

@@ -34,7 +34,7 @@ def worker_process(cfg: Config, n: int) -> Handle:
     return handle(cfg, f"worker-{n}", "worker", _http_check(cfg.worker_http_port(n), "/metrics"))
 
 
-def _numbered(cfg: Config, prefix: str) -> list[int]:
+def numbered(cfg: Config, prefix: str) -> list[int]:
     """Numbers of the state dir's recorded programs named ``<prefix>-N``."""
     numbers = []
     for name in names(cfg):
@@ -68,8 +68,8 @@ def start_worker(cfg: Config, n: int, concurrency: int) -> int | None:
 
 
 def publish_targets(cfg: Config) -> None:
-    write_targets(cfg, "nodes", {f"node-{n}": cfg.node_http_port(n) for n in _numbered(cfg, "node")})
-    write_targets(cfg, "workers", {f"worker-{n}": cfg.worker_http_port(n) for n in _numbered(cfg, "worker")})
+    write_targets(cfg, "nodes", {f"node-{n}": cfg.node_http_port(n) for n in numbered(cfg, "node")})
+    write_targets(cfg, "workers", {f"worker-{n}": cfg.worker_http_port(n) for n in numbered(cfg, "worker")})
 
 
 def up(cfg: Config, nodes: int = 3, workers: int = 2, concurrency: int | None = None,
@@ -103,7 +103,7 @@ def up(cfg: Config, nodes: int = 3, workers: int = 2, concurrency: int | None = 
 def down(cfg: Config, progress: Progress = lambda _m: None) -> list[str]:
     """Stop every worker, then every standby, then the leader (so it hands over to nobody mid-work)."""
     stopped = []
-    for n in _numbered(cfg, "worker"):
+    for n in numbered(cfg, "worker"):
         if worker_process(cfg, n).stop(grace_s=10.0):
             stopped.append(f"worker-{n}")
     rows = status(cfg)
@@ -134,7 +134,7 @@ def _readyz(cfg: Config, n: int, timeout_s: float = 0.5) -> dict[str, Any] | Non
 def status(cfg: Config) -> list[dict[str, Any]]:
     """One row per node: node_id, pid, role (leader|standby|down|unknown), epoch, http_port."""
     rows = []
-    for n in _numbered(cfg, "node"):
+    for n in numbered(cfg, "node"):
         pid = node_process(cfg, n).pid()
         info = _readyz(cfg, n) if pid else None
         role = info.get("role", "unknown") if info else ("unknown" if pid else "down")

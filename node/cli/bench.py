@@ -59,3 +59,22 @@ def failover(kills: int, timeouts: str, handovers: int, rescan_experiments: int,
     if not no_record:
         report.append(section)
     emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
+@click.option("--kills", type=click.IntRange(min=1), default=10, show_default=True,
+              help="SIGKILLs of the leader per runtime (containers, then processes).")
+@click.option("--session-timeout", "session_timeout_s", type=click.FloatRange(0.2, 60), default=2.0,
+              show_default=True, help="ZooKeeper session timeout of both clusters (beacon on).")
+@click.option("--cached-only", is_flag=True, help="Skip the cold build (keep the images that exist).")
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def docker(kills: int, session_timeout_s: float, cached_only: bool, no_record: bool, as_json: bool) -> None:
+    """Images (cold and cached build time, sizes) and leader failover in containers vs processes."""
+    from bench import docker as dk, report
+
+    result = dk.run(config(), kills, session_timeout_s, cold=not cached_only, progress=_progress)
+    section = dk.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))

@@ -57,9 +57,9 @@ def demo(rate: float, duration: float, kills: int, as_json: bool) -> None:
 
 
 def _register_commands() -> None:
-    from node.cli import bench, chaos, cluster, experiments, node, stack, worker
+    from node.cli import bench, chaos, cluster, deploy, experiments, node, stack, worker
 
-    for command in (stack.stack, cluster.cluster, bench.bench, node.node, worker.worker, experiments.template, experiments.submit,
+    for command in (stack.stack, cluster.cluster, deploy.deploy, bench.bench, node.node, worker.worker, experiments.template, experiments.submit,
                     experiments.status, experiments.list_, experiments.cancel, experiments.wait,
                     chaos.chaos):
         cli.add_command(command)

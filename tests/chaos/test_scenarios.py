@@ -10,11 +10,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from chaos_tests import faults, report, scenarios
+from scenario_checks import assert_ok, run_short
 from node import cluster
 from node.config import Config, with_overrides
 from node.stack import manager
@@ -38,12 +39,6 @@ def chaos_cfg(stack: Config) -> Iterator[Config]:
         cluster.down(cfg)
 
 
-def _run(cfg: Config, scenario: str, kills: int = 1, experiments: int = 40, **kw: Any) -> dict[str, Any]:
-    return scenarios.run(cfg, scenario, kills=kills, experiments=experiments, seed=7, rate=kw.pop("rate", 8.0),
-                         interval_s=0.5, fresh_cluster=False, keep_cluster=True, quiesce_s=150.0,
-                         progress=lambda m: print(f"[chaos] {m}", flush=True), **kw)
-
-
 def _assert_clean(cfg: Config) -> None:
     """Every fault undone: no chaos iptables rule, no cgroup, no frozen process, every process running."""
     assert faults.chaos_rules(cfg) == []
@@ -54,25 +49,14 @@ def _assert_clean(cfg: Config) -> None:
     assert all(s.proc.alive() for s in manager.services(cfg))
 
 
-def _assert_ok(result: dict[str, Any], faults_expected: int) -> None:
-    exp = result["experiments"]
-    assert result["violations"] == 0, result["check_markdown"]
-    assert exp["completed"] == exp["submitted"] == result["experiments_requested"], exp
-    assert len(result["faults"]) == faults_expected
-    assert all(f.get("injected_at") and f.get("undone_at") and not f.get("error") for f in result["faults"]), \
-        result["faults"]
-    assert result["rules_left"] == 0 and result["frozen_left"] == []
-    assert result["ok"]
-
-
 SHORT = [("kill-leader", 1), ("freeze-leader", 1), ("partition-leader", 1), ("kill-worker", 1), ("zk-member", 1),
          ("zk-quorum", 1)]
 
 
 @pytest.mark.parametrize(("scenario", "kills"), SHORT, ids=[s for s, _ in SHORT])
 def test_scenario_holds_invariants(chaos_cfg: Config, scenario: str, kills: int) -> None:
-    result = _run(chaos_cfg, scenario, kills=kills)
-    _assert_ok(result, kills)
+    result = run_short(chaos_cfg, scenario, kills=kills)
+    assert_ok(result, kills)
     if scenario in ("kill-leader", "freeze-leader", "partition-leader"):
         assert all(f["epoch_changed"] for f in result["faults"]), result["faults"]
         assert result["failover"]["count"] >= 1
@@ -80,15 +64,15 @@ def test_scenario_holds_invariants(chaos_cfg: Config, scenario: str, kills: int)
 
 
 def test_restart_services(chaos_cfg: Config) -> None:
-    result = _run(chaos_cfg, "restart-services", kills=2)   # RabbitMQ, then MariaDB (Neo4j is the third)
-    _assert_ok(result, 2)
+    result = run_short(chaos_cfg, "restart-services", kills=2)   # RabbitMQ, then MariaDB (Neo4j is the third)
+    assert_ok(result, 2)
     assert [f["fault"] for f in result["faults"]] == ["restart-rabbitmq", "restart-mariadb"]
     _assert_clean(chaos_cfg)
 
 
 def test_mixed_writes_report(chaos_cfg: Config, tmp_path: Path) -> None:
-    result = _run(chaos_cfg, "mixed", kills=2, experiments=40)
-    _assert_ok(result, 2)
+    result = run_short(chaos_cfg, "mixed", kills=2, experiments=40)
+    assert_ok(result, 2)
     assert [f["fault"] for f in result["faults"]] == [s["kind"] for s in scenarios.plan("mixed", 2, 7)]
     paths = report.write(result, tmp_path / "chaos")
     data = json.loads(Path(paths["json"]).read_text())
@@ -115,7 +99,7 @@ def test_faults_undone_when_scenario_raises(chaos_cfg: Config, scenario: str) ->
         raise Boom("midway")
 
     with pytest.raises(Boom):
-        _run(chaos_cfg, scenario, kills=2, experiments=8, on_injected=explode)
+        run_short(chaos_cfg, scenario, kills=2, experiments=8, on_injected=explode)
     assert len(seen) == 1
     _assert_clean(chaos_cfg)
 
