@@ -4,7 +4,7 @@ processes, in one run.
 - cold build: every haorch image and the build dir deleted, then the debootstrap base and all role images built
   (Debian packages come from the mirror; Python wheels from the host's pip cache);
 - cached build: the same build again (unchanged sources: every layer from Docker's cache);
-- sizes: each image with its parents' layers (what ``docker images`` shows) and what it adds on its own;
+- sizes: each image with the layers it builds on (what ``docker images`` shows) and what it adds to its parent;
 - failover: SIGKILL of the leader under steady load, ``kills`` times, for a containerized deployment (its own
   state dir ``<home>-docker`` and ports ``port_base + 300``; ``docker kill``) and for the process cluster of the
   caller's state dir, same session timeout and beacon; measured as ``bench failover`` does (kill → first
@@ -47,13 +47,12 @@ def _remove_images() -> None:
     shutil.rmtree(images.BUILD_DIR, ignore_errors=True)
 
 
-def _unique_sizes() -> dict[str, int]:
-    """Bytes each tagged image adds beyond the layers it shares with others."""
-    out = {}
-    for row in docker_client().df().get("Images") or []:
-        for tag in row.get("RepoTags") or []:
-            out[tag] = int(row["Size"]) - int(row.get("SharedSize") or 0)
-    return out
+def _added_sizes(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Bytes each image adds to the image it is built on (the base: all of it)."""
+    size = {row["image"]: row["size_bytes"] for row in rows}
+    parents = {images.image_name(r.name): images.image_name(r.parent or "base") for r in images.ROLES}
+    return {name: total - (size.get(parents[name]) or 0) if name in parents else total
+            for name, total in size.items()}
 
 
 def build_times(progress: Progress, cold: bool = True) -> dict[str, Any]:
@@ -67,8 +66,8 @@ def build_times(progress: Progress, cold: bool = True) -> dict[str, Any]:
     started = time.monotonic()
     result["cached_rows"] = images.build_images(progress=progress)
     result["cached_s"] = time.monotonic() - started
-    unique = _unique_sizes()
-    result["sizes"] = [{"image": row["image"], "size_bytes": row["size_bytes"], "own_bytes": unique.get(row["image"])}
+    added = _added_sizes(result["cached_rows"])
+    result["sizes"] = [{"image": row["image"], "size_bytes": row["size_bytes"], "added_bytes": added[row["image"]]}
                        for row in result["cached_rows"]]
     return result
 
@@ -100,11 +99,11 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"- build, cold (no image, no build dir; Debian packages from the mirror, wheels from the "
                      f"host's pip cache): **{result['cold_s']:.0f} s**")
     lines += [f"- build, cached (unchanged sources, every layer from Docker's cache): **{result['cached_s']:.1f} s**",
-              "", "| image | size (with parent layers) | own layers | cold build |", "| --- | ---: | ---: | ---: |"]
+              "", "| image | size (with the layers it builds on) | added to its parent | cold build |", "| --- | ---: | ---: | ---: |"]
     cold = {r["image"]: r["seconds"] for r in result.get("cold_rows", [])}
     for row in result["sizes"]:
         took = f"{cold[row['image']]:.1f} s" if row["image"] in cold else "-"
-        lines.append(f"| {row['image']} | {_mib(row['size_bytes'])} | {_mib(row['own_bytes'])} | {took} |")
+        lines.append(f"| {row['image']} | {_mib(row['size_bytes'])} | {_mib(row['added_bytes'])} | {took} |")
     lines += ["", "| runtime | session timeout | kills | failover p50 | p99 | max | detect p50 | elect | fence | "
               "rescan | redispatch | first advance | experiments | lost | double-advanced |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -8,8 +8,9 @@
         fault.undo()        # restart the victim; safe to call twice, and after a failed inject
 
 Every fault is bounded in time (``hold()`` never waits longer than its ``max_hold_s``) and touches only the
-processes of its own state dir (pid files) and, for the partition, loopback traffic to its own ZooKeeper client
-ports. ``random_mix(seed, count)`` gives a reproducible list of fault *specs* (name + fixed parameters);
+programs of its own state dir and, for the partition, loopback traffic to its own ZooKeeper client ports. It acts
+through the programs' handles (``node/runtime.py``), so the same fault drives processes (signals by PID) or, with
+``runtime = "docker"``, containers through the docker SDK (``docker kill``, ``pause``/``unpause``, stop and start). ``random_mix(seed, count)`` gives a reproducible list of fault *specs* (name + fixed parameters);
 ``make_fault(cfg, spec)`` turns one into a fault.
 
 The partition (``PartitionLeader``) cuts the leader's ZooKeeper traffic and nothing else:

@@ -4,7 +4,9 @@ Values come from, in order of precedence: environment variables ``HAORCH_<NAME>`
 ``haorch.toml`` in the state dir, then the defaults below. The state dir is ``$HAORCH_HOME`` (default
 ``./.haorch``). Every port is derived from ``port_base`` so that two stacks (a user's and the test suite's)
 can live side by side on one machine. A stack uses ``port_base + 1 .. port_base + 229`` (services below +70,
-nodes +71..+99, workers +101..+199, leader beacons +201..+229): keep two stacks' bases at least 300 apart::
+nodes +71..+99, workers +101..+199, leader beacons +201..+229): keep two stacks' bases at least 300 apart.
+``runtime`` says whether the stack's programs run as processes or Docker containers; a state dir remembers the
+one its stack was started in (``<home>/runtime``), unless a setting names it::
 
     cfg = load_config()
     cfg.zk_hosts          # "127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103"

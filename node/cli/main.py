@@ -93,6 +93,30 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if debug:
             raise
-        click.echo(f"haorch: unexpected error: {type(exc).__name__}: {exc} (HAORCH_DEBUG=1 shows the traceback)",
-                   err=True)
+        down = _unreachable_service(exc)
+        if down:
+            click.echo(f"haorch: {down} is not reachable ({_first_line(exc)}); is the stack up? "
+                       "(`haorch stack status`)", err=True)
+        else:
+            click.echo(f"haorch: unexpected error: {type(exc).__name__}: {_first_line(exc)} "
+                       "(HAORCH_DEBUG=1 shows the traceback)", err=True)
         sys.exit(1)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _unreachable_service(exc: Exception) -> str | None:
+    """The service a client library failed to reach, when ``exc`` is such a failure."""
+    import neo4j.exceptions
+    import pika.exceptions
+    import pymysql
+
+    if isinstance(exc, neo4j.exceptions.ServiceUnavailable):
+        return "neo4j"
+    if isinstance(exc, pika.exceptions.AMQPConnectionError):
+        return "rabbitmq"
+    if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in (2003, 2006, 2013):
+        return "mariadb"
+    return None
