@@ -1,1 +1,1 @@
-"""The service stack haorch runs as its own processes: one module per service, plus the manager."""
+"""The service stack haorch runs as its own processes or containers: one module per service, plus the manager."""
