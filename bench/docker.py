@@ -99,14 +99,15 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"- build, cold (no image, no build dir; Debian packages from the mirror, wheels from the "
                      f"host's pip cache): **{result['cold_s']:.0f} s**")
     lines += [f"- build, cached (unchanged sources, every layer from Docker's cache): **{result['cached_s']:.1f} s**",
-              "", "| image | size (with the layers it builds on) | added to its parent | cold build |", "| --- | ---: | ---: | ---: |"]
+              "", "| image | size (with the layers it builds on) | added to its parent | cold build |",
+              "| --- | ---: | ---: | ---: |"]
     cold = {r["image"]: r["seconds"] for r in result.get("cold_rows", [])}
     for row in result["sizes"]:
         took = f"{cold[row['image']]:.1f} s" if row["image"] in cold else "-"
         lines.append(f"| {row['image']} | {_mib(row['size_bytes'])} | {_mib(row['added_bytes'])} | {took} |")
     lines += ["", "| runtime | session timeout | kills | failover p50 | p99 | max | detect p50 | elect | fence | "
               "rescan | redispatch | first advance | experiments | lost | double-advanced |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- " + "| ---: " * 14 + "|"]
     for name, s in result["series"].items():
         ph = s["phase_p50_s"]
         lines.append(f"| {name} | {s['session_timeout_s']:g} s | {s['kills']} | {s['p50_s'] * 1000:.0f} ms | "
@@ -114,6 +115,7 @@ def render(result: dict[str, Any]) -> str:
                      + " | ".join(f"{ph[p] * 1000:.0f} ms" if ph[p] is not None else "-" for p in PHASES)
                      + f" | {s['experiments']} | {s['lost']} | {s['double_advanced']} |")
     docker_p50, process_p50 = result["series"]["docker"]["p50_s"], result["series"]["process"]["p50_s"]
-    lines += ["", f"- container / process failover p50: **{docker_p50 / process_p50:.2f}×** (beacon on; failover = "
-                  "SIGKILL (`docker kill` for the container) → first SUCCEEDED transition of the new epoch)", ""]
+    lines += ["", f"- container / process failover p50: **{docker_p50 / process_p50:.2f}×** (beacon on; "
+                  "failover = SIGKILL (`docker kill` for the container) → first SUCCEEDED transition of the new "
+                  "epoch)", ""]
     return "\n".join(lines)

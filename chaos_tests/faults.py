@@ -10,7 +10,8 @@
 Every fault is bounded in time (``hold()`` never waits longer than its ``max_hold_s``) and touches only the
 programs of its own state dir and, for the partition, loopback traffic to its own ZooKeeper client ports. It acts
 through the programs' handles (``node/runtime.py``), so the same fault drives processes (signals by PID) or, with
-``runtime = "docker"``, containers through the docker SDK (``docker kill``, ``pause``/``unpause``, stop and start). ``random_mix(seed, count)`` gives a reproducible list of fault *specs* (name + fixed parameters);
+``runtime = "docker"``, containers through the docker SDK (``docker kill``, ``pause``/``unpause``, stop and
+start). ``random_mix(seed, count)`` gives a reproducible list of fault *specs* (name + fixed parameters);
 ``make_fault(cfg, spec)`` turns one into a fault.
 
 The partition (``PartitionLeader``) cuts the leader's ZooKeeper traffic and nothing else:
@@ -41,7 +42,7 @@ from typing import Any
 from node import cluster
 from node.config import ZK_MEMBERS, Config
 from node.errors import ServiceError
-from node.runtime import handle, names
+from node.runtime import names, recorded
 from node.stack import manager
 from node.stack.process import wait_gone
 
@@ -489,7 +490,7 @@ def make_fault(cfg: Config, fault_spec: dict[str, Any]) -> Fault:
 # --- checks used by the scenarios and the tests ---------------------------------------------------------------
 def stopped_pids(cfg: Config) -> list[str]:
     """Names of this state dir's programs that are left frozen (a process stopped, a container paused)."""
-    return [name for name in names(cfg) if handle(cfg, name, name.split("-", 1)[0]).frozen()]
+    return [name for name in names(cfg) if recorded(cfg, name).frozen()]
 
 
 def wait_recovered(cfg: Config, nodes: int, workers: int, timeout_s: float = RECOVERY_WAIT_S) -> dict[str, Any]:

@@ -194,8 +194,9 @@ def load_config(home: str | Path | None = None, **overrides: object) -> Config:
             values[key] = _coerce(key, env)
     for key, raw in overrides.items():
         values[key] = _coerce(key, raw)
-    if "runtime" not in values and recorded_runtime(home_path):  # the state dir's stack runs in it
-        values["runtime"] = recorded_runtime(home_path)
+    recorded = recorded_runtime(home_path)
+    if "runtime" not in values and recorded:  # the state dir's stack runs in it
+        values["runtime"] = recorded
     return _validated(Config(home=home_path, **values))  # type: ignore[arg-type]
 
 

@@ -40,7 +40,7 @@ def status(cfg: Config) -> list[dict[str, Any]]:
     for n in cluster.numbered(cfg, "node"):
         proc = cluster.node_process(cfg, n)
         role = roles.get(f"node-{n}", {})
-        rows.append({"program": f"node-{n}", "pid": proc.pid(), "port": cfg.node_http_port(n),
+        rows.append({"program": f"node-{n}", "pid": role.get("pid"), "port": cfg.node_http_port(n),
                      "healthy": role.get("role") in ("leader", "standby"), "role": role.get("role"),
                      "epoch": role.get("epoch"), **proc.info()})
     for n in cluster.numbered(cfg, "worker"):

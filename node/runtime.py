@@ -90,6 +90,12 @@ def handle(cfg: Config, name: str, image: str, health: TcpCheck | None = None) -
     return ManagedProcess(name, cfg.run_dir, cfg.log_dir)
 
 
+def recorded(cfg: Config, name: str) -> Handle:
+    """The handle of a program found by name (``node-2``, ``zookeeper-1``, ``rabbitmq-epmd``): its image is the
+    name's first part. For inspecting and stopping; starting wants the handle with its health check."""
+    return handle(cfg, name, name.split("-", 1)[0])
+
+
 def names(cfg: Config) -> list[str]:
     """Names of the programs the state dir has recorded (pid files, or containers labelled with it), sorted."""
     if cfg.runtime == "docker":

@@ -51,8 +51,8 @@ def status(as_json: bool) -> None:
 
 @cluster.command("kill-leader")
 @click.option("--signal", "sig", type=click.Choice(["KILL", "TERM", "STOP"], case_sensitive=False), default="KILL",
-              show_default=True, help="KILL: crash; TERM: graceful handover; STOP: freeze (resume: kill -CONT; a container: "
-                   "docker pause, resume with docker unpause).")
+              show_default=True, help="KILL: crash; TERM: graceful handover; STOP: freeze (resume: kill -CONT; "
+                                      "a container: docker pause, resume with docker unpause).")
 @json_option
 def kill_leader(sig: str, as_json: bool) -> None:
     """Signal the current leader (chaos by hand)."""

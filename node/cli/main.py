@@ -60,9 +60,9 @@ def demo(rate: float, duration: float, kills: int, as_json: bool) -> None:
 def _register_commands() -> None:
     from node.cli import bench, chaos, cluster, deploy, experiments, node, stack, worker
 
-    for command in (stack.stack, cluster.cluster, deploy.deploy, bench.bench, node.node, worker.worker, experiments.template, experiments.submit,
-                    experiments.status, experiments.list_, experiments.cancel, experiments.wait,
-                    chaos.chaos):
+    for command in (stack.stack, cluster.cluster, deploy.deploy, bench.bench, node.node, worker.worker,
+                    experiments.template, experiments.submit, experiments.status, experiments.list_,
+                    experiments.cancel, experiments.wait, chaos.chaos):
         cli.add_command(command)
     from node.cli.dashboard import dashboard  # noqa: PLC0415 - lazy like the others
     cli.add_command(dashboard)

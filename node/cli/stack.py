@@ -9,7 +9,7 @@ import click
 
 from node.cli.common import config, emit, json_option, stderr, table
 from node.errors import UsageError
-from node.runtime import handle, names
+from node.runtime import names, recorded
 from node.stack import manager
 
 
@@ -70,7 +70,7 @@ def status(as_json: bool) -> None:
 def logs(service: str, lines: int, follow: bool) -> None:
     """Print the log of SERVICE (a stack service, a node like node-1, or a worker)."""
     cfg = config()
-    proc = handle(cfg, service, service.split("-", 1)[0])
+    proc = recorded(cfg, service)
     if cfg.runtime == "docker":
         known = names(cfg)
         found = service in known

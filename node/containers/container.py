@@ -85,8 +85,7 @@ class ManagedContainer:
 
     def pid(self) -> int | None:
         """Host PID of the container's first process while it runs (paused counts as running)."""
-        state = self._state()
-        return int(state["Pid"]) if state.get("Running") and state.get("Pid") else None
+        return _running_pid(self._state())
 
     def alive(self) -> bool:
         return self.pid() is not None
@@ -97,7 +96,7 @@ class ManagedContainer:
     def pids(self) -> list[int]:
         """Host PIDs of every process in the container."""
         container = self._container()
-        if container is None or not self.alive():
+        if container is None or not _running_pid(container.attrs["State"]):
             return []
         top = container.top(ps_args="-o pid")
         return [int(row[0]) for row in top.get("Processes") or []]
@@ -116,12 +115,8 @@ class ManagedContainer:
     # --- lifecycle --------------------------------------------------------------------------------------
     def _run_options(self, env: dict[str, str] | None, cwd: Path | None) -> dict[str, Any]:
         home = str(self.cfg.home)
-        options: dict[str, Any] = {
-            "network_mode": "host", "init": True, "environment": env or {}, "working_dir": str(cwd or home),
-            "volumes": {home: {"bind": home, "mode": "rw"}},
-            "labels": {HOME_LABEL: home, NAME_LABEL: self.name},
-        }
-        return options
+        return {"network_mode": "host", "init": True, "environment": env or {}, "working_dir": str(cwd or home),
+                "volumes": {home: {"bind": home, "mode": "rw"}}, "labels": {HOME_LABEL: home, NAME_LABEL: self.name}}
 
     def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
         """Run ``argv`` in a new container (an exited one of the same name is replaced); returns its host PID."""
@@ -173,7 +168,7 @@ class ManagedContainer:
         if sig == signals.SIGCONT:
             return self.thaw()
         container = self._container()
-        if container is None or not self.alive():
+        if container is None or not _running_pid(container.attrs["State"]):
             return False
         container.kill(signal=int(sig))
         return True
@@ -184,14 +179,14 @@ class ManagedContainer:
     def freeze(self) -> bool:
         """``docker pause``: every process of the container stops (its sockets stay open)."""
         container = self._container()
-        if container is None or not self.alive() or self.frozen():
+        if container is None or not _running_pid(container.attrs["State"]) or container.attrs["State"]["Paused"]:
             return False
         container.pause()
         return True
 
     def thaw(self) -> bool:
         container = self._container()
-        if container is None or not self.frozen():
+        if container is None or not container.attrs["State"].get("Paused"):
             return False
         container.unpause()
         return True
@@ -202,7 +197,8 @@ class ManagedContainer:
         and mounts when it is not running (e.g. ``mariadb-install-db`` before the first start)."""
         bounded = ["timeout", str(max(1, int(timeout_s))), *argv]
         container = self._container()
-        if container is not None and self.alive() and not self.frozen():
+        state = container.attrs["State"] if container is not None else {}
+        if _running_pid(state) and not state.get("Paused"):
             code, (out, err) = container.exec_run(bounded, demux=True)
             return subprocess.CompletedProcess(argv, code, (out or b"").decode(errors="replace"),
                                                (err or b"").decode(errors="replace"))
@@ -232,6 +228,11 @@ class ManagedContainer:
 
     def log_command(self, lines: int, follow: bool) -> list[str]:
         return ["docker", "logs", "-n", str(lines)] + (["-f"] if follow else []) + [self.container_name]
+
+
+def _running_pid(state: dict[str, Any]) -> int | None:
+    """The host PID in a container's ``State`` while it runs (paused included), else None."""
+    return int(state["Pid"]) if state.get("Running") and state.get("Pid") else None
 
 
 def _parse_time(stamp: str) -> float | None:

@@ -16,7 +16,7 @@ from typing import Callable
 
 from node.config import ZK_MEMBERS, Config, record_runtime, recorded_runtime, with_overrides
 from node.errors import HaorchError, ServiceError, UsageError
-from node.runtime import Handle, handle, names
+from node.runtime import Handle, names, recorded
 from node.stack.mariadb import MariaDB
 from node.stack.neo4j import Neo4j
 from node.stack.prometheus import Prometheus
@@ -115,7 +115,7 @@ def _check_runtime(cfg: Config) -> None:
 def _extra_processes(cfg: Config) -> list[Handle]:
     """Programs haorch started besides the services (cluster nodes, workers): stopped first on ``down``."""
     known = {s.proc.name for s in services(cfg)} | {"rabbitmq-epmd"}
-    return [handle(cfg, name, name.split("-", 1)[0]) for name in names(cfg) if name not in known]
+    return [recorded(cfg, name) for name in names(cfg) if name not in known]
 
 
 def down(cfg: Config, purge: bool = False, progress: Progress = lambda _m: None) -> list[str]:
