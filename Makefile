@@ -4,12 +4,16 @@ VENV := .venv
 HAORCH := $(VENV)/bin/haorch
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench chaos stack-up stack-down stack-status deploy-docker clean
+.PHONY: setup lint test demo bench chaos stack-up stack-down stack-status deploy-docker clean
 
 setup:
 	@bash deploy/setup.sh
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: setup

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench.failover import PHASES, kill_series
 from node.config import Config, load_config

@@ -3,88 +3,92 @@
 Per kill, measured from the stores (not from client polling): failover = the SIGKILL → the new epoch's first
 SUCCEEDED transition (its first DAG advancement). The phase breakdown is what the new leader recorded in
 ``leader_terms.phases`` (detect = the old leader's last sign of life → this node won the lock; elect = won → new
-epoch taken; then fence, rescan, redispatch, first_advance). Also: SIGTERM handover (signal → the next epoch's election) and the time of one takeover rescan
-over 10,000 pre-submitted experiments (~40,000 unflagged task nodes). After the load: every experiment terminal
-(no lost work) and at most one SUCCEEDED transition per task (no double advancement).
+epoch taken; then fence, rescan, redispatch, first_advance). Also: SIGTERM handover (signal → the next epoch's
+election) and the time of one takeover rescan over 10,000 pre-submitted experiments (~40,000 unflagged task
+nodes). After the load: every experiment terminal (no lost work) and each task advanced exactly once
+(:mod:`node.verify`).
+
+Every experiment the benchmark creates has an id of its own (``bench-failover-...``, ``bench-rescan-...``) and is
+deleted from both stores when its part ends, also on an error or Ctrl-C (:mod:`bench.scratch`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from bench.throughput import _pct, _query
-from chaos_tests.load import SteadyLoad
+from bench.probes import first_success_at, query
+from bench.scratch import Scratch
+from bench.throughput import _pct
 from node import cluster
 from node.config import Config, with_overrides
 from node.experiments import Experiments
-from node.stack.neo4j import neo4j_driver
-from node.stack.process import wait_gone
+from node.load import SteadyLoad
+from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
+from node.runtime.process import wait_gone
+from node.stores.connect import neo4j_driver
 from node.stores.dags import DagStore
+from node.verify import EXACTLY_ONCE_KINDS, Scope, check
 
 PHASES = ("detect", "elect", "fence", "rescan", "redispatch", "first_advance")
 
 Progress = Callable[[str], None]
 
 
-def _first_advance(cfg: Config, epoch: int, timeout_s: float) -> float | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        at = _query(cfg, "SELECT MIN(at) FROM transitions WHERE epoch = %s AND to_state = 'SUCCEEDED'", (epoch,))[0][0]
-        if at is not None:
-            return float(at)
-        time.sleep(0.05)
-    return None
-
-
 def _phases(cfg: Config, epoch: int, timeout_s: float = 5.0) -> dict[str, float]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = _query(cfg, "SELECT phases FROM leader_terms WHERE epoch = %s", (epoch,))
+        rows = query(cfg, "SELECT phases FROM leader_terms WHERE epoch = %s", (epoch,))
         if rows and rows[0][0]:
             return json.loads(rows[0][0])
         time.sleep(0.05)
     return {}
 
 
+def _kill(run_cfg: Config, k: int, kills: int, progress: Progress) -> dict[str, Any]:
+    """SIGKILL the leader, measure until the new one's first advancement, restart the killed node."""
+    timeout_s = run_cfg.zk_session_timeout_s + 30
+    old = cluster.wait_for_leader(run_cfg, 30)
+    victim = int(old["node_id"].split("-")[1])
+    killed = cluster.kill_leader(run_cfg, "KILL")
+    new = cluster.wait_for_leader(run_cfg, timeout_s, newer_than=old["epoch"])
+    first = first_success_at(run_cfg, new["epoch"], timeout_s)
+    phases = _phases(run_cfg, new["epoch"])
+    total = (first - killed["at"]) if first else float("nan")
+    progress(f"timeout {run_cfg.zk_session_timeout_s:g}s beacon {'on' if run_cfg.leader_beacon else 'off'} kill "
+             f"{k + 1}/{kills}: {old['node_id']} -> {new['node_id']} in {total * 1000:.0f} ms")
+    wait_gone(killed["pid"], 10.0)  # a node still exiting would look alive: start_node would skip it
+    cluster.start_node(run_cfg, victim)
+    time.sleep(1.0)
+    return {"kill": k + 1, "from": old["node_id"], "to": new["node_id"], "epoch": new["epoch"], "total_s": total,
+            "phases": phases}
+
+
 def kill_series(cfg: Config, session_timeout_s: float, kills: int, progress: Progress,
                 beacon: bool = False) -> dict[str, Any]:
-    """``kills`` SIGKILLs of the leader under steady load; the killed node is restarted each time."""
+    """``kills`` SIGKILLs of the leader under steady load; the killed node is restarted each time. The cluster is
+    stopped and the load's experiments (``bench-failover-...``) deleted afterwards, whatever happens."""
     run_cfg = with_overrides(cfg, zk_session_timeout_s=session_timeout_s, leader_beacon=beacon)
     cluster.down(cfg)
-    cluster.up(run_cfg, nodes=3, workers=2)
-    prefix = f"fo-{session_timeout_s:g}-{int(beacon)}-{uuid.uuid4().hex[:5]}-"
-    load = SteadyLoad(run_cfg, prefix).start()
-    samples = []
-    try:
-        time.sleep(2.0)
-        for k in range(kills):
-            old = cluster.wait_for_leader(run_cfg, 30)
-            victim = int(old["node_id"].split("-")[1])
-            killed = cluster.kill_leader(run_cfg, "KILL")
-            new = cluster.wait_for_leader(run_cfg, session_timeout_s + 30, newer_than=old["epoch"])
-            first = _first_advance(cfg, new["epoch"], session_timeout_s + 30)
-            phases = _phases(cfg, new["epoch"])
-            total = (first - killed["at"]) if first else float("nan")
-            samples.append({"kill": k + 1, "from": old["node_id"], "to": new["node_id"], "epoch": new["epoch"],
-                            "total_s": total, "phases": phases})
-            progress(f"timeout {session_timeout_s:g}s beacon {'on' if beacon else 'off'} kill {k + 1}/{kills}: {old['node_id']} -> {new['node_id']} "
-                     f"in {total * 1000:.0f} ms")
-            wait_gone(killed["pid"], 10.0)  # a node still exiting would look alive: start_node would skip it
-            cluster.start_node(run_cfg, victim)
-            time.sleep(1.0)
-    finally:
-        load.stop()
-    with Experiments(cfg) as exps:
-        rows = exps.wait(load.ids, timeout_s=120, poll_s=0.5)
-    lost = sum(r["state"] not in ("COMPLETED", "FAILED", "CANCELLED") for r in rows)
-    doubles = _query(cfg, "SELECT COUNT(*) FROM (SELECT experiment_id, task FROM transitions WHERE "
-                          "experiment_id LIKE %s AND to_state = 'SUCCEEDED' GROUP BY experiment_id, task "
-                          "HAVING COUNT(*) > 1) d", (prefix + "%",))[0][0]
-    not_completed = sum(r["state"] != "COMPLETED" for r in rows)
-    cluster.down(cfg)
+    with Scratch(cfg, f"bench-failover-{session_timeout_s:g}-{int(beacon)}") as scratch:
+        try:
+            cluster.up(run_cfg, nodes=3, workers=2)
+            load = SteadyLoad(run_cfg, scratch.prefix).start()
+            try:
+                time.sleep(2.0)
+                samples = [_kill(run_cfg, k, kills, progress) for k in range(kills)]
+            finally:
+                load.stop()
+            with Experiments(cfg) as exps:
+                rows = exps.wait(load.ids, timeout_s=120, poll_s=0.5)
+            report = check(cfg, Scope(experiment_ids=load.ids))
+        finally:
+            cluster.down(cfg)
+    lost = sum(r["state"] not in TERMINAL_EXPERIMENT_STATES for r in rows)
+    doubles = len(report.of_kinds(EXACTLY_ONCE_KINDS))
+    not_completed = sum(r["state"] != ExperimentState.COMPLETED for r in rows)
     totals = [s["total_s"] for s in samples if s["total_s"] == s["total_s"]]
     return {"session_timeout_s": session_timeout_s, "beacon": beacon, "kills": kills, "samples": samples,
             "p50_s": _pct(totals, 0.5), "p99_s": _pct(totals, 0.99), "max_s": max(totals, default=float("nan")),
@@ -101,7 +105,7 @@ def handovers(cfg: Config, count: int, progress: Progress) -> list[float]:
         old = cluster.wait_for_leader(cfg, 30)
         signalled = cluster.kill_leader(cfg, "TERM")
         new = cluster.wait_for_leader(cfg, 30, newer_than=old["epoch"])
-        elected = _query(cfg, "SELECT elected_at FROM leader_terms WHERE epoch = %s", (new["epoch"],))
+        elected = query(cfg, "SELECT elected_at FROM leader_terms WHERE epoch = %s", (new["epoch"],))
         at = float(elected[0][0]) if elected else time.time()
         times.append(at - signalled["at"])
         progress(f"SIGTERM handover {old['node_id']} -> {new['node_id']} in {times[-1] * 1000:.0f} ms")
@@ -113,39 +117,27 @@ def handovers(cfg: Config, count: int, progress: Progress) -> list[float]:
 
 
 def rescan_time(cfg: Config, experiments: int, progress: Progress, repeats: int = 3) -> dict[str, float]:
-    """Time DagStore.rescan over ``experiments`` pre-submitted chains (nothing running), then delete them."""
+    """Time DagStore.rescan over ``experiments`` pre-submitted chains (nothing running); the chains
+    (``bench-rescan-...``) are deleted afterwards, whatever happens: a later leader must not dispatch them."""
     cluster.down(cfg)
-    prefix = f"rescan-{uuid.uuid4().hex[:5]}-"
-    with Experiments(cfg) as exps:
-        exps.install_builtins()
-        for start in range(0, experiments, 1000):
-            exps.submit_many("chain", [f"{prefix}{i:06d}" for i in range(start, min(experiments, start + 1000))],
-                             notify=False)
-            progress(f"rescan: {min(experiments, start + 1000)}/{experiments} experiments submitted")
-    driver = neo4j_driver(cfg)
-    try:
-        dags = DagStore(driver)
-        unflagged = driver.execute_query("MATCH (t:Task) WHERE t.executed = false RETURN count(t) AS n")[0][0]["n"]
-        seconds, found = [], 0
-        for _ in range(repeats):
-            started = time.perf_counter()
-            found = len(dags.rescan(epoch=0, now=time.time()))
-            seconds.append(time.perf_counter() - started)
+    with Scratch(cfg, "bench-rescan") as scratch:
+        with Experiments(cfg) as exps:
+            exps.install_builtins()
+            for start in range(0, experiments, 1000):
+                exps.submit_many("chain", [f"{scratch.prefix}{i:06d}"
+                                           for i in range(start, min(experiments, start + 1000))], notify=False)
+                progress(f"rescan: {min(experiments, start + 1000)}/{experiments} experiments submitted")
+        with neo4j_driver(cfg) as driver:
+            dags = DagStore(driver)
+            unflagged = driver.execute_query("MATCH (t:Task) WHERE t.executed = false RETURN count(t) AS n")[0][0]["n"]
+            seconds, found = [], 0
+            for _ in range(repeats):
+                started = time.perf_counter()
+                found = len(dags.rescan(epoch=0, now=time.time()))
+                seconds.append(time.perf_counter() - started)
         progress(f"rescan: {found} ready of {unflagged} unflagged tasks in {min(seconds) * 1000:.0f} ms (best)")
-        _purge(cfg, driver, prefix)
-    finally:
-        driver.close()
     return {"experiments": experiments, "unflagged_tasks": unflagged, "ready_found": found,
             "best_s": min(seconds), "p50_s": _pct(seconds, 0.5)}
-
-
-def _purge(cfg: Config, driver, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    """Delete the rescan benchmark's experiments (they must not be dispatched by a later leader)."""
-    while driver.execute_query("MATCH (t:Task) WHERE t.experiment_id STARTS WITH $p WITH t LIMIT 10000 "
-                               "DETACH DELETE t RETURN count(*) AS n", p=prefix)[0][0]["n"]:
-        pass
-    driver.execute_query("MATCH (e:Experiment) WHERE e.experiment_id STARTS WITH $p DETACH DELETE e", p=prefix)
-    _query(cfg, "DELETE FROM experiments WHERE experiment_id LIKE %s", (prefix + "%",))
 
 
 def run(cfg: Config, kills: int = 20, timeouts: tuple[float, ...] = (0.5, 2.0), handover_count: int = 5,
@@ -162,14 +154,15 @@ def run(cfg: Config, kills: int = 20, timeouts: tuple[float, ...] = (0.5, 2.0), 
 
 def render(result: dict[str, Any]) -> str:
     lines = [f"### Failover — {result['when']}", "",
-             "| session timeout | beacon | kills | failover p50 | p99 | max | target p99 | detect p50 | elect | fence | "
-             "rescan | redispatch | first advance | experiments | lost | double-advanced |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| session timeout | beacon | kills | failover p50 | p99 | max | target p99 | detect p50 | elect | "
+             "fence | rescan | redispatch | first advance | experiments | lost | double-advanced |",
+             "| ---: | --- " + "| ---: " * 14 + "|"]
     for s in result["series"]:
         ph = s["phase_p50_s"]
         lines.append(
-            f"| {s['session_timeout_s']:g} s | {'on' if s['beacon'] else 'off'} | {s['kills']} | {s['p50_s'] * 1000:.0f} ms | "
-            f"{s['p99_s'] * 1000:.0f} ms | {s['max_s'] * 1000:.0f} ms | ≤ {(s['session_timeout_s'] + 0.5) * 1000:.0f} ms | "
+            f"| {s['session_timeout_s']:g} s | {'on' if s['beacon'] else 'off'} | {s['kills']} | "
+            f"{s['p50_s'] * 1000:.0f} ms | {s['p99_s'] * 1000:.0f} ms | {s['max_s'] * 1000:.0f} ms | "
+            f"≤ {(s['session_timeout_s'] + 0.5) * 1000:.0f} ms | "
             + " | ".join(f"{ph[p] * 1000:.0f} ms" for p in PHASES)
             + f" | {s['experiments']} | {s['lost']} | {s['double_advanced']} |")
     handover = result["handover_s"]

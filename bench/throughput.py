@@ -8,20 +8,24 @@ advancement. Measured from the stores afterwards, not from the client:
 - hop latency: predecessor's execution end (ledger) -> successor's execution start (ledger): the response, the
   leader's batch and the request together
 - idle end-to-end: one chain at a time, submit -> COMPLETED (MariaDB created_at/finished_at)
+
+Each part's chains have ids of their own (``bench-<label>-<run id>-...``) and are deleted from both stores when the
+part ends, also on an error or Ctrl-C (:mod:`bench.scratch`).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from bench.probes import query
+from bench.scratch import Scratch
 from node import cluster
 from node.config import Config, with_overrides
 from node.experiments import Experiments
-from node.stack.mariadb import mysql_connect_args
+from node.model.states import TaskStatus
 
 Progress = Callable[[str], None]
 
@@ -48,25 +52,13 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _query(cfg: Config, sql: str, args: tuple = ()) -> list[tuple]:
-    import pymysql
-
-    conn = pymysql.connect(**mysql_connect_args(cfg))  # type: ignore[arg-type]
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
 def _measure(cfg: Config, prefix: str) -> tuple[int, float, list[float]]:
     like = prefix + "%"
-    rows = _query(cfg, "SELECT MIN(at), MAX(at), SUM(to_state = 'SUCCEEDED') FROM transitions "
-                       "WHERE experiment_id LIKE %s AND epoch > 0", (like,))
+    rows = query(cfg, "SELECT MIN(at), MAX(at), SUM(to_state = %s) FROM transitions "
+                      "WHERE experiment_id LIKE %s AND epoch > 0", (TaskStatus.SUCCEEDED, like))
     first, last, count = rows[0]
-    ledger = _query(cfg, "SELECT experiment_id, task, started_at, ended_at FROM ledger WHERE experiment_id LIKE %s "
-                         "AND outcome = 'success'", (like,))
+    ledger = query(cfg, "SELECT experiment_id, task, started_at, ended_at FROM ledger WHERE experiment_id LIKE %s "
+                        "AND outcome = 'success'", (like,))
     by = {(e, t): (s, end) for e, t, s, end in ledger}
     chain = ["stage_in", "submit_job", "monitor", "stage_out"]
     hops = []
@@ -80,42 +72,48 @@ def _measure(cfg: Config, prefix: str) -> tuple[int, float, list[float]]:
 
 def run_config(cfg: Config, label: str, batch_size: int, experiments: int, workers: int,
                progress: Progress) -> RunResult:
-    """One configuration: fresh cluster, pre-submitted chains, measured from the stores."""
+    """One configuration: fresh cluster, pre-submitted chains, measured from the stores; the cluster is stopped
+    and the chains deleted afterwards, whatever happens."""
     cluster.down(cfg)
     run_cfg = with_overrides(cfg, batch_size=batch_size)
-    prefix = f"bench-{label}-{uuid.uuid4().hex[:6]}-"
-    ids = [f"{prefix}{i:05d}" for i in range(experiments)]
-    progress(f"{label}: submitting {experiments} chain experiments")
-    with Experiments(run_cfg) as exps:
-        exps.install_builtins()
-        for experiment_id in ids:
-            exps.submit("chain", experiment_id, notify=False)
-        progress(f"{label}: starting 1 node (batch size {batch_size}) and {workers} workers")
-        cluster.up(run_cfg, nodes=1, workers=workers)
-        exps.wait(ids, timeout_s=max(120.0, experiments * 4 * 0.1), poll_s=0.5)
-    count, seconds, hops = _measure(cfg, prefix)
+    with Scratch(cfg, f"bench-{label}") as scratch:
+        try:
+            ids = [f"{scratch.prefix}{i:05d}" for i in range(experiments)]
+            progress(f"{label}: submitting {experiments} chain experiments")
+            with Experiments(run_cfg) as exps:
+                exps.install_builtins()
+                for experiment_id in ids:
+                    exps.submit("chain", experiment_id, notify=False)
+                progress(f"{label}: starting 1 node (batch size {batch_size}) and {workers} workers")
+                cluster.up(run_cfg, nodes=1, workers=workers)
+                exps.wait(ids, timeout_s=max(120.0, experiments * 4 * 0.1), poll_s=0.5)
+            count, seconds, hops = _measure(cfg, scratch.prefix)
+        finally:
+            cluster.down(cfg)
     result = RunResult(label, batch_size, experiments, count, seconds, _pct(hops, 0.5), _pct(hops, 0.99))
     progress(f"{label}: {count} advancements in {seconds:.2f} s = {result.rate:.0f}/s")
-    cluster.down(cfg)
     return result
 
 
 def idle_latency(cfg: Config, samples: int, progress: Progress) -> tuple[float, float]:
-    """p50/p99 seconds of one chain at a time, submit -> COMPLETED, on an idle cluster."""
+    """p50/p99 seconds of one chain at a time, submit -> COMPLETED, on an idle cluster (stopped and the chains
+    deleted afterwards, whatever happens)."""
     cluster.down(cfg)
-    cluster.up(cfg, nodes=1, workers=1)
-    prefix = f"bench-idle-{uuid.uuid4().hex[:6]}-"
-    with Experiments(cfg) as exps:
-        exps.install_builtins()
-        for i in range(samples):
-            experiment_id = f"{prefix}{i:04d}"
-            exps.submit("chain", experiment_id)
-            exps.wait([experiment_id], timeout_s=30, poll_s=0.002)
-    rows = _query(cfg, "SELECT finished_at - created_at FROM experiments WHERE experiment_id LIKE %s",
-                  (prefix + "%",))
+    with Scratch(cfg, "bench-idle") as scratch:
+        try:
+            cluster.up(cfg, nodes=1, workers=1)
+            with Experiments(cfg) as exps:
+                exps.install_builtins()
+                for i in range(samples):
+                    experiment_id = f"{scratch.prefix}{i:04d}"
+                    exps.submit("chain", experiment_id)
+                    exps.wait([experiment_id], timeout_s=30, poll_s=0.002)
+            rows = query(cfg, "SELECT finished_at - created_at FROM experiments WHERE experiment_id LIKE %s",
+                         (scratch.prefix + "%",))
+        finally:
+            cluster.down(cfg)
     values = [r[0] for r in rows]
     progress(f"idle: {samples} chains, p50 {statistics.median(values) * 1000:.0f} ms")
-    cluster.down(cfg)
     return _pct(values, 0.5), _pct(values, 0.99)
 
 
@@ -145,8 +143,8 @@ def render(result: dict) -> str:
         lines.append(f"| batch size {r['batch_size']} | {r['experiments']} | {r['advancements']} | "
                      f"{r['seconds']:.2f} | {r['rate']:.0f} | {r['hop_p50_ms']:.1f} | {r['hop_p99_ms']:.1f} |")
     lines += ["", f"- batched / batch size 1: **{result['speedup']:.1f}x**",
-              f"- idle end-to-end of one 4-step chain (submit → COMPLETED): p50 **{result['idle_e2e_p50_ms']:.0f} ms**, "
-              f"p99 {result['idle_e2e_p99_ms']:.0f} ms",
+              "- idle end-to-end of one 4-step chain (submit → COMPLETED): "
+              f"p50 **{result['idle_e2e_p50_ms']:.0f} ms**, p99 {result['idle_e2e_p99_ms']:.0f} ms",
               f"- 1 leader node, {result['workers']} workers (noop executor), all on this 2-core machine with the "
               "whole stack; hop = predecessor's execution end → successor's execution start (ledger).", ""]
     return "\n".join(lines)

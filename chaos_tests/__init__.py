@@ -1,10 +1,10 @@
-"""Chaos testing for haorch: the invariant checker that reads MariaDB and Neo4j after a run.
+"""Chaos testing for haorch: fault injection (:mod:`chaos_tests.faults`), named scenarios under load
+(:mod:`chaos_tests.scenarios`) and their reports (:mod:`chaos_tests.report`).
 
-    from chaos_tests.checker import check
+A run ends with the one invariant verifier, :mod:`node.verify` (``haorch chaos check`` is its command line):
 
-    report = check(cfg, since=started_at)          # or experiment_ids=[...]
+    from node.verify import Scope, check
+
+    report = check(cfg, Scope(experiment_ids=ids))   # or Scope(since=started_at)
     report.ok, report.violations, report.to_markdown()
-
-The checker verifies ARCHITECTURE.md's Invariants 1-5 from what the stores recorded (the transition log, the
-execution ledger, leader terms, and the Neo4j DAGs); ``haorch chaos check`` is its command line.
 """

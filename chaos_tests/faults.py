@@ -9,7 +9,7 @@
 
 Every fault is bounded in time (``hold()`` never waits longer than its ``max_hold_s``) and touches only the
 programs of its own state dir and, for the partition, loopback traffic to its own ZooKeeper client ports. It acts
-through the programs' handles (``node/runtime.py``), so the same fault drives processes (signals by PID) or, with
+through the programs' handles (``node/runtime/``), so the same fault drives processes (signals by PID) or, with
 ``runtime = "docker"``, containers through the docker SDK (``docker kill``, ``pause``/``unpause``, stop and
 start). ``random_mix(seed, count)`` gives a reproducible list of fault *specs* (name + fixed parameters);
 ``make_fault(cfg, spec)`` turns one into a fault.
@@ -42,9 +42,10 @@ from typing import Any
 from node import cluster
 from node.config import ZK_MEMBERS, Config
 from node.errors import ServiceError
-from node.runtime import names, recorded
+from node.runtime.handle import Handle
+from node.runtime.process import wait_gone
+from node.runtime.programs import names, recorded
 from node.stack import manager
-from node.stack.process import wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class Fault:
     def _undo(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "Fault":
+    def __enter__(self) -> Fault:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,13 +129,15 @@ class _LeaderFault(Fault):
     victim: int | None = None
     victim_pid: int | None = None
 
-    def _victim(self) -> dict[str, Any]:
+    def _victim(self) -> Handle:
+        """Find the acting leader and remember it; its process."""
         row = cluster.wait_for_leader(self.cfg, LEADER_FAULT_WAIT_S)
         self.victim = _node_number(row["node_id"])
-        self.victim_pid = cluster.node_process(self.cfg, self.victim).pid()
+        proc = cluster.node_process(self.cfg, self.victim)
+        self.victim_pid = proc.pid()
         self.epoch_before = row["epoch"]
         self.detail.update({"victim": row["node_id"], "pid": self.victim_pid, "epoch": row["epoch"]})
-        return row
+        return proc
 
     def wait_new_leader(self, timeout_s: float) -> dict[str, Any] | None:
         try:
@@ -150,12 +153,11 @@ class _LeaderFault(Fault):
             return
         proc = cluster.node_process(self.cfg, self.victim)
         pid = proc.pid()
-        if pid is not None and pid == self.victim_pid:
-            # SIGTERM is still being handled (or SIGKILL not yet reaped): bounded wait, then make sure
-            if not wait_gone(pid, 15.0):
-                proc.thaw()
-                proc.kill()
-                wait_gone(pid, 5.0)
+        # SIGTERM is still being handled (or SIGKILL not yet reaped): bounded wait, then make sure
+        if pid is not None and pid == self.victim_pid and not wait_gone(pid, 15.0):
+            proc.thaw()
+            proc.kill()
+            wait_gone(pid, 5.0)
         cluster.start_node(self.cfg, self.victim)
 
 
@@ -167,9 +169,9 @@ class KillLeader(_LeaderFault):
     sig: str = "KILL"
 
     def _inject(self) -> None:
-        self._victim()
+        proc = self._victim()
         self.detail["signal"] = self.sig
-        cluster.node_process(self.cfg, self.victim).signal(cluster.SIGNALS[self.sig])
+        proc.signal(cluster.SIGNALS[self.sig])
 
     def hold(self) -> None:
         self.wait_new_leader(_session_s(self.cfg) + LEADER_FAULT_WAIT_S)
@@ -208,9 +210,9 @@ class FreezeLeader(_TimedLeaderFault):
     name: str = "freeze-leader"
 
     def _inject(self) -> None:
-        self._victim()
+        proc = self._victim()
         self.detail["frozen_s"] = self.hold_s()
-        cluster.node_process(self.cfg, self.victim).freeze()
+        proc.freeze()
 
     def _undo(self) -> None:
         if self.victim is None:
@@ -262,7 +264,7 @@ def chaos_rules(cfg: Config | None = None) -> list[str]:
 
 
 def established_sockets(pids: list[int], zk_ports: set[int]) -> list[tuple[int, int]]:
-    """(local port, remote port) of the TCP connections that ``pids`` hold to ``zk_ports`` on 127.0.0.1 (from /proc)."""
+    """(local port, remote port) of the TCP connections that ``pids`` hold to ``zk_ports`` (from /proc)."""
     inodes: set[str] = set()
     for pid in pids:
         try:
@@ -338,26 +340,26 @@ class PartitionLeader(_TimedLeaderFault):
     rules: list[list[str]] = field(default_factory=list)
 
     def _inject(self) -> None:
-        self._victim()
+        proc = self._victim()
         if self.victim_pid is None:
             raise ServiceError("partition: the leader has no pid")
         zk_ports = {self.cfg.zk_client_port(m) for m in range(1, ZK_MEMBERS + 1)}
         group = _cgroup2_root() / cgroup_name(self.cfg)
         group.mkdir(exist_ok=True)
-        members = cluster.node_process(self.cfg, self.victim).pids() or [self.victim_pid]
+        members = proc.pids() or [self.victim_pid]
         for pid in members:
             (group / "cgroup.procs").write_text(str(pid))
         tag = ["-m", "comment", "--comment", comment(self.cfg)]
-        base = ["OUTPUT", "-o", "lo", "-s", "127.0.0.1", "-d", "127.0.0.1", "-p", "tcp"]
+        base = ["OUTPUT", "-o", "lo", "-s", self.cfg.host, "-d", self.cfg.host, "-p", "tcp"]
         ports = ",".join(str(p) for p in sorted(zk_ports))
         # new connections (kazoo reconnecting to any member) from the leader's cgroup
-        self._add(base + ["-m", "multiport", "--dports", ports, "-m", "cgroup", "--path", cgroup_name(self.cfg)]
-                  + tag + ["-j", "DROP"])
+        leader_cgroup = ["-m", "cgroup", "--path", cgroup_name(self.cfg)]
+        self._add([*base, "-m", "multiport", "--dports", ports, *leader_cgroup, *tag, "-j", "DROP"])
         # the connections that already exist (their sockets stay in the cgroup they were created in)
         sockets = established_sockets(members, zk_ports)
         for local, zk in sockets:
-            self._add(base + ["--sport", str(local), "--dport", str(zk)] + tag + ["-j", "DROP"])
-            self._add(base + ["--sport", str(zk), "--dport", str(local)] + tag + ["-j", "DROP"])
+            self._add([*base, "--sport", str(local), "--dport", str(zk), *tag, "-j", "DROP"])
+            self._add([*base, "--sport", str(zk), "--dport", str(local), *tag, "-j", "DROP"])
         self.detail.update({"cgroup": str(group), "connections": [f"{lp}->{zp}" for lp, zp in sockets],
                             "rules": len(self.rules)})
 
@@ -481,7 +483,7 @@ def make_fault(cfg: Config, fault_spec: dict[str, Any]) -> Fault:
     if kind == "zk-member":
         return zk_member(cfg, int(fault_spec.get("member", 1)))
     if kind == "zk-quorum":
-        return zk_quorum(cfg, tuple(fault_spec.get("members", (1, 2))))  # type: ignore[arg-type]
+        return zk_quorum(cfg, tuple(fault_spec.get("members", (1, 2))))
     if kind.startswith("restart-"):
         return restart_service(cfg, kind.split("-", 1)[1])
     raise ValueError(f"unknown fault {kind!r}")

@@ -104,7 +104,8 @@ def timeline_png(result: dict[str, Any], path: Path) -> Path:
     for row, node in enumerate(nodes):
         for start, end, role, epoch in _segments(samples, node, t0):
             if role == "leader":  # tab10 without its red and grey (those mean down and standby)
-                color = palette(EPOCH_COLOURS[int(epoch or 0) % len(EPOCH_COLOURS)])
+                rgba = palette(EPOCH_COLOURS[int(epoch or 0) % len(EPOCH_COLOURS)])
+                color: str | tuple[float, float, float, float] = rgba
             elif role == "standby":
                 color = "#d0d0d0"
             else:

@@ -7,8 +7,10 @@ Each run: make sure the stack runs, (re)start the cluster (``nodes`` nodes, ``wo
 load (ids ``chaos-<scenario>-<run>-NNNNN``) and a sampler of ``cluster.status`` every 0.25 s → for every fault
 of the plan: inject, hold (bounded), undo, wait until every process runs and a leader acts (bounded), pause
 ``interval_s`` → let the load reach its count → wait (bounded) until every experiment is terminal → run
-:func:`chaos_tests.checker.check` over exactly the load's ids. Whatever happens, a ``finally`` undoes every
-fault again and deletes every iptables rule and cgroup of the stack (:func:`chaos_tests.faults.cleanup`).
+:func:`node.verify.check` over exactly the load's ids. Whatever happens, a ``finally`` undoes every
+fault again and deletes every iptables rule and cgroup of the stack (:func:`chaos_tests.faults.cleanup`), stops the
+cluster (unless ``keep_cluster``) and deletes the run's experiments from both stores (:mod:`bench.scratch`; the
+result keeps what the report needs).
 
 The result dict (what :mod:`chaos_tests.report` renders): the plan, each fault with its timestamps and the
 leader change it caused (failover = fault → the next epoch's first SUCCEEDED transition, as ``bench failover``
@@ -22,17 +24,20 @@ import logging
 import random
 import threading
 import time
-import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from bench.throughput import _query
+from bench.probes import first_success_at, query
+from bench.scratch import Scratch
 from chaos_tests import faults as fault_mod
-from chaos_tests.load import SteadyLoad
 from node import cluster
 from node.config import Config, with_overrides
 from node.errors import HaorchError, TimeoutExpired, UsageError
 from node.experiments import Experiments
+from node.load import SteadyLoad
+from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState, TaskStatus
 from node.stack import manager
+from node.verify import Scope, check
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,6 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 }
 SAMPLE_PERIOD_S = 0.25
 FIRST_ADVANCE_WAIT_S = 20.0
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 def plan(scenario: str, kills: int, seed: int, workers: int = 2) -> list[dict[str, Any]]:
@@ -77,7 +81,7 @@ class LeaderSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="leader-sampler", daemon=True)
 
-    def start(self) -> "LeaderSampler":
+    def start(self) -> LeaderSampler:
         self._thread.start()
         return self
 
@@ -113,16 +117,6 @@ def _stack_up(cfg: Config, progress: Progress) -> None:
         manager.up(cfg, progress=lambda m: progress(f"stack: {m}"))
 
 
-def _first_advance(cfg: Config, epoch: int, timeout_s: float) -> float | None:
-    """Time of the first SUCCEEDED transition of ``epoch``, polled for up to ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        at = _query(cfg, "SELECT MIN(at) FROM transitions WHERE epoch = %s AND to_state = 'SUCCEEDED'", (epoch,))[0][0]
-        if at is not None or time.monotonic() > deadline:
-            return None if at is None else float(at)
-        time.sleep(0.1)
-
-
 def _run_fault(fault: fault_mod.Fault, nodes: int, workers: int, progress: Progress,
                on_injected: Callable[[fault_mod.Fault], None] | None) -> dict[str, Any]:
     try:
@@ -133,7 +127,7 @@ def _run_fault(fault: fault_mod.Fault, nodes: int, workers: int, progress: Progr
         fault.hold()
         if fault.leader_fault and fault.detail.get("new_epoch"):
             # like `bench failover`: the fault lasts until the new leader advanced a DAG (bounded)
-            _first_advance(fault.cfg, fault.detail["new_epoch"], FIRST_ADVANCE_WAIT_S)
+            first_success_at(fault.cfg, fault.detail["new_epoch"], FIRST_ADVANCE_WAIT_S, poll_s=0.1)
     finally:
         fault.undo()
     recovered = fault_mod.wait_recovered(fault.cfg, nodes, workers)
@@ -144,7 +138,7 @@ def _run_fault(fault: fault_mod.Fault, nodes: int, workers: int, progress: Progr
 
 def _leader_changes(cfg: Config, records: list[dict[str, Any]], end: float) -> None:
     """Per fault: the first epoch elected after it (before the next fault), its election and first advance."""
-    terms = _query(cfg, "SELECT epoch, node_id, elected_at FROM leader_terms ORDER BY epoch")
+    terms = query(cfg, "SELECT epoch, node_id, elected_at FROM leader_terms ORDER BY epoch")
     for i, rec in enumerate(records):
         start = rec.get("injected_at")
         if start is None:
@@ -157,7 +151,7 @@ def _leader_changes(cfg: Config, records: list[dict[str, Any]], end: float) -> N
         if nxt is None:
             continue
         epoch, node_id, elected_at = nxt
-        first = _first_advance(cfg, epoch, 0.0)
+        first = first_success_at(cfg, epoch)
         rec.update({"next_epoch": epoch, "next_leader": node_id, "elected_s": round(elected_at - start, 4),
                     "failover_s": round(float(first) - start, 4) if first is not None else None})
 
@@ -187,9 +181,9 @@ def _throughput(cfg: Config, prefix: str, t0: float, end: float) -> dict[str, An
     n = int((end - t0) // bucket) + 1
     like = prefix + "%"
 
-    def series(sql: str) -> list[int]:
+    def series(sql: str, *args: object) -> list[int]:
         out = [0] * n
-        for idx, count in _query(cfg, sql, (t0, bucket, like)):
+        for idx, count in query(cfg, sql, (t0, bucket, like, *args)):
             if idx is not None and 0 <= int(idx) < n:
                 out[int(idx)] += int(count)
         return out
@@ -198,7 +192,8 @@ def _throughput(cfg: Config, prefix: str, t0: float, end: float) -> dict[str, An
             "submitted": series("SELECT FLOOR((created_at - %s) / %s), COUNT(*) FROM experiments "
                                 "WHERE experiment_id LIKE %s GROUP BY 1"),
             "tasks_succeeded": series("SELECT FLOOR((at - %s) / %s), COUNT(*) FROM transitions WHERE experiment_id "
-                                      "LIKE %s AND to_state = 'SUCCEEDED' AND task IS NOT NULL GROUP BY 1"),
+                                      "LIKE %s AND to_state = %s AND task IS NOT NULL GROUP BY 1",
+                                      TaskStatus.SUCCEEDED),
             "experiments_finished": series("SELECT FLOOR((finished_at - %s) / %s), COUNT(*) FROM experiments "
                                            "WHERE experiment_id LIKE %s AND finished_at IS NOT NULL GROUP BY 1")}
 
@@ -212,11 +207,11 @@ def _wait_terminal(cfg: Config, ids: list[str], timeout_s: float) -> dict[str, A
                 exps.wait(ids, timeout_s=timeout_s, poll_s=0.5)
             except TimeoutExpired:
                 quiescent = False
-    rows = _query(cfg, "SELECT state, COUNT(*) FROM experiments WHERE experiment_id IN ("
-                  + ",".join(["%s"] * len(ids)) + ") GROUP BY state", ids) if ids else []
+    rows = query(cfg, "SELECT state, COUNT(*) FROM experiments WHERE experiment_id IN ("
+                 + ",".join(["%s"] * len(ids)) + ") GROUP BY state", ids) if ids else []
     states = {s: int(c) for s, c in rows}
-    return {"submitted": len(ids), "states": states, "completed": states.get("COMPLETED", 0),
-            "not_terminal": sum(c for s, c in states.items() if s not in TERMINAL),
+    return {"submitted": len(ids), "states": states, "completed": states.get(ExperimentState.COMPLETED, 0),
+            "not_terminal": sum(c for s, c in states.items() if s not in TERMINAL_EXPERIMENT_STATES),
             "missing": len(ids) - sum(states.values()), "quiescent": quiescent,
             "wait_s": round(time.monotonic() - started, 3)}
 
@@ -273,8 +268,8 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
     if rate is None:
         planned_s = 4.0 + kills * (interval_s + 2 * run_cfg.zk_session_timeout_s + 3.0)
         rate = min(50.0, max(2.0, experiments / planned_s))
-    run_id = uuid.uuid4().hex[:6]
-    prefix = f"chaos-{scenario}-{run_id}-"
+    scratch = Scratch(run_cfg, f"chaos-{scenario}")
+    run_id, prefix = scratch.run_id, scratch.prefix
     started = time.time()
     progress(f"scenario {scenario}: {kills} fault(s), {experiments} experiments at {rate:.1f}/s, seed {seed}")
 
@@ -295,11 +290,9 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
         exp = _wait_terminal(run_cfg, load.ids, quiesce_s)
         sampler.stop()
         ended = time.time()
-        from chaos_tests.checker import check
-
-        report = check(run_cfg, experiment_ids=load.ids)
+        report = check(run_cfg, Scope(experiment_ids=load.ids))
         _leader_changes(run_cfg, records, ended)
-        result = {
+        result: dict[str, Any] = {
             "scenario": scenario, "seed": seed, "kills": kills, "run_id": run_id, "prefix": prefix,
             "experiments_requested": experiments, "rate": rate, "interval_s": interval_s,
             "session_timeout_s": run_cfg.zk_session_timeout_s, "nodes": nodes, "workers": workers,
@@ -324,3 +317,4 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
         sampler.stop()
         if not keep_cluster:
             cluster.down(run_cfg)
+        scratch.purge()

@@ -47,14 +47,15 @@ class LeaderBeacon:
         self._watched: str | None = None  # lock node of the leader being watched
         self.deaths_detected = 0
 
-    def start(self) -> "LeaderBeacon":
+    def start(self) -> LeaderBeacon:
         """Bind the beacon port (so a conflict shows at start-up) and begin following the published beacon."""
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(self.address)
         server.listen(16)
         self._server = server
-        threading.Thread(target=self._accept, name=f"beacon-accept-{self.identifier}", daemon=True).start()
+        threading.Thread(target=self._accept, args=(server,), name=f"beacon-accept-{self.identifier}",
+                         daemon=True).start()
         self.client.DataWatch(self.path, self._on_beacon)
         return self
 
@@ -92,10 +93,10 @@ class LeaderBeacon:
         for conn in accepted:
             conn.close()
 
-    def _accept(self) -> None:
+    def _accept(self, server: socket.socket) -> None:
         while not self._stopped.is_set():
             try:
-                conn, _ = self._server.accept()  # type: ignore[union-attr]
+                conn, _ = server.accept()
             except OSError:
                 return
             with self._lock:

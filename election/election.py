@@ -46,19 +46,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.protocol.states import EventType, WatchedEvent
 from kazoo.recipe.election import Election
 from kazoo.recipe.lock import Lock
+from tenacity import RetryCallState, Retrying, retry_if_result, wait_exponential
 
 from election.epoch import EpochCounter
 from election.session import SessionEvent, SessionState, SessionWatcher
 
 log = logging.getLogger(__name__)
+
+MAX_REJOIN_DELAY_S = 10.0
 
 
 @dataclass
@@ -191,45 +194,54 @@ class LeaderElection:
     # -- the election thread -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        failures = 0
-        while True:
-            with self._cond:
-                self._cond.wait_for(self._ready_to_contend, timeout=1.0)
-                if self._stopping:
-                    break
-                if self._session.state is not SessionState.CONNECTED:
-                    continue
-            contest: Election | None = None
-            self._failed = False
-            try:
-                self._release_stale_lock()
-                with self._cond:
-                    if self._stopping:
-                        break
-                    contest = self._contest = Election(self.client, self.path, self.identifier)
-                log.info("election: candidate id=%s path=%s", self.identifier, self.path)
-                contest.run(self._lead, contest)
-            except Exception:
-                log.exception("election: contest failed id=%s", self.identifier)
-                self._failed = True
-            finally:
-                if contest is not None and contest.lock.is_acquired:
-                    self._stale_lock = contest.lock
-                with self._cond:
-                    self._contest = None
-                    self._terms_done = self._terms_begun
-                    self._cond.notify_all()
-            failures = failures + 1 if self._failed else 0
-            if failures:
-                delay = min(self.retry_delay_s * 2 ** (failures - 1), 10.0)
-                log.info("election: rejoining after back-off id=%s delay_s=%.2f", self.identifier, delay)
-                with self._cond:
-                    self._cond.wait_for(lambda: self._stopping, timeout=delay)
+        # A failed round is contested again after a back-off that doubles from retry_delay_s up to
+        # MAX_REJOIN_DELAY_S; a round that did not fail starts the next with no back-off and a fresh count.
+        rounds = Retrying(stop=lambda _state: self._stopping, retry=retry_if_result(bool),
+                          wait=wait_exponential(multiplier=self.retry_delay_s, max=MAX_REJOIN_DELAY_S),
+                          before_sleep=self._log_back_off, sleep=self._back_off,
+                          retry_error_callback=lambda _state: None)
+        while not self._stopping:
+            rounds(self._round)
         if self._session.state is SessionState.CONNECTED:
             try:
                 self._release_stale_lock()
             except KazooException:
                 log.warning("election: stale lock node not released id=%s", self.identifier)
+
+    def _round(self) -> bool:
+        """Contend once (when connected); True if the round failed and should be retried after a back-off."""
+        with self._cond:
+            self._cond.wait_for(self._ready_to_contend, timeout=1.0)
+            if self._stopping or self._session.state is not SessionState.CONNECTED:
+                return False
+        contest: Election | None = None
+        self._failed = False
+        try:
+            self._release_stale_lock()
+            with self._cond:
+                if self._stopping:
+                    return False
+                contest = self._contest = Election(self.client, self.path, self.identifier)
+            log.info("election: candidate id=%s path=%s", self.identifier, self.path)
+            contest.run(self._lead, contest)
+        except Exception:
+            log.exception("election: contest failed id=%s", self.identifier)
+            self._failed = True
+        finally:
+            if contest is not None and contest.lock.is_acquired:
+                self._stale_lock = contest.lock
+            with self._cond:
+                self._contest = None
+                self._terms_done = self._terms_begun
+                self._cond.notify_all()
+        return self._failed
+
+    def _log_back_off(self, state: RetryCallState) -> None:
+        log.info("election: rejoining after back-off id=%s delay_s=%.2f", self.identifier, state.upcoming_sleep)
+
+    def _back_off(self, delay: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping, timeout=delay)
 
     def _lead(self, contest: Election) -> None:
         """The leadership function given to kazoo's Election: one term, from win to revocation."""

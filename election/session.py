@@ -29,8 +29,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState

@@ -1,7 +1,7 @@
 """``haorch cluster``: orchestrator nodes and workers as background programs of the state dir.
 
 Each node is ``haorch node run --id node-N`` and each worker ``haorch worker run --id worker-N``, run like the
-stack's services (processes with pid files, or containers: ``node/runtime.py``), so ``stack down`` stops them
+stack's services (processes with pid files, or containers: ``node/runtime/``), so ``stack down`` stops them
 too. ``up`` also publishes their HTTP ports as Prometheus file_sd targets.
 """
 
@@ -11,11 +11,13 @@ import json
 import signal
 import time
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from node.config import HOST, Config
+from node.config import Config
 from node.errors import ServiceError, UsageError
-from node.runtime import Handle, TcpCheck, handle, haorch_argv, names
+from node.runtime.handle import Handle, TcpCheck
+from node.runtime.programs import handle, haorch_argv, names
 from node.stack.prometheus import write_targets
 
 Progress = Callable[[str], None]
@@ -118,7 +120,7 @@ def down(cfg: Config, progress: Progress = lambda _m: None) -> list[str]:
 
 
 def _readyz(cfg: Config, n: int, timeout_s: float = 0.5) -> dict[str, Any] | None:
-    url = f"http://{HOST}:{cfg.node_http_port(n)}/readyz"
+    url = f"{cfg.node_url(n)}/readyz"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return json.loads(resp.read())

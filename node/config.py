@@ -21,6 +21,7 @@ import secrets
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from node.errors import UsageError
 
@@ -43,7 +44,7 @@ class Secrets:
     neo4j_password: str
 
     @staticmethod
-    def load_or_create(home: Path) -> "Secrets":
+    def load_or_create(home: Path) -> Secrets:
         path = home / "secrets.json"
         if path.exists():
             return Secrets(**json.loads(path.read_text()))
@@ -62,7 +63,8 @@ class Config:
 
     home: Path
     port_base: int = 17100
-    runtime: str = "process"  # or "docker": services, nodes and workers as containers (node/runtime.py)
+    host: str = HOST  # the address every service binds to and every client connects to
+    runtime: str = "process"  # or "docker": services, nodes and workers as containers (node/runtime/)
     # election
     zk_session_timeout_s: float = 2.0
     leader_beacon: bool = True  # notice a killed leader through its beacon socket, before its session expires
@@ -84,7 +86,7 @@ class Config:
     scrape_interval: str = "1s"
     _secrets: Secrets | None = field(default=None, repr=False, compare=False)
 
-    # --- ports (all on 127.0.0.1) -------------------------------------------------------------
+    # --- ports (all on ``host``) --------------------------------------------------------------
     def zk_client_port(self, member: int) -> int:
         """Client port of ZooKeeper member 1..3."""
         return self.port_base + member
@@ -134,11 +136,23 @@ class Config:
     # --- derived connection strings -----------------------------------------------------------
     @property
     def zk_hosts(self) -> str:
-        return ",".join(f"{HOST}:{self.zk_client_port(m)}" for m in range(1, ZK_MEMBERS + 1))
+        return ",".join(f"{self.host}:{self.zk_client_port(m)}" for m in range(1, ZK_MEMBERS + 1))
 
     @property
     def neo4j_uri(self) -> str:
-        return f"bolt://{HOST}:{self.neo4j_port}"
+        return f"bolt://{self.host}:{self.neo4j_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
+    def node_url(self, node_id: int) -> str:
+        """Base URL of orchestrator node ``node_id``'s HTTP port (``/metrics``, ``/readyz``, ``/api``)."""
+        return f"http://{self.host}:{self.node_http_port(node_id)}"
+
+    def worker_url(self, worker_id: int) -> str:
+        """Base URL of worker ``worker_id``'s HTTP port (``/metrics``)."""
+        return f"http://{self.host}:{self.worker_http_port(worker_id)}"
 
     @property
     def secrets(self) -> Secrets:
@@ -160,15 +174,16 @@ class Config:
 _TYPES = {f.name: f.type for f in fields(Config) if not f.name.startswith("_") and f.name != "home"}
 
 
-def _coerce(name: str, raw: object) -> object:
+def _coerce(name: str, raw: Any) -> Any:
+    """``raw`` (from TOML, the environment or a caller) as the type of the setting ``name``."""
     kind = _TYPES[name]
     try:
         if kind == "bool":
             return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
         if kind == "int":
-            return int(raw)  # type: ignore[arg-type]
+            return int(raw)
         if kind == "float":
-            return float(raw)  # type: ignore[arg-type]
+            return float(raw)
         return str(raw)
     except ValueError:
         raise UsageError(f"config value {name}={raw!r} is not a valid {kind}") from None
@@ -177,7 +192,7 @@ def _coerce(name: str, raw: object) -> object:
 def load_config(home: str | Path | None = None, **overrides: object) -> Config:
     """Read the configuration for the state dir ``home`` (default ``$HAORCH_HOME`` or ``./.haorch``)."""
     home_path = Path(home or os.environ.get("HAORCH_HOME") or ".haorch").resolve()
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     toml_file = home_path / "haorch.toml"
     if toml_file.exists():
         try:
@@ -197,11 +212,11 @@ def load_config(home: str | Path | None = None, **overrides: object) -> Config:
     recorded = recorded_runtime(home_path)
     if "runtime" not in values and recorded:  # the state dir's stack runs in it
         values["runtime"] = recorded
-    return _validated(Config(home=home_path, **values))  # type: ignore[arg-type]
+    return _validated(Config(home=home_path, **values))
 
 
 def recorded_runtime(home: Path) -> str | None:
-    """The runtime (node/runtime.py) the state dir's stack was last started in; None before its first start."""
+    """The runtime (node/runtime/) the state dir's stack was last started in; None before its first start."""
     try:
         return (home / "runtime").read_text().strip() or None
     except OSError:

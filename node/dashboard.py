@@ -14,14 +14,14 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from node.config import Config
 from node.errors import ServiceError, UsageError
 from node.paths import GRAFANA_DIR
-from node.stack.prometheus import prometheus_query, prometheus_query_range, prometheus_url
+from node.stack.prometheus import prometheus_query, prometheus_query_range
 
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "haorch-cluster.json"
 POINTS = 300  # samples per series: the step is the window divided by this (at least 1 s)
@@ -89,14 +89,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
 
 
-def _draw(ax, panel: Panel, start: float, end: float) -> None:  # type: ignore[no-untyped-def]
+def _draw(ax, panel: Panel, start: float, end: float) -> None:
     import matplotlib.dates as mdates
 
     ax.set_title(panel.title, fontsize=10, loc="left")
     ax.grid(True, alpha=0.3)
-    ax.set_xlim(datetime.fromtimestamp(start, timezone.utc), datetime.fromtimestamp(end, timezone.utc))
-    ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=7, tz=timezone.utc))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=timezone.utc))
+    ax.set_xlim(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=7, tz=UTC))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
     ax.tick_params(labelsize=7)
     if panel.unit in ("s", "ops"):
         ax.set_ylabel({"s": "seconds", "ops": "per second"}[panel.unit], fontsize=8)
@@ -104,10 +104,10 @@ def _draw(ax, panel: Panel, start: float, end: float) -> None:  # type: ignore[n
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
         return
     for label, times, values in sorted(panel.series, key=lambda s: s[0]):
-        ax.plot([datetime.fromtimestamp(t, timezone.utc) for t in times], values, label=label or " ",
+        ax.plot([datetime.fromtimestamp(t, UTC) for t in times], values, label=label or " ",
                 linewidth=1.2, marker="." if len(times) < 3 else None)
     finite = [v for _, _, values in panel.series for v in values if v == v and abs(v) != float("inf")]
-    if panel.unit == "none" and finite and 0 <= min(finite) and max(finite) <= 1:
+    if panel.unit == "none" and finite and min(finite) >= 0 and max(finite) <= 1:
         ax.set_ylim(-0.05, 1.15)  # 0/1 panels (leader, up, health) and idle counters: a readable axis
     ax.legend(fontsize=7, loc="upper left", ncol=2 if len(panel.series) > 4 else 1, framealpha=0.6)
 
@@ -121,7 +121,7 @@ def render(cfg: Config, out: Path, minutes: float = 15.0, end: float | None = No
     try:
         prometheus_query(cfg, "vector(1)", timeout_s=3.0)
     except ServiceError:
-        raise ServiceError(f"prometheus is not answering at {prometheus_url(cfg)} (start it with `haorch stack up`, "
+        raise ServiceError(f"prometheus is not answering at {cfg.prometheus_url} (start it with `haorch stack up`, "
                            f"check `haorch stack status`)") from None
     end = time.time() if end is None else end
     start = end - minutes * 60
@@ -155,15 +155,15 @@ def render(cfg: Config, out: Path, minutes: float = 15.0, end: float | None = No
             _draw(ax, panels[i], start, end)
         else:
             ax.axis("off")
-    when = f"{datetime.fromtimestamp(start, timezone.utc):%Y-%m-%d %H:%M:%S} – " \
-           f"{datetime.fromtimestamp(end, timezone.utc):%H:%M:%S} UTC"
+    when = f"{datetime.fromtimestamp(start, UTC):%Y-%m-%d %H:%M:%S} – " \
+           f"{datetime.fromtimestamp(end, UTC):%H:%M:%S} UTC"
     fig.suptitle(f"haorch cluster — {when}", fontsize=13, y=1 - 0.15 / (3.2 * nrows))
     fig.subplots_adjust(left=0.05, right=0.99, top=1 - 0.75 / (3.2 * nrows), bottom=0.03, hspace=0.35, wspace=0.12)
     fig.savefig(out / "dashboard.png")
     plt.close(fig)
-    (out / "index.html").write_text(_index_html(rows, when, prometheus_url(cfg)))
+    (out / "index.html").write_text(_index_html(rows, when, cfg.prometheus_url))
     return {"out": str(out), "index": str(out / "index.html"), "overview": str(out / "dashboard.png"),
-            "start": start, "end": end, "step_s": step_s, "prometheus": prometheus_url(cfg), "panels": rows}
+            "start": start, "end": end, "step_s": step_s, "prometheus": cfg.prometheus_url, "panels": rows}
 
 
 def _index_html(rows: list[dict[str, Any]], when: str, url: str) -> str:

@@ -8,8 +8,9 @@ four built-in types in turn at up to ``rate`` per second for ``duration_s`` (pau
 experiments are unfinished, so that a slow machine gets fewer, not a backlog) → SIGKILL the leader ``kills`` times at
 even intervals, each time waiting until the new leader has advanced (its first transition row: the failover
 time is kill → that row) and restarting the killed node, so that 3 nodes remain → wait for every experiment to
-end → check: all COMPLETED (none of the built-ins fails for good), none lost, each task advanced exactly once,
-and the invariant checker's order and fencing rules. The cluster stays up afterwards for a look at the metrics.
+end → check: all COMPLETED (none of the built-ins fails for good), none lost, and every invariant of
+:mod:`node.verify` (each task advanced exactly once, order, fencing). The cluster stays up afterwards for a look
+at the metrics.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from chaos_tests.checker import check
 from node import cluster
-from node.audit import Audit
-from node.config import HOST, Config
+from node.config import Config
 from node.errors import ServiceError
 from node.experiments import Experiments
 from node.load import Load
+from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
+from node.runtime.process import wait_gone
 from node.stack import manager
-from node.stack.process import wait_gone
-from node.stores.dags import TERMINAL_EXPERIMENT_STATES
+from node.stores.records import Records
+from node.verify import EXACTLY_ONCE_KINDS, Scope, check
 
 NODES = 3
 WORKERS = 2
@@ -87,7 +88,7 @@ class Demo:
         self.state = DemoState()
         self.load = Load(cfg, rate=rate, total=max(1, int(rate * duration_s)), threads=SUBMITTERS,
                          gate=lambda: len(self.load.ids) - self._terminal() < MAX_IN_FLIGHT)
-        self.audit = Audit(cfg)
+        self.records = Records(cfg, retry_for_s=30.0)
         self._killer = threading.Thread(target=self._kill_loop, name="demo-killer", daemon=True)
         self._t0 = 0.0
 
@@ -111,7 +112,7 @@ class Demo:
             return self._summary()
         finally:
             self.load.stop()
-            self.audit.close()
+            self.records.close()
 
     def _watch(self, live: Live) -> None:
         """Refresh the view until the load is in, the kills are done and every experiment has ended."""
@@ -133,7 +134,7 @@ class Demo:
 
     def _poll(self) -> None:
         try:
-            self.state.states = Counter(self.audit.states(list(self.load.ids)).values())
+            self.state.states = Counter(self.records.states(list(self.load.ids)).values())
             row = cluster.leader(self.cfg)
             if row:
                 self.state.leader, self.state.epoch = row["node_id"], row["epoch"]
@@ -170,7 +171,7 @@ class Demo:
         failover.new_leader, failover.new_epoch = new["node_id"], new["epoch"]
         deadline = time.monotonic() + ADVANCE_TIMEOUT_S
         while time.monotonic() < deadline:
-            first = self.audit.first_advance_after(killed["epoch"], killed["at"])
+            first = self.records.first_advance_after(killed["epoch"], killed["at"])
             if first:
                 failover.first_advance_s = first[2] - killed["at"]
                 break
@@ -189,8 +190,8 @@ class Demo:
         head.add_row("leader", f"[bold green]{s.leader}[/]" if s.leader else "[bold red]none[/]",
                      "epoch", str(s.epoch or "-"), "t", f"{elapsed:5.1f} s", "phase", s.phase)
         head.add_row("submitted", f"{submitted}/{self.load.total}", "in flight", str(submitted - terminal),
-                     "completed", str(s.states.get("COMPLETED", 0)), "failed",
-                     str(s.states.get("FAILED", 0) + s.states.get("CANCELLED", 0)))
+                     "completed", str(s.states.get(ExperimentState.COMPLETED, 0)), "failed",
+                     str(s.states.get(ExperimentState.FAILED, 0) + s.states.get(ExperimentState.CANCELLED, 0)))
         fails = Table(title="failovers (SIGKILL)", title_justify="left", expand=False)
         for col in ("#", "killed", "epoch", "new leader", "epoch ", "leader after", "first advance after"):
             fails.add_column(col)
@@ -204,11 +205,11 @@ class Demo:
 
     def _summary(self) -> dict[str, Any]:
         ids = list(self.load.ids)
-        states = self.audit.states(ids)
-        double = self.audit.double_advanced(ids)
-        report = check(self.cfg, experiment_ids=ids)
+        states = self.records.states(ids)
+        report = check(self.cfg, Scope(experiment_ids=ids))
+        double = [v.detail for v in report.of_kinds(EXACTLY_ONCE_KINDS)]
         lost = sorted(i for i in ids if states.get(i) not in TERMINAL_EXPERIMENT_STATES)
-        not_completed = sorted(i for i in ids if states.get(i) in ("FAILED", "CANCELLED"))
+        not_completed = sorted(i for i in ids if states.get(i) in (ExperimentState.FAILED, ExperimentState.CANCELLED))
         elapsed = time.time() - self._t0
         times = [f.first_advance_s for f in self.state.failovers if f.first_advance_s is not None]
         violations = [v.line() for v in report.violations]
@@ -232,10 +233,9 @@ class Demo:
             "submit_retries": self.load.errors,
             "elapsed_s": round(elapsed, 1),
             "error": self.state.error,
-            "prometheus": f"http://{HOST}:{self.cfg.prometheus_port}",
-            "node_metrics": [f"http://{HOST}:{self.cfg.node_http_port(n)}/metrics" for n in range(1, NODES + 1)],
-            "worker_metrics": [f"http://{HOST}:{self.cfg.worker_http_port(n)}/metrics"
-                               for n in range(1, WORKERS + 1)],
+            "prometheus": self.cfg.prometheus_url,
+            "node_metrics": [f"{self.cfg.node_url(n)}/metrics" for n in range(1, NODES + 1)],
+            "worker_metrics": [f"{self.cfg.worker_url(n)}/metrics" for n in range(1, WORKERS + 1)],
         }
 
 
@@ -261,7 +261,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     mark = "[bold green]OK[/]" if summary["ok"] else "[bold red]VIOLATED[/]"
     console.print(f"\n[bold]summary[/bold] {mark}  ({summary['elapsed_s']} s)")
     states = ", ".join(f"{n} {s}" for s, n in sorted(summary["states"].items()))
-    console.print(f"  experiments      {summary['experiments']} submitted at {summary['submit_rate_per_s']}/s: {states}")
+    console.print(f"  experiments      {summary['experiments']} submitted at "
+                  f"{summary['submit_rate_per_s']}/s: {states}")
     console.print(f"  lost             {summary['lost']}" + (f"  {summary['lost_ids']}" if summary["lost"] else ""))
     console.print(f"  failed           {summary['failed']} (none of the built-in types fails for good)")
     console.print(f"  double-advanced  {summary['double_advanced']}"

@@ -1,5 +1,5 @@
 """The whole service as one unit: the stack (``node/stack/``) and the cluster (``node/cluster.py``) together, in
-the state dir's runtime (processes or containers, ``node/runtime.py``). Behind ``haorch deploy``::
+the state dir's runtime (processes or containers, ``node/runtime/``). Behind ``haorch deploy``::
 
     cfg = with_overrides(load_config(), runtime="docker")
     up(cfg)            # images built when missing, services, then 3 nodes + 2 workers; waits for a leader
@@ -9,7 +9,8 @@ the state dir's runtime (processes or containers, ``node/runtime.py``). Behind `
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from node import cluster
 from node.config import Config

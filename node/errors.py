@@ -43,6 +43,22 @@ class SetupError(ServiceError):
     """Something the machine needs is not installed: the message names the setup command."""
 
 
+class DependencyError(ServiceError):
+    """A store (``service``: mariadb, neo4j, rabbitmq) at ``endpoint`` failed to answer: down, restarting, the
+    connection dropped. Each store raises it in place of its driver's exception; callers retry or reconnect."""
+
+    def __init__(self, service: str, endpoint: str, cause: str, for_s: float | None = None) -> None:
+        lasting = "" if for_s is None else f" for {for_s:.0f} s"
+        super().__init__(f"{service} at {endpoint} unavailable{lasting} ({cause})")
+        self.service = service
+        self.endpoint = endpoint
+        self.cause = cause
+
+    def lasting(self, seconds: float) -> DependencyError:
+        """The same failure, after it lasted ``seconds`` (a retry gave up)."""
+        return DependencyError(self.service, self.endpoint, self.cause, seconds)
+
+
 class FencedError(HaorchError):
     """A write carried a leader epoch lower than the fence: the writer is no longer the leader."""
 

@@ -7,6 +7,7 @@ running (or RabbitMQ down) the submission is already durable, and the next leade
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 import uuid
@@ -14,23 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import pika
+from neo4j import Driver
 
 from node.config import Config
-from node.errors import TimeoutExpired, UnknownTypeError, UsageError
+from node.errors import DependencyError, TimeoutExpired, UnknownTypeError, UsageError
 from node.model.builtin import builtin_templates
+from node.model.executors import KNOWN_EXECUTORS
 from node.model.messages import SubmissionNotice
+from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
 from node.model.template import NAME_RE, load_template_file
-from node.stack.neo4j import neo4j_driver
-from node.stack.rabbitmq import amqp_parameters
-from node.stores.dags import TERMINAL_EXPERIMENT_STATES, DagStore
+from node.retry import REOPEN_ONCE, call
+from node.stores.connect import amqp_parameters, neo4j_driver
+from node.stores.dags import DagStore
+from node.stores.failures import rabbitmq_boundary
 from node.stores.queues import SUBMISSIONS
 from node.stores.rabbit import BatchPublisher
 from node.stores.records import Records
-from node.worker.executors import KNOWN_EXECUTORS
 
 log = logging.getLogger(__name__)
 
-STATES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 BUILTIN_TYPES = ("chain", "diamond", "fanout", "retry")
 ID_MAX = 64
 
@@ -61,7 +64,7 @@ class Experiments:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.records = Records(cfg, retry_for_s=10.0)
-        self._driver = None
+        self._driver: Driver | None = None
         self._dags: DagStore | None = None
         self._notifier: BatchPublisher | None = None
 
@@ -78,7 +81,7 @@ class Experiments:
         if self._driver is not None:
             self._driver.close()
 
-    def __enter__(self) -> "Experiments":
+    def __enter__(self) -> Experiments:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -146,18 +149,18 @@ class Experiments:
         """Tell the leader (one confirmed batch on a connection kept for this object's life). Best effort: the
         submission is durable already and the leader's sweep dispatches it without a notice."""
         bodies = [SubmissionNotice(experiment_id).encode() for experiment_id in ids]
-        for attempt in (1, 2):  # a kept connection may have died (broker restart): reconnect once
-            try:
-                if self._notifier is None:
+
+        def send() -> None:
+            if self._notifier is None:
+                with rabbitmq_boundary(self.cfg):
                     conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-submit"))
-                    self._notifier = BatchPublisher(conn)
-                self._notifier.publish_batch(SUBMISSIONS, bodies)
-                return
-            except Exception as exc:  # noqa: BLE001 - pika raises many types; all mean "no notice this time"
-                self._close_notifier()
-                if attempt == 2:
-                    log.warning("submit: no notice sent (%s); the leader's sweep will dispatch it",
-                                type(exc).__name__)
+                self._notifier = BatchPublisher(conn)
+            self._notifier.publish_batch(SUBMISSIONS, bodies)
+
+        try:  # a kept connection may have died (broker restart): reconnect once
+            call(REOPEN_ONCE, send, what=None, on_failure=lambda _exc: self._close_notifier())
+        except DependencyError as exc:
+            log.warning("submit: no notice sent (%s); the leader's sweep will dispatch it", exc.cause)
 
     def _close_notifier(self) -> None:
         if self._notifier is not None:
@@ -175,9 +178,9 @@ class Experiments:
         row["tasks"] = sorted(self.dags.experiment_tasks(experiment_id), key=lambda t: order.get(t["name"], 1 << 30))
         return row
 
-    def list(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        if state is not None and state.upper() not in STATES:
-            raise UsageError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+    def list(self, state: str | None = None, limit: int | None = None) -> builtins.list[dict[str, Any]]:
+        if state is not None and state.upper() not in tuple(ExperimentState):
+            raise UsageError(f"unknown state {state!r}; one of {', '.join(ExperimentState)}")
         if state:
             return self.records.experiments("WHERE state = %s", (state.upper(),), limit=limit)
         return self.records.experiments(limit=limit)
@@ -187,11 +190,14 @@ class Experiments:
         self.records.get_experiment(experiment_id)
         state, tasks = self.dags.cancel(experiment_id, epoch=0, now=time.time())
         current = self.records.get_experiment(experiment_id)["state"]
-        if state == "CANCELLED" and current != "CANCELLED":
-            self.records.set_state(experiment_id, "CANCELLED", 0, "cancel", f"{len(tasks)} open tasks cancelled")
+        if state == ExperimentState.CANCELLED and current != ExperimentState.CANCELLED:
+            self.records.set_state(experiment_id, ExperimentState.CANCELLED, 0, "cancel",
+                                   f"{len(tasks)} open tasks cancelled")
         return {"experiment_id": experiment_id, "state": state, "cancelled_tasks": len(tasks)}
 
-    def wait(self, ids: list[str], timeout_s: float, poll_s: float = 0.1) -> list[dict[str, Any]]:
+    # builtins.list: in this class body below the method, ``list`` is Experiments.list
+    def wait(self, ids: builtins.list[str], timeout_s: float,
+             poll_s: float = 0.1) -> builtins.list[dict[str, Any]]:
         """Block until every experiment is terminal; TimeoutExpired names those that are not."""
         for experiment_id in ids:
             self.records.get_experiment(experiment_id)

@@ -1,4 +1,5 @@
-"""A bounded background load of experiments of mixed types, for the demo and the HA tests.
+"""A bounded background load of experiments of mixed types, for the demo, the HA tests, chaos runs and the
+failover benchmark.
 
     load = Load(cfg, rate=20, total=400).start()     # submits in batches on its own threads
     ...                                              # kill things
@@ -7,6 +8,13 @@
 
 A batch that fails (a store restarting, a lost connection) is retried with the same ids until it goes through
 — submitting is idempotent on the id — so ``ids`` is exactly the set of experiments that must complete.
+
+:class:`SteadyLoad` is the load of chaos runs and the failover benchmark: ids that all start with ``prefix`` (so
+SQL can select a run with ``LIKE 'prefix%'``), bounded in count and in time, the built-in types installed first::
+
+    load = SteadyLoad(cfg, "chaos-ab12-", rate=10, limit=400, max_s=120).start()
+    ...                          # inject faults
+    load.stop()                  # no new batch; waits (bounded) for the batch in progress
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from node.config import Config
 from node.experiments import BUILTIN_TYPES, Experiments
@@ -25,11 +33,12 @@ log = logging.getLogger(__name__)
 
 
 class Load:
-    """``total`` experiments at about ``rate`` per second (at most), types taken in turn, ``threads`` submitters."""
+    """``total`` experiments at about ``rate`` per second (at most), types taken in turn, ``threads`` submitters;
+    no new batch after ``max_s`` seconds when given."""
 
     def __init__(self, cfg: Config, rate: float, total: int, types: tuple[str, ...] = BUILTIN_TYPES,
                  batch: int = 4, threads: int = 1, prefix: str | None = None,
-                 gate: Callable[[], bool] | None = None) -> None:
+                 gate: Callable[[], bool] | None = None, max_s: float | None = None) -> None:
         self.cfg = cfg
         self.rate = rate
         self.total = total
@@ -37,6 +46,7 @@ class Load:
         self.batch = batch
         self.prefix = prefix or uuid.uuid4().hex[:6]
         self.gate = gate                  # when given, a batch waits until gate() is true (back-pressure)
+        self.max_s = max_s
         self.ids: list[str] = []          # ids whose submission has begun (each one completes or is retried)
         self.done = 0                     # experiments whose submission returned
         self.errors = 0                   # failed submission attempts (retried)
@@ -48,15 +58,16 @@ class Load:
         self._t_end: float | None = None
         self._threads = [threading.Thread(target=self._run, name=f"load-{i}", daemon=True) for i in range(threads)]
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         self._t0 = time.monotonic()
         for thread in self._threads:
             thread.start()
         return self
 
-    def stop(self) -> None:
-        """Start no new batch (the one in progress still completes)."""
+    def stop(self) -> bool:
+        """Start no new batch (the one in progress still completes). True when the submitters finished already."""
         self._stop.set()
+        return self.finished
 
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait for the submitters; True when they all finished."""
@@ -75,14 +86,20 @@ class Load:
         end = self._t_end if self.finished and self._t_end is not None else time.monotonic()
         return end - self._t0
 
+    def _id(self, type_: str, index: int) -> str:
+        """The id of the ``index``-th experiment of the load."""
+        return f"{type_}-{self.prefix}-{index}"
+
     def _next_batch(self) -> tuple[str, list[str]] | None:
+        if self.max_s is not None and time.monotonic() - self._t0 > self.max_s:
+            return None
         with self._lock:
             if self._stop.is_set() or len(self.ids) >= self.total:
                 return None
             n = next(self._counter)
             type_ = self.types[n % len(self.types)]
             size = min(self.batch, self.total - len(self.ids))
-            ids = [f"{type_}-{self.prefix}-{len(self.ids) + i}" for i in range(size)]
+            ids = [self._id(type_, len(self.ids) + i) for i in range(size)]
             self.ids += ids
             return type_, ids
 
@@ -126,3 +143,32 @@ class Load:
             self._t_end = time.monotonic()
             if exps is not None:
                 exps.close()
+
+
+class SteadyLoad(Load):
+    """Submits ``per_tick`` experiments every ``period_s`` (or at ``rate`` per second) until ``limit`` experiments,
+    ``max_s`` seconds, or ``stop()``; every id is ``prefix`` and a five-digit number."""
+
+    def __init__(self, cfg: Config, prefix: str, per_tick: int = 2, period_s: float = 0.25, limit: int = 5000,
+                 rate: float | None = None, max_s: float | None = None,
+                 types: tuple[str, ...] = BUILTIN_TYPES) -> None:
+        super().__init__(cfg, rate=rate or per_tick / period_s, total=limit, types=types, batch=per_tick,
+                         prefix=prefix, max_s=max_s)
+
+    def _id(self, type_: str, index: int) -> str:
+        return f"{self.prefix}{index:05d}"
+
+    def start(self) -> SteadyLoad:
+        with Experiments(self.cfg) as exps:   # submit_many needs the templates (idempotent)
+            exps.install_builtins()
+        super().start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """No new batch; wait up to ``timeout_s`` for the one in progress. True when the submitters finished."""
+        super().stop()
+        return self.join(timeout_s)
+
+    def wait_done(self, timeout_s: float) -> bool:
+        """Let the load reach its limit (or time bound) by itself; True when it finished within ``timeout_s``."""
+        return self.join(timeout_s)

@@ -8,7 +8,7 @@ import sys
 NOISY = ("pika", "neo4j", "kazoo", "urllib3", "docker", "matplotlib")
 
 
-def configure_logging(level: str = "INFO", stream=sys.stderr) -> None:  # type: ignore[no-untyped-def]
+def configure_logging(level: str = "INFO", stream=sys.stderr) -> None:
     """Configure the root logger. Client libraries log only their own criticals unless level is DEBUG:
     their retries are ours to report, once, in our own words."""
     numeric = getattr(logging, level.upper(), logging.INFO)

@@ -11,17 +11,18 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pika
 
 from node import metrics
-from node.config import HOST, Config
-from node.experiments import STATES
+from node.config import Config
 from node.http.server import NodeHTTPServer
+from node.model.builtin import builtin_kinds
+from node.model.states import ExperimentState
 from node.replica import Replica
-from node.stack.neo4j import neo4j_driver
-from node.stack.rabbitmq import amqp_parameters
+from node.stores.connect import amqp_parameters, neo4j_driver
 from node.stores.queues import QUEUES
 from node.stores.records import Records
 
@@ -33,6 +34,8 @@ class DependencyMonitor:
     ``haorch_queue_depth`` (and, while ``is_leader()``, ``haorch_experiments`` from MariaDB's counts by state);
     ``healthy()`` reads the latest result without blocking."""
 
+    SERVICES = ("zookeeper", "mariadb", "neo4j", "rabbitmq")  # the probes of _probe_all, in order
+
     def __init__(self, cfg: Config, interval_s: float = 1.0, is_leader: Callable[[], bool] = lambda: False) -> None:
         self.cfg = cfg
         self.interval_s = interval_s
@@ -42,7 +45,7 @@ class DependencyMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="deps", daemon=True)
 
-    def start(self) -> "DependencyMonitor":
+    def start(self) -> DependencyMonitor:
         self._thread.start()
         return self
 
@@ -61,9 +64,9 @@ class DependencyMonitor:
             records.close()
             driver.close()
 
-    def _probe_all(self, records: Records, driver) -> None:  # type: ignore[no-untyped-def]
+    def _probe_all(self, records: Records, driver) -> None:
         checks = {
-            "zookeeper": lambda: any(_tcp(self.cfg.zk_client_port(m)) for m in (1, 2, 3)),
+            "zookeeper": lambda: any(_tcp(self.cfg.host, self.cfg.zk_client_port(m)) for m in (1, 2, 3)),
             "mariadb": lambda: self._experiments(records),
             "neo4j": lambda: driver.execute_query("RETURN 1 AS one")[0][0]["one"] == 1,
             "rabbitmq": self._queue_depths,
@@ -82,7 +85,7 @@ class DependencyMonitor:
             metrics.EXPERIMENTS.clear()
             return records.fence_epoch() >= 0
         counts = records.state_counts()
-        for state in STATES:
+        for state in ExperimentState:
             metrics.EXPERIMENTS.labels(state).set(counts.get(state, 0))
         return True
 
@@ -110,10 +113,10 @@ class DependencyMonitor:
             self._amqp = None
 
 
-def _tcp(port: int) -> bool:
+def _tcp(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.3)
-        return sock.connect_ex((HOST, port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def run_node(cfg: Config, node_id: str, http_port: int, beacon_port: int | None = None) -> None:
@@ -121,6 +124,7 @@ def run_node(cfg: Config, node_id: str, http_port: int, beacon_port: int | None 
     shutdown = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shutdown.set())
+    metrics.expose_node_series(builtin_kinds(), QUEUES, DependencyMonitor.SERVICES)
     replica = Replica(cfg, node_id, beacon_port)
     deps = DependencyMonitor(cfg, is_leader=lambda: replica.role == "leader").start()
 
@@ -136,7 +140,7 @@ def run_node(cfg: Config, node_id: str, http_port: int, beacon_port: int | None 
                     "ready": ok, "last_error": replica.last_error}
 
     http = NodeHTTPServer(cfg, http_port, healthz, readyz).start()
-    log.info("node: http on %s:%d id=%s", HOST, http_port, node_id)
+    log.info("node: http on %s:%d id=%s", cfg.host, http_port, node_id)
     try:
         replica.run(shutdown)
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class Periodic:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def __enter__(self) -> "Periodic":
+    def __enter__(self) -> Periodic:
         self._thread.start()
         return self
 

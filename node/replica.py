@@ -10,34 +10,37 @@ is still current; the HTTP server answers /metrics, /healthz, /readyz and /api f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 
-import neo4j.exceptions
-
 from election import LeaderBeacon, LeaderElection, SessionState, make_client
 from election.client import ZooKeeperUnavailableError
 from node import metrics
-from node.config import HOST, Config
-from node.errors import FencedError, ServiceError
+from node.config import Config
+from node.errors import DependencyError, FencedError, ServiceError
+from node.leader.fence_guard import FenceGuard
 from node.leader.term import LeaderTerm, PhaseClock
-from node.stack.neo4j import neo4j_driver
+from node.retry import RECONNECT, RESUME, call
+from node.stores.connect import neo4j_driver
 from node.stores.dags import DagStore
-from node.stores.rabbit import CONNECTION_ERRORS, connect, ensure_topology
 from node.stores.ledger import Ledger
+from node.stores.rabbit import BatchConsumer, BatchPublisher, connect, pump
 from node.stores.records import Records
 
 log = logging.getLogger(__name__)
-
-#: Neo4j unreachable or restarting (DriverError: ServiceUnavailable, SessionExpired, ...) and the server's
-#: transient errors or ``Transaction.Terminated`` (Neo4jError): the term is retried (or ends if no longer current)
-NEO4J_ERRORS = (neo4j.exceptions.DriverError, neo4j.exceptions.Neo4jError)
 
 SESSION_GAUGE = {SessionState.CONNECTED: 1.0, SessionState.SUSPENDED: 0.5, SessionState.LOST: 0.0}
 # A previous leader silent for longer than this before the election is a cold start (cluster restarted), not a
 # failover: its term is not timed as a takeover.
 COLD_START_S = 60.0
+
+
+def _resumable(exc: BaseException) -> bool:
+    """A term that failed for any reason but a fence rejection is run again while it is current: a dependency
+    that went away, or an unexpected error (logged with its traceback) must not end the node."""
+    return isinstance(exc, Exception) and not isinstance(exc, FencedError)
 
 
 class Replica:
@@ -76,7 +79,7 @@ class Replica:
         metrics.NODE_IS_LEADER.set(0)
         log.warning("node: leadership revoked id=%s reason=%s", self.node_id, reason)
 
-    def _acting_for(self, epoch: int):  # type: ignore[no-untyped-def]
+    def _acting_for(self, epoch: int):
         return lambda: self._term == epoch and not self._shutdown.is_set()
 
     # --- status for HTTP ---------------------------------------------------------------------------------
@@ -104,16 +107,16 @@ class Replica:
         except ZooKeeperUnavailableError as exc:
             raise ServiceError(str(exc)) from None
         conn = connect(self.cfg, self.node_id)
-        ensure_topology(self.cfg, conn)
         if self.cfg.leader_beacon and self.beacon_port:
-            self.beacon = LeaderBeacon(zk, self.node_id, (HOST, self.beacon_port)).start()
+            self.beacon = LeaderBeacon(zk, self.node_id, (self.cfg.host, self.beacon_port)).start()
         self.election = LeaderElection(zk, self.node_id, on_elected=self._on_elected, on_revoked=self._on_revoked)
+        election = self.election  # read on every scrape: a term holds the main loop for its whole length
+        metrics.ZK_SESSION_STATE.set_function(lambda: SESSION_GAUGE.get(election.session_state, 0.0))
         self.election.start()
         threading.Thread(target=self._hand_over_on_shutdown, name="handover", daemon=True).start()
         log.info("node: started id=%s zk_session_timeout_s=%s", self.node_id, self.cfg.zk_session_timeout_s)
         try:
             while not shutdown.is_set():
-                metrics.ZK_SESSION_STATE.set(SESSION_GAUGE.get(self.election.session_state, 0.0))
                 epoch = self._term
                 if epoch is None:
                     conn = self._stand_by(conn)
@@ -133,51 +136,65 @@ class Replica:
                     pass
             log.info("node: stopped id=%s", self.node_id)
 
-    def _lead(self, epoch: int, conn, dags: DagStore, records: Records):  # type: ignore[no-untyped-def]
-        """Run one term (or what is left of it after a reconnect); returns the connection to keep using."""
+    def _lead(self, epoch: int, conn, dags: DagStore, records: Records):
+        """Run one term; after a dependency failure run it again (:data:`~node.retry.RESUME`, reconnecting first
+        if RabbitMQ failed) for as long as it is current. Returns the connection to keep using."""
         acting = self._acting_for(epoch)
         metrics.NODE_IS_LEADER.set(1)
         metrics.LEADER_EPOCH.set(epoch)
         clock = self._clock
         # the takeover is over at the first advance: observe its phases then, not when the term ends
         clock.on_first_advance = lambda: self._observe_phases(epoch, clock, records)
-        try:
-            term = LeaderTerm(self.cfg, self.node_id, epoch, dags, records, conn, acting, clock,
-                              ledger_progress=self.ledger.in_progress if self.ledger else None)
+        link = [conn]  # the connection, replaced when RabbitMQ is reconnected
+
+        def serve() -> None:
+            conn = link[0]
+            term = LeaderTerm(
+                self.cfg, self.node_id, epoch, dags=dags, records=records, publisher=BatchPublisher(conn),
+                open_consumer=lambda: BatchConsumer(conn, list(LeaderTerm.QUEUES), prefetch=self.cfg.batch_size * 2),
+                fence_guard=lambda e: FenceGuard(dags.driver, e), acting=acting, clock=clock,
+                ledger_progress=self.ledger.in_progress if self.ledger else None)
             self.leader_term = term
             self._mark_last_seen(dags, clock)
             term.take_over()
             term.run()
+
+        def failed(exc: BaseException) -> None:
+            self.last_error = str(exc)
+            if isinstance(exc, DependencyError) and exc.service == "rabbitmq":
+                log.warning("node: rabbitmq connection lost id=%s (%s); reconnecting", self.node_id, exc.cause)
+                link[0] = self._reconnect(link[0])
+            elif isinstance(exc, DependencyError):
+                log.error("node: dependency failure id=%s %s; retrying the term", self.node_id, exc)
+            else:
+                log.error("node: term failed id=%s (%s); retrying the term", self.node_id, type(exc).__name__,
+                          exc_info=exc)
+
+        try:
+            call(RESUME, serve, what=None, retry_on=_resumable, stop=lambda: not acting(), idle=self._shutdown.wait,
+                 on_failure=failed)
         except FencedError as exc:
             metrics.FENCE_REJECTIONS.inc()
             self.last_error = str(exc)
             log.error("node: fenced id=%s %s", self.node_id, exc)
             self._step_down("fenced")
-        except CONNECTION_ERRORS as exc:
-            self.last_error = f"rabbitmq: {type(exc).__name__}"
-            log.warning("node: rabbitmq connection lost id=%s (%s); reconnecting", self.node_id, type(exc).__name__)
-            conn = self._reconnect(conn)
-        except (ServiceError, *NEO4J_ERRORS) as exc:
-            self.last_error = str(exc)
-            log.error("node: dependency failure id=%s %s: %s; retrying the term", self.node_id,
-                      type(exc).__name__, exc)
-            time.sleep(0.5)
+        except Exception:  # noqa: BLE001 - logged by failed(); the next term (or standby) starts afresh
+            pass  # the term ended (not current any more, or shutting down) while it was failing
         finally:
             self._observe_phases(epoch, clock, records)
             if self._term != epoch:
                 metrics.NODE_IS_LEADER.set(0)
-        return conn
+        return link[0]
 
     def _mark_last_seen(self, dags: DagStore, clock: PhaseClock) -> None:
         """The previous leader's last fenced write (or its fence raise, if it never wrote after it) is its last
         sign of life: the failover starts there."""
         if "last_seen" in clock.marks:
             return
-        records, _, _ = dags.driver.execute_query(
-            "MATCH (f:Fence {name: 'leader'}) RETURN f.last_write_at AS at, f.raised_at AS raised, f.holder AS holder")
-        if not records or records[0]["holder"] in (None, self.node_id):
+        fence = dags.fence_marks()
+        if fence is None or fence["holder"] in (None, self.node_id):
             return
-        seen = [t for t in (records[0]["at"], records[0]["raised"]) if t]
+        seen = [t for t in (fence["at"], fence["raised"]) if t]
         start = clock.marks.get("won", clock.marks["elected"])
         if seen and start - max(seen) < COLD_START_S:
             clock.mark("last_seen", min(max(seen), start))
@@ -193,10 +210,8 @@ class Replica:
         for phase, seconds in durations.items():
             metrics.FAILOVER_DURATION.labels(phase).observe(seconds)
         metrics.FAILOVERS.inc()
-        try:
+        with contextlib.suppress(DependencyError):
             records.record_phases(epoch, durations)
-        except ServiceError:
-            pass
         log.info("node: takeover phases epoch=%d %s", epoch,
                  " ".join(f"{k}={v * 1000:.0f}ms" for k, v in durations.items()))
 
@@ -206,15 +221,14 @@ class Replica:
             threading.Thread(target=self.election.resign, name="resign", daemon=True).start()
         log.warning("node: stepping down id=%s reason=%s", self.node_id, reason)
 
-    def _stand_by(self, conn):  # type: ignore[no-untyped-def]
+    def _stand_by(self, conn):
         """Standby: keep the RabbitMQ connection warm; a connection that died (e.g. missed heartbeats while this
         process was frozen) is replaced instead of ending the process."""
         try:
-            conn.process_data_events(time_limit=0.05)
+            pump(conn, 0.05)
             return conn
-        except (*CONNECTION_ERRORS, ValueError) as exc:  # pika: "Timeout closed before call" on a dead connection
-            log.warning("node: standby rabbitmq connection lost id=%s (%s); reconnecting", self.node_id,
-                        type(exc).__name__)
+        except DependencyError as exc:
+            log.warning("node: standby rabbitmq connection lost id=%s (%s); reconnecting", self.node_id, exc.cause)
             return self._reconnect(conn)
 
     def _hand_over_on_shutdown(self) -> None:
@@ -226,16 +240,10 @@ class Replica:
         if self.election is not None:
             self.election.stop(timeout=2.0)
 
-    def _reconnect(self, conn):  # type: ignore[no-untyped-def]
+    def _reconnect(self, conn):
+        """A new connection for a lost one, retried until shutdown (then DependencyError)."""
         try:
             conn.close()
         except Exception:  # noqa: BLE001 - already broken
             pass
-        while not self._shutdown.is_set():
-            try:
-                new = connect(self.cfg, self.node_id, retry_for_s=5.0)
-                ensure_topology(self.cfg, new)
-                return new
-            except ServiceError as exc:
-                log.warning("node: still no rabbitmq id=%s (%s)", self.node_id, exc)
-        raise ServiceError("shutting down while RabbitMQ was unreachable")
+        return connect(self.cfg, self.node_id, RECONNECT, stop=self._shutdown)

@@ -28,7 +28,8 @@ def bench() -> None:
 def throughput(experiments: int, batch1_experiments: int, workers: int, batch_size: int, no_record: bool,
                as_json: bool) -> None:
     """Task advancements/s batched vs batch size 1, hop latency, idle end-to-end latency."""
-    from bench import report, throughput as tp
+    from bench import report
+    from bench import throughput as tp
 
     result = tp.run(config(), experiments, batch1_experiments, workers, batch_size, progress=_progress)
     section = tp.render(result)
@@ -38,7 +39,8 @@ def throughput(experiments: int, batch1_experiments: int, workers: int, batch_si
 
 
 @bench.command()
-@click.option("--kills", type=click.IntRange(min=1), default=20, show_default=True, help="SIGKILLs per session timeout.")
+@click.option("--kills", type=click.IntRange(min=1), default=20, show_default=True,
+              help="SIGKILLs per session timeout.")
 @click.option("--timeouts", default="0.5,2", show_default=True, help="ZooKeeper session timeouts (s), comma-separated.")
 @click.option("--handovers", type=click.IntRange(min=1), default=5, show_default=True, help="SIGTERM handovers.")
 @click.option("--rescan-experiments", type=click.IntRange(min=1), default=10000, show_default=True,
@@ -48,7 +50,8 @@ def throughput(experiments: int, batch1_experiments: int, workers: int, batch_si
 def failover(kills: int, timeouts: str, handovers: int, rescan_experiments: int, no_record: bool,
              as_json: bool) -> None:
     """Failover under load (SIGKILL, by phase) at each session timeout, SIGTERM handover, rescan time."""
-    from bench import failover as fo, report
+    from bench import failover as fo
+    from bench import report
 
     try:
         values = tuple(float(t) for t in timeouts.split(","))
@@ -71,7 +74,8 @@ def failover(kills: int, timeouts: str, handovers: int, rescan_experiments: int,
 @json_option
 def docker(kills: int, session_timeout_s: float, cached_only: bool, no_record: bool, as_json: bool) -> None:
     """Images (cold and cached build time, sizes) and leader failover in containers vs processes."""
-    from bench import docker as dk, report
+    from bench import docker as dk
+    from bench import report
 
     result = dk.run(config(), kills, session_timeout_s, cold=not cached_only, progress=_progress)
     section = dk.render(result)

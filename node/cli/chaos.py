@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 
 import click
 
@@ -30,9 +30,8 @@ def _parse_since(value: str | None) -> float | None:
     except ValueError:
         raise UsageError(f"--since expects UNIX seconds or an ISO 8601 time, got {value!r}") from None
     if parsed.tzinfo is None:
-        from datetime import timezone
 
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -43,9 +42,10 @@ def _parse_since(value: str | None) -> float | None:
 @json_option
 def check(since: str | None, experiment_ids: tuple[str, ...], as_json: bool) -> None:
     """Verify every invariant over MariaDB and Neo4j; exit 1 naming each violation, 0 when all hold."""
-    from chaos_tests.checker import check as run_check
+    from node.verify import Scope
+    from node.verify import check as run_check
 
-    report = run_check(config(), since=_parse_since(since), experiment_ids=list(experiment_ids) or None)
+    report = run_check(config(), Scope(since=_parse_since(since), experiment_ids=list(experiment_ids) or None))
 
     def human(_data: object) -> None:
         counters = ", ".join(f"{k} {v}" for k, v in report.counters().items())

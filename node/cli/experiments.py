@@ -10,7 +10,8 @@ import click
 
 from node.cli.common import config, emit, json_option, table
 from node.errors import UsageError
-from node.experiments import STATES, Experiments, parse_params
+from node.experiments import Experiments, parse_params
+from node.model.states import ExperimentState
 
 
 def _fmt_time(ts: float | None) -> str | None:
@@ -91,7 +92,8 @@ def status(experiment_id: str, as_json: bool) -> None:
 
 
 @click.command("list")
-@click.option("--state", type=click.Choice(STATES, case_sensitive=False), default=None, help="Only this state.")
+@click.option("--state", type=click.Choice(list(ExperimentState), case_sensitive=False), default=None,
+              help="Only this state.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @json_option
 def list_(state: str | None, limit: int | None, as_json: bool) -> None:
@@ -123,5 +125,5 @@ def wait(experiment_ids: tuple[str, ...], timeout_s: float, as_json: bool) -> No
     with Experiments(config()) as exps:
         rows = exps.wait(list(experiment_ids), timeout_s)
     emit(rows, as_json, lambda rs: table(rs, ["experiment_id", "type", "state"]))
-    if any(r["state"] != "COMPLETED" for r in rows):
+    if any(r["state"] != ExperimentState.COMPLETED for r in rows):
         raise SystemExit(1)

@@ -12,7 +12,7 @@ import sys
 import click
 
 from node import __version__
-from node.errors import HaorchError
+from node.errors import DependencyError, HaorchError
 from node.logs import configure_logging
 
 
@@ -64,7 +64,7 @@ def _register_commands() -> None:
                     experiments.template, experiments.submit, experiments.status, experiments.list_,
                     experiments.cancel, experiments.wait, chaos.chaos):
         cli.add_command(command)
-    from node.cli.dashboard import dashboard  # noqa: PLC0415 - lazy like the others
+    from node.cli.dashboard import dashboard
     cli.add_command(dashboard)
 
 
@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:  # bad arguments: one line, exit 2
         click.echo(f"haorch: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
+    except DependencyError as exc:  # a store did not answer
+        if debug:
+            raise
+        click.echo(_not_reachable(exc.service, f"{exc.endpoint}: {exc.cause}"), err=True)
+        sys.exit(exc.exit_code)
     except HaorchError as exc:
         if debug:
             raise
@@ -91,17 +96,20 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("haorch: interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+    except Exception as exc:
         if debug:
             raise
         down = _unreachable_service(exc)
         if down:
-            click.echo(f"haorch: {down} is not reachable ({_first_line(exc)}); is the stack up? "
-                       "(`haorch stack status`)", err=True)
+            click.echo(_not_reachable(down, _first_line(exc)), err=True)
         else:
             click.echo(f"haorch: unexpected error: {type(exc).__name__}: {_first_line(exc)} "
                        "(HAORCH_DEBUG=1 shows the traceback)", err=True)
         sys.exit(1)
+
+
+def _not_reachable(service: str, detail: str) -> str:
+    return f"haorch: {service} is not reachable ({detail}); is the stack up? (`haorch stack status`)"
 
 
 def _first_line(exc: Exception) -> str:

@@ -9,7 +9,7 @@ import click
 
 from node.cli.common import config, emit, json_option, stderr, table
 from node.errors import UsageError
-from node.runtime import names, recorded
+from node.runtime.programs import names, recorded
 from node.stack import manager
 
 
@@ -19,7 +19,7 @@ def _progress(message: str) -> None:
 
 @click.group()
 def stack() -> None:
-    """Start, stop and inspect the service stack (all on 127.0.0.1)."""
+    """Start, stop and inspect the service stack (all on the configured host)."""
 
 
 @stack.command()

@@ -1,2 +1,2 @@
-"""haorch in Docker containers: the engine (``daemon.py``), offline images (``images.py``) and the container
-handle (``container.py``) that the stack, the cluster and the chaos faults use when ``runtime = "docker"``."""
+"""haorch in Docker containers: the engine (``daemon.py``) and offline images (``images.py``) that the container
+handle (``node/runtime/container.py``) runs programs from when ``runtime = "docker"``."""

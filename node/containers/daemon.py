@@ -69,7 +69,7 @@ def start_daemon() -> bool:
 
 
 @lru_cache(maxsize=1)
-def docker_client():  # type: ignore[no-untyped-def]
+def docker_client():
     """A docker SDK client for the engine (started first if needed); one per process."""
     import docker
 

@@ -22,9 +22,9 @@ import sys
 import tarfile
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from node.containers.daemon import docker_client
 from node.errors import ServiceError, SetupError, UsageError
@@ -270,9 +270,10 @@ def _with_parents(names: list[str]) -> list[Role]:
     for name in names:
         if name not in by_name:
             raise UsageError(f"unknown image {name!r}; one of {', '.join(ROLE_NAMES)}")
-        while name:
-            wanted.add(name)
-            name = by_name[name].parent  # type: ignore[assignment]
+        role: str | None = name
+        while role:
+            wanted.add(role)
+            role = by_name[role].parent
     return [r for r in ROLES if r.name in wanted]
 
 

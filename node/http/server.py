@@ -1,4 +1,4 @@
-"""The node's HTTP port (127.0.0.1 only): ``/metrics``, ``/healthz``, ``/readyz`` and the experiments API.
+"""The node's HTTP port (on ``cfg.host`` only): ``/metrics``, ``/healthz``, ``/readyz`` and the experiments API.
 
     GET  /healthz                          process alive, dependency view                 200 | 503
     GET  /readyz                           leader: acting; standby: ready to take over   200 | 503
@@ -16,15 +16,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from node.config import HOST, Config
+from node.config import Config
 from node.errors import ConflictError, HaorchError, NotFoundError, UsageError
 from node.experiments import Experiments
+from node.metrics import NODE_REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,11 @@ class NodeHTTPServer:
         self.readyz = readyz
         self.api = api
         self._local = threading.local()
-        self.server = ThreadingHTTPServer((HOST, port), self._handler())
+        self.server = ThreadingHTTPServer((cfg.host, port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name=f"http-{port}", daemon=True)
 
-    def start(self) -> "NodeHTTPServer":
+    def start(self) -> NodeHTTPServer:
         self.thread.start()
         return self
 
@@ -75,7 +77,7 @@ class NodeHTTPServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "haorch"
 
-            def log_message(self, fmt: str, *args: Any) -> None:  # noqa: D102 - silence per-request logs
+            def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("http: " + fmt, *args)
 
             def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
@@ -91,7 +93,7 @@ class NodeHTTPServer:
                 parts = [p for p in url.path.split("/") if p]
                 try:
                     if method == "GET" and parts == ["metrics"]:
-                        return self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                        return self._send(200, generate_latest(NODE_REGISTRY), CONTENT_TYPE_LATEST)
                     if method == "GET" and parts in (["healthz"], ["readyz"]):
                         ok, info = (outer.healthz if parts == ["healthz"] else outer.readyz)()
                         return self._send(200 if ok else 503, info)
@@ -100,7 +102,7 @@ class NodeHTTPServer:
                     return self._send(404, {"error": f"no route {method} {url.path}"})
                 except HaorchError as exc:
                     return self._send(_status_for(exc), {"error": str(exc)})
-                except Exception as exc:  # noqa: BLE001 - never let a request kill the server
+                except Exception as exc:
                     log.exception("http: %s %s failed", method, self.path)
                     return self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
 
@@ -131,10 +133,10 @@ class NodeHTTPServer:
                     return self._send(200, exps.cancel(rest[0]))
                 return self._send(404, {"error": f"no route {method} /api/experiments/{'/'.join(rest)}"})
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 self._route("GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._route("POST")
 
         return Handler

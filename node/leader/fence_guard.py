@@ -30,13 +30,13 @@ _BLOCKED_RAISES = ("SHOW TRANSACTIONS YIELD transactionId, currentQuery, paramet
 class FenceGuard:
     """A thread that, every ``interval_s`` while the ``with`` block runs, terminates what blocks our raise."""
 
-    def __init__(self, driver, epoch: int, interval_s: float = 0.2) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, driver, epoch: int, interval_s: float = 0.2) -> None:
         self.driver = driver
         self.epoch = epoch
         self.terminated: list[str] = []
         self._periodic = Periodic(self.sweep, interval_s, "fence-guard")
 
-    def __enter__(self) -> "FenceGuard":
+    def __enter__(self) -> FenceGuard:
         self._periodic.__enter__()
         return self
 

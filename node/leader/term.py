@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, ClassVar
 
 from node import metrics
 from node.errors import MalformedMessage
-from node.leader.fence_guard import FenceGuard
+from node.leader.ports import Dags, Records
+from node.model.advance import AdvanceResult, Dispatch, Outcome
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
-from node.stores.dags import AdvanceResult, DagStore, Dispatch, Outcome
+from node.model.states import REDISPATCHED, TERMINAL_EXPERIMENT_STATES, TaskStatus
+from node.stores.ports import Consumer, Publisher
 from node.stores.queues import REQUESTS, RESPONSES, SUBMISSIONS
-from node.stores.rabbit import BatchConsumer, BatchPublisher, Delivery, dead_letter
-from node.stores.records import Records
+from node.stores.rabbit import Delivery, dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,9 @@ class PhaseClock:
     marks: dict[str, float] = field(default_factory=dict)
     on_first_advance: Callable[[], None] | None = field(default=None, repr=False)  # called once, on that mark
 
-    ORDER = ("last_seen", "won", "elected", "fence", "rescan", "redispatch", "first_advance")
-    PHASE = {"won": "detect", "elected": "elect"}
+    ORDER: ClassVar[tuple[str, ...]] = ("last_seen", "won", "elected", "fence", "rescan", "redispatch",
+                                        "first_advance")
+    PHASE: ClassVar[dict[str, str]] = {"won": "detect", "elected": "elect"}
 
     def mark(self, phase: str, at: float | None = None) -> None:
         if phase in self.marks:
@@ -72,14 +76,15 @@ class PhaseClock:
 
 def _transitions_for(result: AdvanceResult) -> list[tuple]:
     """Transition rows ``(experiment_id, task, from, to, attempt, detail)`` of one batch."""
+    S = TaskStatus
     rows: list[tuple] = []
-    rows += [(f["experiment_id"], f["name"], "DISPATCHED", "SUCCEEDED", f["attempt"], None) for f in result.flagged]
-    rows += [(r["experiment_id"], r["name"], "DISPATCHED", "RETRY_WAIT", r["attempt"], (r["error"] or "")[:255])
+    rows += [(f["experiment_id"], f["name"], S.DISPATCHED, S.SUCCEEDED, f["attempt"], None) for f in result.flagged]
+    rows += [(r["experiment_id"], r["name"], S.DISPATCHED, S.RETRY_WAIT, r["attempt"], (r["error"] or "")[:255])
              for r in result.retries]
-    rows += [(f["experiment_id"], f["name"], "DISPATCHED", "FAILED", f["attempt"], (f["error"] or "")[:255])
+    rows += [(f["experiment_id"], f["name"], S.DISPATCHED, S.FAILED, f["attempt"], (f["error"] or "")[:255])
              for f in result.failed]
-    rows += [(c["experiment_id"], c["name"], None, "CANCELLED", c["attempt"], None) for c in result.cancelled]
-    rows += [(d.experiment_id, d.name, None, "REDISPATCHED" if d.redispatch else "DISPATCHED", d.attempt, None)
+    rows += [(c["experiment_id"], c["name"], None, S.CANCELLED, c["attempt"], None) for c in result.cancelled]
+    rows += [(d.experiment_id, d.name, None, REDISPATCHED if d.redispatch else S.DISPATCHED, d.attempt, None)
              for d in result.dispatches]
     rows += [(exp, None, None, state, 0, None) for exp, state in result.experiments.items()]
     return rows
@@ -88,23 +93,31 @@ def _transitions_for(result: AdvanceResult) -> list[tuple]:
 class LeaderTerm:
     """Acts as leader for one epoch, on the caller's thread, while ``acting()`` stays true.
 
+    Its stores and queues are given (the replica passes Neo4j, MariaDB and RabbitMQ; unit tests in-memory
+    fakes): ``open_consumer()`` opens the consumer of :attr:`QUEUES` when the loop starts, ``fence_guard(epoch)``
+    wraps the Neo4j fence raise (it terminates an older leader's transaction that blocks it).
     ``ledger_progress`` maps (experiment_id, task, attempt) to the start time of an unfinished execution, so
     that the takeover does not re-dispatch work a live worker is doing."""
 
-    def __init__(self, cfg, node_id: str, epoch: int, dags: DagStore, records: Records,  # type: ignore[no-untyped-def]
-                 conn, acting: Callable[[], bool], clock: PhaseClock,
+    QUEUES = (RESPONSES, SUBMISSIONS)
+
+    def __init__(self, cfg, node_id: str, epoch: int, *, dags: Dags, records: Records,
+                 publisher: Publisher, open_consumer: Callable[[], Consumer],
+                 fence_guard: Callable[[int], AbstractContextManager[Any]], acting: Callable[[], bool],
+                 clock: PhaseClock,
                  ledger_progress: Callable[[list[tuple[str, str, int]]], dict] | None = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.epoch = epoch
         self.dags = dags
         self.records = records
-        self.conn = conn
+        self.publisher = publisher
+        self.open_consumer = open_consumer
+        self.fence_guard = fence_guard
         self.acting = acting
         self.clock = clock
         self.ledger_progress = ledger_progress
-        self.publisher = BatchPublisher(conn)
-        self.consumer: BatchConsumer | None = None
+        self.consumer: Consumer | None = None
         self.advanced = 0
         self._next_sweep = 0.0
 
@@ -112,14 +125,14 @@ class LeaderTerm:
     def take_over(self) -> None:
         """Raise both fences, rescan Neo4j, reconcile with the ledger and re-dispatch what was lost."""
         self.records.raise_fence(self.epoch, self.node_id, self.clock.marks.get("elected", time.time()))
-        with FenceGuard(self.dags.driver, self.epoch):  # an older leader frozen mid-transaction holds the lock
+        with self.fence_guard(self.epoch):  # an older leader frozen mid-transaction may hold the lock
             self.dags.raise_fence(self.epoch, self.node_id)
         self.clock.mark("fence")
         found = self.dags.rescan(self.epoch, time.time())
         metrics.RESCAN_TASKS.inc(len(found))
         self.clock.mark("rescan")
         now = time.time()
-        candidates = [t for t in found if t["status"] in ("PENDING", "DISPATCHED")]
+        candidates = [t for t in found if t["status"] in (TaskStatus.PENDING, TaskStatus.DISPATCHED)]
         in_flight = self._in_flight(candidates, now)
         keys = [t["key"] for t in candidates if t["key"] not in in_flight]
         result = self.dags.mark_dispatched(self.epoch, keys, now) if keys else AdvanceResult()
@@ -133,7 +146,7 @@ class LeaderTerm:
         """Keys of dispatched tasks a worker is executing right now (started, not ended, not timed out)."""
         if self.ledger_progress is None:
             return set()
-        dispatched = [t for t in tasks if t["status"] == "DISPATCHED"]
+        dispatched = [t for t in tasks if t["status"] == TaskStatus.DISPATCHED]
         progress = self.ledger_progress([(t["experiment_id"], t["name"], t["attempt"]) for t in dispatched])
         busy = set()
         for t in dispatched:
@@ -145,7 +158,7 @@ class LeaderTerm:
     # --- the loop ----------------------------------------------------------------------------------------
     def run(self) -> None:
         """Consume and advance until ``acting()`` turns false; FencedError propagates to the caller."""
-        self.consumer = BatchConsumer(self.conn, [RESPONSES, SUBMISSIONS], prefetch=self.cfg.batch_size * 2)
+        self.consumer = self.open_consumer()
         self.consumer.start()
         try:
             while self.acting():
@@ -163,8 +176,7 @@ class LeaderTerm:
         if self.consumer is None:
             return
         try:
-            self.consumer.stop()
-            self.consumer.channel.close()
+            self.consumer.close()
         except Exception:  # noqa: BLE001 - the connection may already be gone
             pass
         self.consumer = None
@@ -201,7 +213,8 @@ class LeaderTerm:
         self._publish(result.dispatches)
         for delivery, reason in dead:
             dead_letter(self.publisher, delivery, reason)
-        self.consumer.ack_through(batch[-1].tag)  # type: ignore[union-attr]
+        assert self.consumer is not None, "process() runs within run(), which opened the consumer"
+        self.consumer.ack_through(batch[-1].tag)
         self._count(result, len(batch), len(dead), now)
         if log.isEnabledFor(logging.DEBUG):
             t2 = time.perf_counter()
@@ -211,18 +224,18 @@ class LeaderTerm:
     def _repair_duplicates(self, keys: list[str]) -> None:
         """A duplicate of a flagged task may mean the previous leader died between its Neo4j and MariaDB
         commits: write the SUCCEEDED transition it could not."""
-        pairs = [tuple(k.split("/", 1)) for k in keys]
-        missing = self.records.missing_successes(pairs)  # type: ignore[arg-type]
+        pairs = [(experiment_id, task) for experiment_id, task in (k.split("/", 1) for k in keys)]
+        missing = self.records.missing_successes(pairs)
         if not missing:
             return
         flagged = {(t["experiment_id"], t["name"]) for exp in {m[0] for m in missing}
                    for t in [{**x, "experiment_id": exp} for x in self.dags.experiment_tasks(exp)] if t["executed"]}
-        rows = [(e, t, "DISPATCHED", "SUCCEEDED", 0, "recorded on takeover") for e, t in missing if (e, t) in flagged]
+        rows = [(e, t, TaskStatus.DISPATCHED, TaskStatus.SUCCEEDED, 0, "recorded on takeover")
+                for e, t in missing if (e, t) in flagged]
         states = {e: s for e, s in self.dags.experiment_states(sorted({m[0] for m in missing})).items()
-                  if s in ("COMPLETED", "FAILED", "CANCELLED")}
+                  if s in TERMINAL_EXPERIMENT_STATES}
         if states:  # only what MariaDB lacks: a late response must not rewrite a finished experiment's row
-            recorded = {r["experiment_id"]: r["state"] for r in self.records.experiments(
-                "WHERE experiment_id IN (" + ",".join(["%s"] * len(states)) + ")", tuple(states))}
+            recorded = self.records.experiment_states(list(states))
             states = {e: s for e, s in states.items() if recorded.get(e) != s}
         if rows or states:
             self.records.write_batch(self.epoch, self.node_id, rows, states, time.time())

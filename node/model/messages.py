@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import types
-from dataclasses import MISSING, dataclass, fields
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, fields
 from functools import cache
-from typing import Any, Callable, Literal, Self, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Self, cast, get_args, get_origin, get_type_hints
 
 from node.errors import MalformedMessage
 from node.model.template import TaskSpec
@@ -37,9 +38,11 @@ _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a b
 class _Message:
     """JSON encoding and strict decoding for a dataclass whose fields are JSON values."""
 
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # set by @dataclass on each message class
+
     def encode(self) -> bytes:
         """Compact UTF-8 JSON with the version field first."""
-        body = {"v": VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+        body = {"v": VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
     @classmethod
@@ -51,7 +54,7 @@ class _Message:
             raise MalformedMessage("missing field 'v'")
         if version != VERSION or isinstance(version, bool):
             raise MalformedMessage(f"unknown version {version!r}")
-        checkers = _checkers(cls)
+        checkers = _checkers(cast(type, cls))  # mypy does not take type[Self] as Hashable for the cache
         for key in data:
             if key not in checkers:
                 raise MalformedMessage(f"unknown field {key!r}")
@@ -172,7 +175,7 @@ def _checkers(cls: type) -> dict[str, tuple[Callable[[str, Any], Any], bool]]:
     """Per field of ``cls``: a value checker compiled from its type hint, and whether the field is required
     (computed once per class: decoding runs thousands of times a second)."""
     hints = get_type_hints(cls)
-    return {f.name: (_compile(hints[f.name]), f.default is MISSING) for f in fields(cls)}  # type: ignore[arg-type]
+    return {f.name: (_compile(hints[f.name]), f.default is MISSING) for f in fields(cls)}
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:
@@ -226,4 +229,5 @@ def _json_type(value: object) -> str:
         return "a boolean"
     if isinstance(value, (int, float)):
         return "a number"
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "a string", list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)

@@ -23,7 +23,7 @@ Build templates with :func:`parse_template` or :func:`load_template_file`: they 
 validates (the :class:`Template` constructor trusts its input). Any problem raises
 :class:`~node.errors.TemplateError` with one line that names the file or type and the problem::
 
-    tpl = load_template_file("chain.yaml", KNOWN_EXECUTORS)
+    tpl = load_template_file("chain.yaml", KNOWN_EXECUTORS)   # node/model/executors.py
     tpl.topological_order()     # ('stage_in', 'submit_job', ...)
     tpl.content_hash()          # decides whether a re-registration is a new version
 """
@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -297,7 +297,7 @@ def _find_cycle(successors: Mapping[str, tuple[str, ...]]) -> list[str] | None:
                 on_path.discard(finished)
                 done.add(finished)
             elif nxt in on_path:
-                return path[path.index(nxt) :] + [nxt]
+                return [*path[path.index(nxt):], nxt]
             elif nxt not in done:
                 path.append(nxt)
                 on_path.add(nxt)
@@ -343,7 +343,7 @@ def _is_str_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -352,8 +352,8 @@ def _is_positive_int(value: object) -> bool:
 
 
 def _is_positive_number(value: object) -> bool:
-    return _is_number(value) and value > 0  # type: ignore[operator]
+    return _is_number(value) and value > 0
 
 
 def _at_least(minimum: float) -> Callable[[object], bool]:
-    return lambda value: _is_number(value) and value >= minimum  # type: ignore[operator]
+    return lambda value: _is_number(value) and value >= minimum

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from node.config import ZK_MEMBERS, Config, record_runtime, recorded_runtime, with_overrides
 from node.errors import HaorchError, ServiceError, UsageError
-from node.runtime import Handle, names, recorded
+from node.runtime.handle import Handle
+from node.runtime.programs import names, recorded
 from node.stack.mariadb import MariaDB
 from node.stack.neo4j import Neo4j
 from node.stack.prometheus import Prometheus
@@ -32,7 +33,7 @@ Progress = Callable[[str], None]
 def services(cfg: Config) -> list[Service]:
     """The stack, in start order."""
     zk: list[Service] = [ZooKeeperMember(cfg, m) for m in range(1, ZK_MEMBERS + 1)]
-    return zk + [RabbitMQ(cfg), MariaDB(cfg), Neo4j(cfg), Prometheus(cfg)]
+    return [*zk, RabbitMQ(cfg), MariaDB(cfg), Neo4j(cfg), Prometheus(cfg)]
 
 
 @dataclass
@@ -82,7 +83,7 @@ def up(cfg: Config, progress: Progress = lambda _m: None) -> UpResult:
         service.start()
     with ThreadPoolExecutor(max_workers=len(stack)) as pool:
         futures = {s.name: pool.submit(_wait_ready, s, progress) for s in to_start}
-        for name, future in futures.items():
+        for future in futures.values():
             future.result()
         boots = {s.name: pool.submit(s.bootstrap) for s in stack}
         for name, future in boots.items():
@@ -127,7 +128,7 @@ def down(cfg: Config, purge: bool = False, progress: Progress = lambda _m: None)
             progress(f"{proc.name} stopped")
     stack = list(reversed(services(cfg)))
     with ThreadPoolExecutor(max_workers=len(stack)) as pool:
-        for service, did_stop in zip(stack, pool.map(lambda s: s.stop(), stack)):
+        for service, did_stop in zip(stack, pool.map(lambda s: s.stop(), stack), strict=True):
             if did_stop:
                 stopped.append(service.name)
                 progress(f"{service.name} stopped")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from node.config import HOST, MYSQL_DATABASE, MYSQL_USER, Config
+from node.config import MYSQL_DATABASE, MYSQL_USER
 from node.errors import ServiceError
-from node.runtime import TcpCheck
+from node.runtime.handle import TcpCheck
 from node.stack.service import Launch, Service
+from node.stores.mysql_schema import ensure_schema
 
 
 class MariaDB(Service):
@@ -23,7 +24,7 @@ class MariaDB(Service):
         return TcpCheck(self.port, "", "MariaDB", read_bytes=40)  # the server's greeting names it
 
     @property
-    def datadir(self):  # type: ignore[no-untyped-def]
+    def datadir(self):
         return self.cfg.data_dir(self.name)
 
     @property
@@ -45,7 +46,7 @@ class MariaDB(Service):
     def command(self) -> Launch:
         return Launch([
             "mariadbd", "--no-defaults", "--user=root", f"--datadir={self.datadir}", f"--socket={self.socket}",
-            f"--port={self.port}", f"--bind-address={HOST}", f"--pid-file={self.datadir / 'mariadb.pid'}",
+            f"--port={self.port}", f"--bind-address={self.cfg.host}", f"--pid-file={self.datadir / 'mariadb.pid'}",
             f"--log-error={self.proc.log_file}", "--skip-name-resolve", "--max-connections=500",
             "--innodb-buffer-pool-size=256M", "--innodb-log-file-size=256M", "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_bin"])
@@ -64,23 +65,16 @@ class MariaDB(Service):
 
     def bootstrap(self) -> None:
         pw = self.cfg.secrets.mysql_password.replace("'", "")
+        host = self.cfg.host
         self.root_sql(
             f"CREATE DATABASE IF NOT EXISTS {MYSQL_DATABASE} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
-            f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'{HOST}' IDENTIFIED BY '{pw}';"
+            f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'{host}' IDENTIFIED BY '{pw}';"
             f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'localhost' IDENTIFIED BY '{pw}';"
-            f"GRANT ALL PRIVILEGES ON {MYSQL_DATABASE}.* TO '{MYSQL_USER}'@'{HOST}';"
+            f"GRANT ALL PRIVILEGES ON {MYSQL_DATABASE}.* TO '{MYSQL_USER}'@'{host}';"
             f"GRANT ALL PRIVILEGES ON {MYSQL_DATABASE}.* TO '{MYSQL_USER}'@'localhost';"
             # PROCESS: a new leader finds (in information_schema) and kills a frozen old leader's transaction that
             # holds the fence row; KILL of the user's own connections needs no further privilege
-            f"GRANT PROCESS ON *.* TO '{MYSQL_USER}'@'{HOST}';"
+            f"GRANT PROCESS ON *.* TO '{MYSQL_USER}'@'{host}';"
             f"GRANT PROCESS ON *.* TO '{MYSQL_USER}'@'localhost';")
-        from node.stores.mysql_schema import ensure_schema
-
         ensure_schema(self.cfg)
 
-
-def mysql_connect_args(cfg: Config) -> dict[str, object]:
-    """pymysql.connect() keyword arguments for the haorch user over TCP loopback."""
-    return {"host": HOST, "port": cfg.mysql_port, "user": MYSQL_USER, "password": cfg.secrets.mysql_password,
-            "database": MYSQL_DATABASE, "charset": "utf8mb4", "autocommit": False, "connect_timeout": 5,
-            "read_timeout": 30, "write_timeout": 30}

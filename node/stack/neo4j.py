@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.config import NEO4J_USER, Config
 from node.errors import ServiceError, SetupError
 from node.paths import NEO4J_LAUNCHER_DIR
-from node.runtime import TcpCheck, asset
+from node.runtime.handle import TcpCheck
+from node.runtime.programs import asset
 from node.stack.service import Launch, Service
+from node.stores.connect import neo4j_driver
+from node.stores.neo4j_schema import ensure_schema
 
 LAUNCHER_JAR = NEO4J_LAUNCHER_DIR / "target" / "haorch-neo4j.jar"
 LAUNCHER_LIB = NEO4J_LAUNCHER_DIR / "target" / "lib"
 
-
-def neo4j_driver(cfg: Config, **kwargs: object):  # type: ignore[no-untyped-def]
-    """A driver for the stack's Neo4j with the generated password."""
-    import neo4j
-
-    return neo4j.GraphDatabase.driver(cfg.neo4j_uri, auth=(NEO4J_USER, cfg.secrets.neo4j_password),
-                                      connection_timeout=5, max_transaction_retry_time=5, **kwargs)
 
 
 class Neo4j(Service):
@@ -79,6 +74,4 @@ class Neo4j(Service):
         return b"HAORCH-NEO4J READY" in self.proc.output_since_start()
 
     def bootstrap(self) -> None:
-        from node.stores.neo4j_schema import ensure_schema
-
         ensure_schema(self.cfg)

@@ -9,10 +9,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from node.config import HOST, Config
+from node.config import Config
 from node.errors import ServiceError
 from node.paths import DEPLOY_DIR
-from node.runtime import TcpCheck, asset
+from node.runtime.handle import TcpCheck
+from node.runtime.programs import asset
 from node.stack.service import Launch, Service
 
 RULES_DIR = DEPLOY_DIR / "prometheus" / "rules"
@@ -27,21 +28,17 @@ def write_targets(cfg: Config, role: str, targets: dict[str, int]) -> None:
     """Publish scrape targets for ``role`` ("nodes" or "workers"): instance name -> HTTP port."""
     tdir = targets_dir(cfg)
     tdir.mkdir(parents=True, exist_ok=True)
-    groups = [{"targets": [f"{HOST}:{port}"], "labels": {"role": role.rstrip("s"), "haorch_id": name}}
+    groups = [{"targets": [f"{cfg.host}:{port}"], "labels": {"role": role.rstrip("s"), "haorch_id": name}}
               for name, port in sorted(targets.items())]
     tmp = tdir / f".{role}.json.tmp"
     tmp.write_text(json.dumps(groups, indent=1))
     tmp.replace(tdir / f"{role}.json")
 
 
-def prometheus_url(cfg: Config) -> str:
-    return f"http://{HOST}:{cfg.prometheus_port}"
-
-
 def _api(cfg: Config, path: str, params: dict[str, str], timeout_s: float) -> dict:
     """GET ``/api/v1/<path>``; the ``data`` of a successful answer, else ServiceError (one line)."""
     query = params.get("query", "")
-    url = f"{prometheus_url(cfg)}/api/v1/{path}?" + urllib.parse.urlencode(params)
+    url = f"{cfg.prometheus_url}/api/v1/{path}?" + urllib.parse.urlencode(params)
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             body = json.loads(resp.read())
@@ -53,7 +50,7 @@ def _api(cfg: Config, path: str, params: dict[str, str], timeout_s: float) -> di
         raise ServiceError(f"prometheus: query {query!r} failed: {reason}") from None
     except (urllib.error.URLError, OSError) as exc:  # refused, timeout
         reason = getattr(exc, "reason", exc)
-        raise ServiceError(f"prometheus: query {query!r} failed: {prometheus_url(cfg)} not reachable ({reason}); "
+        raise ServiceError(f"prometheus: query {query!r} failed: {cfg.prometheus_url} not reachable ({reason}); "
                            "is the stack up? (`haorch stack status`)") from None
     except ValueError as exc:
         raise ServiceError(f"prometheus: query {query!r} failed: bad answer ({exc})") from None
@@ -116,13 +113,13 @@ scrape_configs:
         refresh_interval: 1s
   - job_name: prometheus
     static_configs:
-      - targets: ["{HOST}:{self.port}"]
+      - targets: ["{self.cfg.host}:{self.port}"]
 """)
 
     def command(self) -> Launch:
         return Launch([
             "prometheus", f"--config.file={self.config_file}",
-            f"--storage.tsdb.path={self.cfg.data_dir(self.name)}", f"--web.listen-address={HOST}:{self.port}",
+            f"--storage.tsdb.path={self.cfg.data_dir(self.name)}", f"--web.listen-address={self.cfg.host}:{self.port}",
             "--web.enable-lifecycle", "--storage.tsdb.retention.time=7d"])
 
     def probe(self) -> None:

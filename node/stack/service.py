@@ -3,7 +3,7 @@
 Concrete services (``zookeeper.py``, ``rabbitmq.py``, ``mariadb.py``, ``neo4j.py``, ``prometheus.py``) fill in
 ``command()``, ``probe()`` and, where needed, ``prepare()``, ``bootstrap()`` and ``health``. The manager starts
 them in parallel and waits for each probe, which must be a real request (a query, a publish), not an open port.
-A service runs as a process or a container (``node/runtime.py``): ``self.proc`` is its handle either way.
+A service runs as a process or a container (``node/runtime/``): ``self.proc`` is its handle either way.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import shutil
 import socket
 from dataclasses import dataclass
 
-from node.config import HOST, Config
+from node.config import Config
 from node.errors import ServiceError, SetupError
 from node.paths import SETUP_SCRIPT
-from node.runtime import TcpCheck, handle
-from node.stack.process import rss_bytes
+from node.runtime.handle import TcpCheck
+from node.runtime.process import rss_bytes
+from node.runtime.programs import handle
 
 
 @dataclass
@@ -78,8 +79,8 @@ class Service:
 
     def check_ports_free(self) -> None:
         for port in self.owned_ports():
-            if port_in_use(port):
-                raise ServiceError(f"{self.name}: port {port} on {HOST} is already in use by another process "
+            if port_in_use(self.cfg.host, port):
+                raise ServiceError(f"{self.name}: port {port} on {self.cfg.host} is already in use by another process "
                                    f"(change port_base in {self.cfg.home / 'haorch.toml'} or HAORCH_PORT_BASE)")
 
     def start(self) -> int:
@@ -116,12 +117,12 @@ class Service:
         return f"see `{' '.join(self.proc.log_command(50, False))}`"
 
 
-def port_in_use(port: int) -> bool:
-    """True when something already listens on (or holds) ``HOST:port``."""
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on (or holds) ``host:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind((host, port))
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False

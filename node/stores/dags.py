@@ -9,9 +9,8 @@ Graph shape::
     (successor:Task)-[:DEPENDS_ON]->(predecessor:Task)
 
 ``waiting`` counts predecessors not yet executed, so "ready" is ``executed = false AND waiting = 0`` — an index
-seek, which makes the takeover rescan cheap. Task ``status``: PENDING (waiting on predecessors), DISPATCHED
-(request published for ``attempt``), RETRY_WAIT (failed, next attempt due at ``not_before``), SUCCEEDED
-(``executed = true``), FAILED, CANCELLED.
+seek, which makes the takeover rescan cheap. Task ``status`` and experiment ``state`` are the names of
+:mod:`node.model.states`; which response does what is :func:`node.model.advance.classify`.
 
 Every transaction that advances a DAG first writes the ``(:Fence {name: 'leader'})`` node (taking its lock) and
 aborts with :class:`FencedError` if the fence holds a newer epoch than the writer's. ``cancel()`` takes the same
@@ -24,58 +23,31 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from neo4j import Driver, ManagedTransaction
+from neo4j import Driver, ManagedTransaction, Record
 from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, FencedError, NotFoundError, UnknownTypeError
+from node.model.advance import AdvanceResult, Dispatch, Outcome, classify
+from node.model.executors import KNOWN_EXECUTORS
 from node.model.messages import static_request_bytes
+from node.model.states import (
+    LIVE_EXPERIMENT_STATES,
+    OPEN_TASK_STATUSES,
+    TERMINAL_EXPERIMENT_STATES,
+    ExperimentState,
+    TaskStatus,
+)
 from node.model.template import Template, parse_template
-from node.worker.executors import KNOWN_EXECUTORS
+from node.stores.failures import at_boundary, neo4j_boundary
 
 log = logging.getLogger(__name__)
 
-OPEN_STATUSES = ["PENDING", "DISPATCHED", "RETRY_WAIT"]
-TERMINAL_EXPERIMENT_STATES = ("COMPLETED", "FAILED", "CANCELLED")
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """A task the leader must publish now."""
-
-    key: str
-    experiment_id: str
-    name: str
-    kind: str
-    request: bytes
-    attempt: int
-    redispatch: bool = False
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A worker's response reduced to what advancing the DAG needs."""
-
-    key: str
-    attempt: int
-    success: bool
-    error: str | None = None
-
-
-@dataclass
-class AdvanceResult:
-    """What one batch did, for the MySQL transaction, the publisher and the metrics."""
-
-    flagged: list[dict[str, Any]] = field(default_factory=list)       # {key, experiment_id, name, kind, attempt, dispatched_at}
-    retries: list[dict[str, Any]] = field(default_factory=list)       # {key, experiment_id, name, kind, attempt, error}
-    failed: list[dict[str, Any]] = field(default_factory=list)        # {key, experiment_id, name, attempt, error}
-    cancelled: list[dict[str, Any]] = field(default_factory=list)     # {key, experiment_id, name}
-    dispatches: list[Dispatch] = field(default_factory=list)
-    experiments: dict[str, str] = field(default_factory=dict)         # experiment_id -> new state
-    duplicates: list[str] = field(default_factory=list)               # keys of ignored (duplicate/stale) responses
-    unknown: list[str] = field(default_factory=list)                  # keys of responses for no known task
+# States go into Cypher as parameters, never spelled in a query: one query text per statement keeps Neo4j's plan
+# cache hit (Neo4j would turn literals into parameters anyway, so the plans are the same).
+_OPEN = list(OPEN_TASK_STATUSES)
+_LIVE = list(LIVE_EXPERIMENT_STATES)
 
 
 def _check_fence(tx: ManagedTransaction, epoch: int) -> None:
@@ -91,9 +63,10 @@ def _start_experiments(tx: ManagedTransaction, now: float, result: AdvanceResult
     started = sorted({d.experiment_id for d in result.dispatches})
     if not started:
         return
-    for r in tx.run("UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) WHERE e.state = 'QUEUED' "
-                    "SET e.state = 'RUNNING', e.started_at = $now RETURN e.experiment_id AS id", ids=started, now=now):
-        result.experiments.setdefault(r["id"], "RUNNING")
+    for r in tx.run("UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) WHERE e.state = $queued "
+                    "SET e.state = $running, e.started_at = $now RETURN e.experiment_id AS id", ids=started, now=now,
+                    queued=ExperimentState.QUEUED, running=ExperimentState.RUNNING):
+        result.experiments.setdefault(r["id"], ExperimentState.RUNNING)
 
 
 def _dispatch_rows(rows: list, redispatch: bool = False) -> list[Dispatch]:
@@ -110,8 +83,10 @@ class DagStore:
 
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
+        self.boundary = neo4j_boundary(driver)  # every public method: driver failures leave as DependencyError
 
     # --- templates ---------------------------------------------------------------------------------------
+    @at_boundary
     def register_template(self, template: Template) -> tuple[int, bool]:
         """Store ``template`` as a new version of its type unless identical to the latest; (version, created)."""
         digest = template.content_hash()
@@ -140,6 +115,7 @@ class DagStore:
         with self.driver.session() as session:
             return session.execute_write(work)
 
+    @at_boundary
     def get_template(self, type_: str, version: int | None = None) -> tuple[Template, int]:
         """The latest (or given) version of a type; UnknownTypeError if it is not registered."""
         query = ("MATCH (t:Template {type: $type}) WHERE $version IS NULL OR t.version = $version "
@@ -151,6 +127,7 @@ class DagStore:
             raise UnknownTypeError(f"unknown {what} (registered: {known})")
         return parse_template(json.loads(records[0]["d"]), KNOWN_EXECUTORS), records[0]["v"]
 
+    @at_boundary
     def list_templates(self) -> list[dict[str, Any]]:
         """Latest version of every type: type, version, description, tasks."""
         records, _, _ = self.driver.execute_query(
@@ -166,6 +143,7 @@ class DagStore:
         """Create the concrete DAG in one transaction; False if the experiment already exists (idempotent)."""
         return bool(self.create_experiments(template, version, [(experiment_id, params)]))
 
+    @at_boundary
     def create_experiments(self, template: Template, version: int,
                            experiments: list[tuple[str, dict[str, Any]]]) -> list[str]:
         """Create the DAGs of several experiments of one type in ONE transaction (UNWIND); returns the ids
@@ -192,14 +170,15 @@ class DagStore:
                  "backoff_factor": spec.retry.backoff_factor, "max_backoff_s": spec.retry.max_backoff_s,
                  "timeout_s": spec.timeout_s} for spec, waiting in specs]} for experiment_id, params in new]
             tx.run("UNWIND $rows AS row "
-                   "CREATE (e:Experiment {experiment_id: row.id, type: $type, version: $version, state: 'QUEUED', "
+                   "CREATE (e:Experiment {experiment_id: row.id, type: $type, version: $version, state: $queued, "
                    "remaining: $n, created_at: $now}) "
                    "WITH row UNWIND row.tasks AS t "
                    "CREATE (:Task {key: t.key, experiment_id: row.id, name: t.name, kind: t.kind, request: t.request, "
-                   "executed: false, status: 'PENDING', attempt: 0, waiting: t.waiting, "
+                   "executed: false, status: $pending, attempt: 0, waiting: t.waiting, "
                    "max_attempts: t.max_attempts, backoff_s: t.backoff_s, backoff_factor: t.backoff_factor, "
                    "max_backoff_s: t.max_backoff_s, timeout_s: t.timeout_s, epoch: 0, flags: 0})",
-                   rows=rows, type=template.type, version=version, n=len(specs), now=time.time())
+                   rows=rows, type=template.type, version=version, n=len(specs), now=time.time(),
+                   queued=ExperimentState.QUEUED, pending=TaskStatus.PENDING)
             tx.run("UNWIND $ids AS id UNWIND $edges AS e "
                    "MATCH (a:Task {key: id + '/' + e[0]}), (b:Task {key: id + '/' + e[1]}) "
                    "CREATE (a)-[:DEPENDS_ON]->(b)", ids=[i for i, _ in new], edges=edges)
@@ -213,6 +192,7 @@ class DagStore:
                 # (and skips it, or raises ConflictError if that submit was of another type)
                 return session.execute_write(work)
 
+    @at_boundary
     def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
         """Every task of an experiment with its state, attempts and timings, in a stable order."""
         records, _, _ = self.driver.execute_query(
@@ -225,12 +205,13 @@ class DagStore:
         return [dict(r) for r in records]
 
     # --- fencing -----------------------------------------------------------------------------------------
+    @at_boundary
     def raise_fence(self, epoch: int, node_id: str) -> None:
         """Set the Neo4j fence to ``epoch`` (a new leader's first write); FencedError if it is already higher."""
 
         def work(tx: ManagedTransaction) -> None:
             record = tx.run("MERGE (f:Fence {name: 'leader'}) ON CREATE SET f.epoch = 0 "
-                            "SET f.last_write_epoch = $epoch RETURN f.epoch AS fence", epoch=epoch).single()
+                            "SET f.last_write_epoch = $epoch RETURN f.epoch AS fence", epoch=epoch).single(strict=True)
             if record["fence"] > epoch:
                 raise FencedError("neo4j", epoch, record["fence"])
             tx.run("MATCH (f:Fence {name: 'leader'}) SET f.epoch = $epoch, f.holder = $node, f.raised_at = $now",
@@ -239,11 +220,20 @@ class DagStore:
         with self.driver.session() as session:
             session.execute_write(work)
 
+    @at_boundary
     def fence_epoch(self) -> int:
         records, _, _ = self.driver.execute_query("MATCH (f:Fence {name: 'leader'}) RETURN f.epoch AS e")
         return records[0]["e"] if records else 0
 
+    @at_boundary
+    def fence_marks(self) -> dict[str, Any] | None:
+        """The fence's ``holder`` and its last write (``at``) and raise (``raised``) times; None before any raise."""
+        records, _, _ = self.driver.execute_query(
+            "MATCH (f:Fence {name: 'leader'}) RETURN f.last_write_at AS at, f.raised_at AS raised, f.holder AS holder")
+        return dict(records[0]) if records else None
+
     # --- the leader's batch ------------------------------------------------------------------------------
+    @at_boundary
     def advance(self, epoch: int, outcomes: list[Outcome], submitted: list[str], now: float) -> AdvanceResult:
         """Apply a batch of outcomes and new submissions in ONE fenced transaction; returns what changed."""
         with self.driver.session() as session:
@@ -258,9 +248,10 @@ class DagStore:
             _check_fence(tx, epoch)
         if submitted:
             rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
-                          "WHERE t.status = 'PENDING' AND t.waiting = 0 "
-                          "SET t.status = 'DISPATCHED', t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
-                          + _RETURN_DISPATCH, ids=submitted, now=now, epoch=epoch)
+                          "WHERE t.status = $pending AND t.waiting = 0 "
+                          "SET t.status = $dispatched, t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
+                          + _RETURN_DISPATCH, ids=submitted, now=now, epoch=epoch,
+                          pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
             roots = AdvanceResult(dispatches=_dispatch_rows(list(rows)))
             _start_experiments(tx, now, roots)  # successors' experiments are RUNNING already
             result.dispatches += roots.dispatches
@@ -279,37 +270,21 @@ class DagStore:
             "t.dispatched_at AS dispatched_at", keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
         if rows and rows[0]["fence"] > epoch:
             raise FencedError("neo4j", epoch, rows[0]["fence"])
-        current = {r["key"]: r for r in rows if r["status"] is not None}
-        seen: set[str] = set()
-        successes, retries, fails = [], [], []
-        for o in outcomes:
-            task = current.get(o.key)
-            if task is None:
-                result.unknown.append(o.key)
-                continue
-            if o.key in seen or task["status"] != "DISPATCHED" or task["attempt"] != o.attempt:
-                result.duplicates.append(o.key)
-                continue
-            seen.add(o.key)
-            info = {"key": o.key, "experiment_id": task["experiment_id"], "name": task["name"],
-                    "kind": task["kind"], "attempt": o.attempt, "dispatched_at": task["dispatched_at"]}
-            if o.success:
-                successes.append(info)
-            elif o.attempt < task["max_attempts"]:
-                retries.append({**info, "error": o.error})
-            else:
-                fails.append({**info, "error": o.error})
-        if successes:
-            self._flag(tx, epoch, successes, now, result)
-        if retries:
+        verdict = classify(outcomes, {r["key"]: r for r in rows if r["status"] is not None})
+        result.unknown += verdict.unknown
+        result.duplicates += verdict.duplicates
+        if verdict.successes:
+            self._flag(tx, epoch, verdict.successes, now, result)
+        if verdict.retries:
             # the template's backoff: backoff_s * backoff_factor ^ (attempt - 1), at most max_backoff_s
-            tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = 'RETRY_WAIT', "
+            tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = $retry_wait, "
                    "t.not_before = $now + CASE WHEN t.backoff_s * t.backoff_factor ^ (r.attempt - 1) > t.max_backoff_s "
                    "THEN t.max_backoff_s ELSE t.backoff_s * t.backoff_factor ^ (r.attempt - 1) END, "
-                   "t.last_error = r.error, t.epoch = $epoch", rows=retries, epoch=epoch, now=now)
-            result.retries += retries
-        if fails:
-            self._fail(tx, epoch, fails, now, result)
+                   "t.last_error = r.error, t.epoch = $epoch", rows=verdict.retries, epoch=epoch, now=now,
+                   retry_wait=TaskStatus.RETRY_WAIT)
+            result.retries += verdict.retries
+        if verdict.fails:
+            self._fail(tx, epoch, verdict.fails, now, result)
 
     def _flag(self, tx: ManagedTransaction, epoch: int, successes: list[dict], now: float,
               result: AdvanceResult) -> None:
@@ -321,47 +296,50 @@ class DagStore:
             per_experiment[success["experiment_id"]] = per_experiment.get(success["experiment_id"], 0) + 1
         record = tx.run(
             "CALL () { UNWIND $keys AS k MATCH (t:Task {key: k}) "
-            "  SET t.executed = true, t.status = 'SUCCEEDED', t.finished_at = $now, t.epoch = $epoch, "
+            "  SET t.executed = true, t.status = $succeeded, t.finished_at = $now, t.epoch = $epoch, "
             "      t.flags = t.flags + 1 "
             "  WITH t MATCH (s:Task)-[:DEPENDS_ON]->(t) "
             "  WITH s, count(*) AS n SET s.waiting = s.waiting - n "
-            "  WITH s WHERE s.waiting = 0 AND s.status = 'PENDING' "
-            "  SET s.status = 'DISPATCHED', s.attempt = 1, s.dispatched_at = $now, s.epoch = $epoch "
+            "  WITH s WHERE s.waiting = 0 AND s.status = $pending "
+            "  SET s.status = $dispatched, s.attempt = 1, s.dispatched_at = $now, s.epoch = $epoch "
             "  RETURN collect({key: s.key, experiment_id: s.experiment_id, name: s.name, kind: s.kind, "
             "                  request: s.request, attempt: s.attempt}) AS dispatches } "
             "CALL () { UNWIND $exps AS r MATCH (e:Experiment {experiment_id: r.id}) "
             "  SET e.remaining = e.remaining - r.n "
-            "  WITH e WHERE e.remaining = 0 AND e.state IN ['QUEUED', 'RUNNING'] "
-            "  SET e.state = 'COMPLETED', e.finished_at = $now RETURN collect(e.experiment_id) AS completed } "
+            "  WITH e WHERE e.remaining = 0 AND e.state IN $live "
+            "  SET e.state = $completed, e.finished_at = $now RETURN collect(e.experiment_id) AS completed } "
             "RETURN dispatches, completed",
             keys=[s["key"] for s in successes], exps=[{"id": k, "n": v} for k, v in per_experiment.items()],
-            now=now, epoch=epoch).single()
+            now=now, epoch=epoch, succeeded=TaskStatus.SUCCEEDED, pending=TaskStatus.PENDING,
+            dispatched=TaskStatus.DISPATCHED, live=_LIVE, completed=ExperimentState.COMPLETED).single(strict=True)
         result.flagged += successes
         result.dispatches += _dispatch_rows(record["dispatches"])
         for experiment_id in record["completed"]:
-            result.experiments[experiment_id] = "COMPLETED"
+            result.experiments[experiment_id] = ExperimentState.COMPLETED
 
     def _fail(self, tx: ManagedTransaction, epoch: int, fails: list[dict], now: float,
               result: AdvanceResult) -> None:
-        tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = 'FAILED', t.finished_at = $now, "
-               "t.last_error = r.error, t.epoch = $epoch", rows=fails, now=now, epoch=epoch)
+        tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = $failed, t.finished_at = $now, "
+               "t.last_error = r.error, t.epoch = $epoch", rows=fails, now=now, epoch=epoch, failed=TaskStatus.FAILED)
         result.failed += fails
         ids = sorted({f["experiment_id"] for f in fails})
         for r in tx.run("UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) "
-                        "WHERE e.state IN ['QUEUED', 'RUNNING'] "
-                        "SET e.state = 'FAILED', e.finished_at = $now RETURN e.experiment_id AS id", ids=ids, now=now):
-            result.experiments[r["id"]] = "FAILED"
+                        "WHERE e.state IN $live "
+                        "SET e.state = $failed, e.finished_at = $now RETURN e.experiment_id AS id", ids=ids, now=now,
+                        live=_LIVE, failed=ExperimentState.FAILED):
+            result.experiments[r["id"]] = ExperimentState.FAILED
         result.cancelled += self._cancel_open_tasks(tx, ids, now, epoch)
 
     @staticmethod
     def _cancel_open_tasks(tx: ManagedTransaction, ids: list[str], now: float, epoch: int) -> list[dict]:
         rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
                       "WHERE t.executed = false AND t.status IN $open "
-                      "SET t.status = 'CANCELLED', t.finished_at = $now, t.epoch = $epoch "
+                      "SET t.status = $cancelled, t.finished_at = $now, t.epoch = $epoch "
                       "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.attempt AS attempt",
-                      ids=ids, open=OPEN_STATUSES, now=now, epoch=epoch)
+                      ids=ids, open=_OPEN, now=now, epoch=epoch, cancelled=TaskStatus.CANCELLED)
         return [dict(r) for r in rows]
 
+    @at_boundary
     def cancel(self, experiment_id: str, epoch: int, now: float) -> tuple[str, list[dict]]:
         """Cancel an experiment and its open tasks; returns (state after, cancelled tasks)."""
 
@@ -375,33 +353,36 @@ class DagStore:
                 raise NotFoundError(f"no experiment {experiment_id!r}")
             if record["state"] in TERMINAL_EXPERIMENT_STATES:
                 return record["state"], []
-            tx.run("MATCH (e:Experiment {experiment_id: $id}) SET e.state = 'CANCELLED', e.finished_at = $now",
-                   id=experiment_id, now=now)
-            return "CANCELLED", self._cancel_open_tasks(tx, [experiment_id], now, epoch)
+            tx.run("MATCH (e:Experiment {experiment_id: $id}) SET e.state = $cancelled, e.finished_at = $now",
+                   id=experiment_id, now=now, cancelled=ExperimentState.CANCELLED)
+            return ExperimentState.CANCELLED, self._cancel_open_tasks(tx, [experiment_id], now, epoch)
 
         with self.driver.session() as session:
             return session.execute_write(work)
 
     # --- periodic work and takeover ----------------------------------------------------------------------
+    @at_boundary
     def due_work(self, epoch: int, now: float, grace_s: float, limit: int) -> AdvanceResult:
         """Roots never dispatched (a submission whose notice was lost), retries whose backoff has passed and
         dispatched tasks whose response is overdue, as dispatches."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
             _check_fence(tx, epoch)
-            roots = tx.run("MATCH (t:Task {status: 'PENDING'}) WHERE t.waiting = 0 WITH t LIMIT $limit "
-                           "SET t.status = 'DISPATCHED', t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
-                           + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch)
+            roots = tx.run("MATCH (t:Task {status: $pending}) WHERE t.waiting = 0 WITH t LIMIT $limit "
+                           "SET t.status = $dispatched, t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
+                           + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
+                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
             found = _dispatch_rows(list(roots))
-            retries = tx.run("MATCH (t:Task {status: 'RETRY_WAIT'}) WHERE t.not_before <= $now "
+            retries = tx.run("MATCH (t:Task {status: $retry_wait}) WHERE t.not_before <= $now "
                              "WITH t LIMIT $limit "
-                             "SET t.status = 'DISPATCHED', t.attempt = t.attempt + 1, t.dispatched_at = $now, "
-                             "t.epoch = $epoch " + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch)
+                             "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, "
+                             "t.epoch = $epoch " + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
+                             retry_wait=TaskStatus.RETRY_WAIT, dispatched=TaskStatus.DISPATCHED)
             found += _dispatch_rows(list(retries))
-            overdue = tx.run("MATCH (t:Task {status: 'DISPATCHED'}) "
+            overdue = tx.run("MATCH (t:Task {status: $dispatched}) "
                              "WHERE t.dispatched_at + t.timeout_s + $grace < $now WITH t LIMIT $limit "
                              "SET t.dispatched_at = $now, t.epoch = $epoch " + _RETURN_DISPATCH,
-                             now=now, grace=grace_s, limit=limit, epoch=epoch)
+                             now=now, grace=grace_s, limit=limit, epoch=epoch, dispatched=TaskStatus.DISPATCHED)
             result = AdvanceResult(dispatches=found + _dispatch_rows(list(overdue), redispatch=True))
             _start_experiments(tx, now, result)
             return result
@@ -409,34 +390,41 @@ class DagStore:
         with self.driver.session() as session:
             return session.execute_write(work)
 
+    @at_boundary
     def rescan(self, epoch: int, now: float, batch: int = 5000) -> list[dict[str, Any]]:
         """Takeover: every unflagged task whose predecessors are all executed, in pages (fenced reads)."""
+
+        def page_after(tx: ManagedTransaction, last: str) -> list[Record]:
+            return list(tx.run(
+                "MATCH (t:Task) USING INDEX t:Task(executed, waiting, key) "
+                "WHERE t.executed = false AND t.waiting = 0 AND t.key > $last AND t.status IN $open "
+                "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
+                "t.status AS status, t.attempt AS attempt, t.dispatched_at AS dispatched_at, "
+                "t.timeout_s AS timeout_s, t.not_before AS not_before "
+                "ORDER BY t.key LIMIT $batch", last=last, open=_OPEN, batch=batch))
+
         found: list[dict[str, Any]] = []
         last = ""
         with self.driver.session() as session:
             while True:
-                page = session.execute_read(lambda tx: list(tx.run(
-                    "MATCH (t:Task) USING INDEX t:Task(executed, waiting, key) "
-                    "WHERE t.executed = false AND t.waiting = 0 AND t.key > $last AND t.status IN $open "
-                    "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
-                    "t.status AS status, t.attempt AS attempt, t.dispatched_at AS dispatched_at, "
-                    "t.timeout_s AS timeout_s, t.not_before AS not_before "
-                    "ORDER BY t.key LIMIT $batch", last=last, open=OPEN_STATUSES, batch=batch)))
+                page = session.execute_read(page_after, last)
                 found += [dict(r) for r in page]
                 if len(page) < batch:
                     return found
                 last = page[-1]["key"]
 
+    @at_boundary
     def mark_dispatched(self, epoch: int, keys: list[str], now: float) -> AdvanceResult:
         """Takeover re-dispatch: (re)mark tasks as dispatched now; PENDING roots get attempt 1."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
             _check_fence(tx, epoch)
             rows = tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) "
-                          "WHERE t.executed = false AND t.status IN ['PENDING', 'DISPATCHED'] "
-                          "SET t.attempt = CASE WHEN t.status = 'PENDING' THEN 1 ELSE t.attempt END, "
-                          "t.status = 'DISPATCHED', t.dispatched_at = $now, t.epoch = $epoch "
-                          + _RETURN_DISPATCH, keys=keys, now=now, epoch=epoch)
+                          "WHERE t.executed = false AND t.status IN [$pending, $dispatched] "
+                          "SET t.attempt = CASE WHEN t.status = $pending THEN 1 ELSE t.attempt END, "
+                          "t.status = $dispatched, t.dispatched_at = $now, t.epoch = $epoch "
+                          + _RETURN_DISPATCH, keys=keys, now=now, epoch=epoch,
+                          pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
             result = AdvanceResult(dispatches=_dispatch_rows(list(rows), redispatch=True))
             _start_experiments(tx, now, result)
             return result
@@ -444,6 +432,7 @@ class DagStore:
         with self.driver.session() as session:
             return session.execute_write(work)
 
+    @at_boundary
     def experiment_states(self, ids: list[str]) -> dict[str, str]:
         records, _, _ = self.driver.execute_query(
             "UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) RETURN id, e.state AS state", ids=ids)

@@ -9,14 +9,13 @@
 
 Each method is one statement in one transaction whatever the batch size. A lost connection (MariaDB restarted,
 a deadlock, a dropped socket) is reopened with exponential backoff and the statement retried for up to
-``retry_for_s``, then :class:`~node.errors.ServiceError`. Several rows for one key are allowed on purpose: they
+``retry_for_s``, then :class:`~node.errors.DependencyError`. Several rows for one key are allowed on purpose: they
 are the duplicate executions (at-least-once delivery) that the chaos checker counts.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -24,16 +23,11 @@ from typing import Any, NamedTuple, TypeVar
 
 import pymysql
 from pymysql.cursors import Cursor
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from node.config import Config
-from node.errors import ServiceError
-from node.stack.mariadb import mysql_connect_args
-
-log = logging.getLogger(__name__)
-
-#: errors after which the connection is dropped, reopened and the transaction retried
-RETRYABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+from node.retry import STORE_OPERATION, Stop, call
+from node.stores.connect import mysql_connect_args
+from node.stores.failures import mariadb_boundary
 
 Key = tuple[str, str, int]  # (experiment_id, task, attempt)
 T = TypeVar("T")
@@ -62,15 +56,22 @@ class Finish(NamedTuple):
     started_at: float | None = None
 
 
-_ROW_FIELDS = [("id", int), *Start.__annotations__.items(), ("ended_at", float | None), ("outcome", str | None),
-               ("result", dict[str, Any] | None), ("error", str | None), ("replayed_count", int)]
-
-
-class LedgerRow(NamedTuple("_LedgerRow", _ROW_FIELDS)):  # type: ignore[misc]
+class LedgerRow(NamedTuple):
     """A ledger row as read back, columns in table order: the id, the :class:`Start` columns, the end (``result``
     decoded from JSON) and how often it was replayed."""
 
-    __slots__ = ()
+    id: int
+    experiment_id: str
+    task: str
+    attempt: int
+    worker: str
+    epoch: int
+    started_at: float
+    ended_at: float | None
+    outcome: str | None
+    result: dict[str, Any] | None
+    error: str | None
+    replayed_count: int
 
     @property
     def key(self) -> Key:
@@ -84,14 +85,17 @@ class Ledger:
     """One pymysql connection to the ledger table; reconnects on its own.
 
     ``idle(seconds)`` is called to wait between reconnect attempts (default :func:`time.sleep`); a worker passes
-    a function that keeps its AMQP heartbeats flowing meanwhile.
+    a function that keeps its AMQP heartbeats flowing meanwhile, and its ``stop`` to give up once stopping.
     """
 
-    def __init__(self, cfg: Config, retry_for_s: float = 60.0,
-                 idle: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, cfg: Config, retry_for_s: float = 60.0, idle: Callable[[float], None] = time.sleep,
+                 stop: Stop | None = None) -> None:
         self.cfg = cfg
         self.retry_for_s = retry_for_s
         self.idle = idle
+        self.stop = stop
+        self._policy = STORE_OPERATION.within(retry_for_s)
+        self._boundary = mariadb_boundary(cfg)
         self._conn: pymysql.connections.Connection | None = None
 
     # --- the operations ------------------------------------------------------------------
@@ -119,7 +123,7 @@ class Ledger:
             cur.execute(sql, args)
             return list(cur.fetchall())
 
-        return [LedgerRow(*raw[:9], _load_json(raw[9]), *raw[10:]) for raw in self._transaction(select)]
+        return [LedgerRow._make((*raw[:9], _load_json(raw[9]), *raw[10:])) for raw in self._transaction(select)]
 
     def begin(self, rows: list[Start]) -> list[int]:
         """Insert one start row per attempt in one transaction; the new ids, in the order of ``rows``."""
@@ -153,7 +157,7 @@ class Ledger:
         sql = f"UPDATE ledger SET {', '.join(assignments)} WHERE id IN ({','.join(['%s'] * len(ids))})"
         args: list[object] = []
         for values in columns.values():
-            for row_id, value in zip(ids, values):
+            for row_id, value in zip(ids, values, strict=True):
                 args += [row_id, value]
         args += ids
         self._transaction(lambda cur: cur.execute(sql, args))
@@ -175,40 +179,24 @@ class Ledger:
     # --- connection handling ------------------------------------------------------------------
     def _transaction(self, work: Callable[[Cursor], T]) -> T:
         """Run ``work`` in a transaction and commit; on a lost connection reconnect and run it again."""
-        failures = 0
-
-        def note_failure(state) -> None:  # type: ignore[no-untyped-def]
-            nonlocal failures
-            failures += 1
-            exc = state.outcome.exception()
-            self._drop()
-            if failures == 1:
-                log.warning("ledger: mariadb unavailable (%s); retrying for up to %.0f s", _describe(exc),
-                            self.retry_for_s)
+        def once() -> T:
+            with self._boundary:
+                conn = self._connection()
+                with conn.cursor() as cur:
+                    value = work(cur)
+                conn.commit()
+                return value
 
         try:
-            for attempt in Retrying(stop=stop_after_delay(self.retry_for_s), wait=wait_exponential(0.1, max=2.0),
-                                    retry=retry_if_exception_type(RETRYABLE), before_sleep=note_failure,
-                                    sleep=self.idle, reraise=True):
-                with attempt:
-                    conn = self._connection()
-                    with conn.cursor() as cur:
-                        value = work(cur)
-                    conn.commit()
-        except RETRYABLE as exc:
-            self._drop()
-            raise ServiceError(f"mariadb at 127.0.0.1:{self.cfg.mysql_port} unavailable for "
-                               f"{self.retry_for_s:.0f} s ({_describe(exc)})") from None
+            return call(self._policy, once, what="ledger: mariadb", stop=self.stop, idle=self.idle,
+                        on_failure=lambda _exc: self._drop())
         except BaseException:  # nothing half-done may stay open on the connection
             self._drop()
             raise
-        if failures:
-            log.info("ledger: mariadb answers again after %d failed attempt(s)", failures)
-        return value
 
     def _connection(self) -> pymysql.connections.Connection:
         if self._conn is None:
-            conn = pymysql.connect(**mysql_connect_args(self.cfg))  # type: ignore[arg-type]
+            conn = pymysql.connect(**mysql_connect_args(self.cfg))
             with conn.cursor() as cur:  # every statement sees what other workers committed before it
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             self._conn = conn
@@ -232,9 +220,3 @@ def _load_json(text: str | None) -> dict[str, Any] | None:
         return None
     return value if isinstance(value, dict) else None
 
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "no error"
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    return f"{type(exc).__name__} {code}" if code is not None else type(exc).__name__

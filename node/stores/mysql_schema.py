@@ -9,6 +9,7 @@ from __future__ import annotations
 import pymysql
 
 from node.config import Config
+from node.stores.connect import mysql_connect_args
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS experiments (
@@ -82,9 +83,7 @@ TABLES = ("experiments", "transitions", "ledger", "fence", "applied_batches", "l
 
 def ensure_schema(cfg: Config) -> None:
     """Create every table (idempotent)."""
-    from node.stack.mariadb import mysql_connect_args
-
-    conn = pymysql.connect(**mysql_connect_args(cfg))  # type: ignore[arg-type]
+    conn = pymysql.connect(**mysql_connect_args(cfg))
     try:
         with conn.cursor() as cur:
             for statement in SCHEMA:

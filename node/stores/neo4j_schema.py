@@ -8,6 +8,7 @@ task keeps ``waiting`` (predecessors not yet executed), so the rescan is one ind
 from __future__ import annotations
 
 from node.config import Config
+from node.stores.connect import neo4j_driver
 
 SCHEMA = [
     "CREATE CONSTRAINT template_key IF NOT EXISTS FOR (t:Template) REQUIRE (t.type, t.version) IS UNIQUE",
@@ -25,8 +26,6 @@ SCHEMA = [
 
 def ensure_schema(cfg: Config) -> None:
     """Create every constraint and index (idempotent) and wait for the indexes to come online."""
-    from node.stack.neo4j import neo4j_driver
-
     with neo4j_driver(cfg) as driver:
         for statement in SCHEMA:
             driver.execute_query(statement)

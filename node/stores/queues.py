@@ -10,6 +10,7 @@ from __future__ import annotations
 import pika
 
 from node.config import Config
+from node.stores.connect import amqp_parameters
 
 REQUESTS = "haorch.requests"
 RESPONSES = "haorch.responses"
@@ -19,10 +20,8 @@ QUEUES = (REQUESTS, RESPONSES, SUBMISSIONS, DEAD)
 QUORUM = {"x-queue-type": "quorum"}
 
 
-def declare_topology(cfg: Config, channel: "pika.adapters.blocking_connection.BlockingChannel | None" = None) -> None:
+def declare_topology(cfg: Config, channel: pika.adapters.blocking_connection.BlockingChannel | None = None) -> None:
     """Declare every queue (idempotent). Opens its own connection unless a channel is given."""
-    from node.stack.rabbitmq import amqp_parameters
-
     if channel is not None:
         for queue in QUEUES:
             channel.queue_declare(queue=queue, durable=True, arguments=QUORUM)

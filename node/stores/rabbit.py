@@ -15,43 +15,64 @@ asynchronous channel and then waits once for all its confirms (10x faster), whic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.spec import Basic
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from node.config import Config
-from node.errors import ServiceError
-from node.stack.rabbitmq import amqp_parameters
+from node.errors import DependencyError
+from node.retry import CONNECT, RetryPolicy, Stop, call
+from node.stores.connect import amqp_parameters
+from node.stores.failures import RABBITMQ_ERRORS, rabbitmq_boundary
 from node.stores.queues import DEAD, declare_topology
+
+if TYPE_CHECKING:
+    from node.stores.ports import Publisher
 
 log = logging.getLogger(__name__)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
-#: exceptions that mean "the broker or the connection went away": callers reconnect
-CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
-                     pika.exceptions.StreamLostError, ConnectionError, OSError)
-
-
-def connect(cfg: Config, name: str, retry_for_s: float = 60.0, heartbeat_s: int | None = None) -> BlockingConnection:
-    """Open a connection, retrying with exponential backoff for up to ``retry_for_s`` seconds."""
+def connect(cfg: Config, name: str, policy: RetryPolicy = CONNECT, heartbeat_s: int | None = None,
+            stop: Stop | None = None, on_failure: Callable[[BaseException], None] | None = None) -> BlockingConnection:
+    """Open a connection and declare the queues on it (a restarted broker keeps them: they are durable), retrying
+    under ``policy`` until ``stop``; DependencyError when it gives up."""
     params = amqp_parameters(cfg, heartbeat_s=heartbeat_s, name=name)
-    try:
-        for attempt in Retrying(stop=stop_after_delay(retry_for_s), wait=wait_exponential(0.1, max=2.0),
-                                retry=retry_if_exception_type(CONNECTION_ERRORS), reraise=True):
-            with attempt:
-                return pika.BlockingConnection(params)
-    except CONNECTION_ERRORS as exc:
-        raise ServiceError(f"rabbitmq at 127.0.0.1:{cfg.rabbit_port} unreachable for {retry_for_s:.0f} s "
-                           f"({type(exc).__name__})") from None
-    raise AssertionError("unreachable")
+    boundary = rabbitmq_boundary(cfg)
+
+    def once() -> BlockingConnection:
+        with boundary:
+            conn = pika.BlockingConnection(params)
+            try:
+                channel = conn.channel()
+                declare_topology(cfg, channel)
+                channel.close()
+            except BaseException:
+                if conn.is_open:
+                    conn.close()
+                raise
+            return conn
+
+    return call(policy, once, what=f"{name}: rabbitmq", stop=stop, on_failure=on_failure)
+
+
+def pump(conn: BlockingConnection, seconds: float = 0.0) -> None:
+    """Serve the connection's events (heartbeats, confirms, deliveries) for ``seconds``, or only those pending;
+    DependencyError once the connection is gone."""
+    # pika raises ValueError("Timeout closed before call") from a connection that died unnoticed
+    with rabbitmq_boundary(conn, extra=(ValueError,)):
+        if seconds > 0:
+            conn.sleep(seconds)
+        else:
+            conn.process_data_events(time_limit=0)
 
 
 class BatchPublisher:
@@ -60,52 +81,56 @@ class BatchPublisher:
     def __init__(self, conn: BlockingConnection, confirm_timeout_s: float = 30.0) -> None:
         self.conn = conn
         self.confirm_timeout_s = confirm_timeout_s
-        self.channel: BlockingChannel = conn.channel()
-        # pika's blocking channel confirms message by message; its asynchronous channel (``_impl``) lets us
-        # pipeline a batch and count the broker's acks ourselves.
-        self._impl = self.channel._impl  # noqa: SLF001
-        self._published = 0
-        self._acked = 0
-        self._nacked = 0
-        selected: list[bool] = []
-        self._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _f: selected.append(True))
-        self._wait(lambda: bool(selected), "confirm.select")
+        self._boundary = rabbitmq_boundary(conn)
+        with self._boundary:
+            self.channel: BlockingChannel = conn.channel()
+            # pika's blocking channel confirms message by message; its asynchronous channel (``_impl``) lets us
+            # pipeline a batch and count the broker's acks ourselves.
+            self._impl = self.channel._impl  # noqa: SLF001
+            self._published = 0
+            self._acked = 0
+            self._nacked = 0
+            selected: list[bool] = []
+            self._impl.confirm_delivery(ack_nack_callback=self._on_confirm,
+                                        callback=lambda _f: selected.append(True))
+            self._wait(lambda: bool(selected), "confirm.select")
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method
         upto = method.delivery_tag if method.multiple else None
-        if upto is None:
-            count = 1
-        else:
-            count = upto - (self._acked + self._nacked)
+        count = 1 if upto is None else upto - (self._acked + self._nacked)
         if isinstance(method, Basic.Nack):
             self._nacked += count
         else:
             self._acked += count
 
-    def _wait(self, done, what: str) -> None:  # type: ignore[no-untyped-def]
+    def _wait(self, done, what: str) -> None:
         deadline = time.monotonic() + self.confirm_timeout_s
         while not done():
             if time.monotonic() > deadline:
-                raise ServiceError(f"rabbitmq: no {what} within {self.confirm_timeout_s:.0f} s")
+                raise self._failure(f"no {what} within {self.confirm_timeout_s:.0f} s")
             self.conn.process_data_events(time_limit=0.001)
 
     def publish_batch(self, queue: str, bodies: Iterable[bytes],
                       properties: pika.BasicProperties = PERSISTENT) -> int:
-        """Publish every body to ``queue`` and return once all are confirmed; raise if any was nacked."""
+        """Publish every body to ``queue`` and return once all are confirmed; DependencyError if the connection
+        fails, the confirms do not come or the broker refused (nacked) any."""
         nacked_before = self._nacked
         count = 0
-        for body in bodies:
-            self._impl.basic_publish(exchange="", routing_key=queue, body=body, properties=properties)
-            count += 1
-        if not count:
-            return 0
-        self._published += count
-        self._wait(lambda: self._acked + self._nacked >= self._published, "publisher confirms")
+        with self._boundary:
+            for body in bodies:
+                self._impl.basic_publish(exchange="", routing_key=queue, body=body, properties=properties)
+                count += 1
+            if not count:
+                return 0
+            self._published += count
+            self._wait(lambda: self._acked + self._nacked >= self._published, "publisher confirms")
         if self._nacked != nacked_before:
-            raise ServiceError(f"rabbitmq: broker refused {self._nacked - nacked_before} of {count} messages "
-                               f"to {queue}")
+            raise self._failure(f"broker refused {self._nacked - nacked_before} of {count} messages to {queue}")
         return count
+
+    def _failure(self, cause: str) -> DependencyError:
+        return DependencyError(self._boundary.service, self._boundary.endpoint, cause)
 
 
 @dataclass
@@ -124,8 +149,10 @@ class BatchConsumer:
 
     def __init__(self, conn: BlockingConnection, queues: list[str], prefetch: int) -> None:
         self.conn = conn
-        self.channel: BlockingChannel = conn.channel()
-        self.channel.basic_qos(prefetch_count=prefetch)
+        self._boundary = rabbitmq_boundary(conn)
+        with self._boundary:
+            self.channel: BlockingChannel = conn.channel()
+            self.channel.basic_qos(prefetch_count=prefetch)
         self.queues = queues
         self._buffer: list[Delivery] = []
         self._tags: list[str] = []
@@ -134,11 +161,12 @@ class BatchConsumer:
         """Begin consuming every queue (idempotent)."""
         if self._tags:
             return
-        for queue in self.queues:
-            self._tags.append(self.channel.basic_consume(queue, self._make_callback(queue)))
+        with self._boundary:
+            for queue in self.queues:
+                self._tags.append(self.channel.basic_consume(queue, self._make_callback(queue)))
 
-    def _make_callback(self, queue: str):  # type: ignore[no-untyped-def]
-        def on_message(_ch, method, props, body):  # type: ignore[no-untyped-def]
+    def _make_callback(self, queue: str):
+        def on_message(_ch, method, props, body):
             self._buffer.append(Delivery(queue, method.delivery_tag, body, method.redelivered,
                                          dict(props.headers or {})))
         return on_message
@@ -146,47 +174,45 @@ class BatchConsumer:
     def stop(self) -> None:
         """Cancel the consumers; unacked deliveries go back to their queues when the channel closes."""
         for tag in self._tags:
-            try:
+            with contextlib.suppress(*RABBITMQ_ERRORS):
                 self.channel.basic_cancel(tag)
-            except CONNECTION_ERRORS:
-                pass
         self._tags = []
+
+    def close(self) -> None:
+        """Stop consuming and close the channel: every unacknowledged delivery goes back to its queue."""
+        self.stop()
+        self.channel.close()
 
     def next_batch(self, max_n: int, max_wait_s: float, linger_s: float = 0.002) -> list[Delivery]:
         """Up to ``max_n`` deliveries: waits up to ``max_wait_s`` for the first, then ``linger_s`` for more."""
         deadline = time.monotonic() + max_wait_s
-        while not self._buffer and time.monotonic() < deadline:
-            self.conn.process_data_events(time_limit=min(0.05, max(0.0, deadline - time.monotonic())))
-        if self._buffer and len(self._buffer) < max_n:
-            linger_until = time.monotonic() + linger_s
-            while len(self._buffer) < max_n and time.monotonic() < linger_until:
-                before = len(self._buffer)
-                self.conn.process_data_events(time_limit=0)
-                if len(self._buffer) == before:
-                    time.sleep(0.0005)
+        with self._boundary:
+            while not self._buffer and time.monotonic() < deadline:
+                self.conn.process_data_events(time_limit=min(0.05, max(0.0, deadline - time.monotonic())))
+            if self._buffer and len(self._buffer) < max_n:
+                linger_until = time.monotonic() + linger_s
+                while len(self._buffer) < max_n and time.monotonic() < linger_until:
+                    before = len(self._buffer)
+                    self.conn.process_data_events(time_limit=0)
+                    if len(self._buffer) == before:
+                        time.sleep(0.0005)
         batch, self._buffer = self._buffer[:max_n], self._buffer[max_n:]
         return batch
 
     def ack_through(self, tag: int) -> None:
         """Acknowledge every delivery on this channel up to and including ``tag``."""
-        self.channel.basic_ack(delivery_tag=tag, multiple=True)
+        with self._boundary:
+            self.channel.basic_ack(delivery_tag=tag, multiple=True)
 
     def ack(self, tag: int) -> None:
-        self.channel.basic_ack(delivery_tag=tag)
+        with self._boundary:
+            self.channel.basic_ack(delivery_tag=tag)
 
 
-def dead_letter(publisher: BatchPublisher, delivery: Delivery, reason: str) -> None:
+def dead_letter(publisher: Publisher, delivery: Delivery, reason: str) -> None:
     """Park a message that cannot be processed on ``haorch.dead`` with the reason; the caller acks the original."""
     props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers={
         "x-haorch-reason": reason[:500], "x-haorch-source-queue": delivery.queue})
     publisher.publish_batch(DEAD, [delivery.body], properties=props)
     log.warning("dead-lettered queue=%s reason=%s", delivery.queue, reason)
 
-
-def ensure_topology(cfg: Config, conn: BlockingConnection) -> None:
-    """Declare the queues on an open connection (a restarted broker keeps them: they are durable)."""
-    channel = conn.channel()
-    try:
-        declare_topology(cfg, channel)
-    finally:
-        channel.close()

@@ -12,23 +12,23 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pymysql
 import pymysql.cursors
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from node.config import Config
-from node.errors import ConflictError, FencedError, NotFoundError, ServiceError
+from node.errors import ConflictError, FencedError, NotFoundError
+from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState, TaskStatus
 from node.periodic import Periodic
-from node.stack.mariadb import mysql_connect_args
+from node.retry import STORE_OPERATION, call
+from node.stores.connect import mysql_connect_args
+from node.stores.failures import MARIADB_ERRORS, mariadb_boundary
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: errors after which the connection is dropped and the operation retried
-RETRYABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
-TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 BLOCKERS = ("SELECT b.trx_mysql_thread_id FROM information_schema.INNODB_LOCK_WAITS w "
             "JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id "
             "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id "
@@ -43,12 +43,14 @@ class Records:
     def __init__(self, cfg: Config, retry_for_s: float = 60.0) -> None:
         self.cfg = cfg
         self.retry_for_s = retry_for_s
+        self._policy = STORE_OPERATION.within(retry_for_s)
+        self._boundary = mariadb_boundary(cfg)
         self._conn: pymysql.connections.Connection | None = None
         self._lock = threading.Lock()
 
     def _connection(self) -> pymysql.connections.Connection:
         if self._conn is None:
-            self._conn = pymysql.connect(**mysql_connect_args(self.cfg))  # type: ignore[arg-type]
+            self._conn = pymysql.connect(**mysql_connect_args(self.cfg))
         return self._conn
 
     def close(self) -> None:
@@ -59,36 +61,29 @@ class Records:
                 pass
             self._conn = None
 
-    def transaction(self, work: Callable[[pymysql.cursors.Cursor], T], retry: bool = True) -> T:
-        """Run ``work(cursor)`` in one transaction; reconnect and retry it while MariaDB is unreachable."""
+    def transaction(self, work: Callable[[pymysql.cursors.Cursor], T]) -> T:
+        """Run ``work(cursor)`` in one transaction; reconnect and retry it while MariaDB is unreachable (for up to
+        ``retry_for_s``), then :class:`~node.errors.DependencyError`."""
         def once() -> T:
-            conn = self._connection()
-            try:
-                with conn.cursor() as cur:
-                    value = work(cur)
-                conn.commit()
-                return value
-            except RETRYABLE:
-                self.close()
-                raise
-            except BaseException:
+            with self._boundary:
+                conn = self._connection()
                 try:
-                    conn.rollback()
-                except RETRYABLE:
+                    with conn.cursor() as cur:
+                        value = work(cur)
+                    conn.commit()
+                    return value
+                except MARIADB_ERRORS:
                     self.close()
-                raise
+                    raise
+                except BaseException:
+                    try:
+                        conn.rollback()
+                    except MARIADB_ERRORS:
+                        self.close()
+                    raise
 
         with self._lock:
-            if not retry:
-                return once()
-            try:
-                for attempt in Retrying(stop=stop_after_delay(self.retry_for_s), wait=wait_exponential(0.05, max=2),
-                                        retry=retry_if_exception_type(RETRYABLE), reraise=True):
-                    with attempt:
-                        return once()
-            except RETRYABLE as exc:
-                raise ServiceError(f"mariadb at 127.0.0.1:{self.cfg.mysql_port} unavailable: {exc}") from None
-        raise AssertionError("unreachable")
+            return call(self._policy, once, what="records: mariadb")
 
     # --- fence -------------------------------------------------------------------------------------------
     @staticmethod
@@ -99,7 +94,7 @@ class Records:
         if fence > epoch:
             raise FencedError("mariadb", epoch, fence)
 
-    def _unblocked_raise(self, epoch: int):  # type: ignore[no-untyped-def]
+    def _unblocked_raise(self, epoch: int):
         """While a new leader raises the fence, kill whatever transaction blocks that raise: only an older
         leader's fenced transaction can hold the fence row, and one frozen (SIGSTOP, a stalled host) would hold it
         for as long as it is frozen. Killing its connection rolls its transaction back."""
@@ -125,7 +120,9 @@ class Records:
     def fence_epoch(self) -> int:
         def work(cur: pymysql.cursors.Cursor) -> int:
             cur.execute("SELECT epoch FROM fence WHERE name = 'leader'")
-            return cur.fetchone()[0]
+            row = cur.fetchone()
+            assert row is not None, "the fence row is created with the schema"
+            return row[0]
         return self.transaction(work)
 
     # --- the leader's batch ------------------------------------------------------------------------------
@@ -153,8 +150,8 @@ class Records:
                 cur.execute(
                     f"UPDATE experiments SET state = %s, updated_at = %s, finished_at = IF(%s, %s, finished_at) "
                     f"WHERE experiment_id IN ({','.join(['%s'] * len(ids))}) "
-                    f"AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')",  # terminal is final (a racing cancel)
-                    (state, now, state in TERMINAL_STATES, now, *ids))
+                    f"AND state NOT IN (%s, %s, %s)",  # terminal is final (a racing cancel)
+                    (state, now, state in TERMINAL_EXPERIMENT_STATES, now, *ids, *TERMINAL_EXPERIMENT_STATES))
         self.transaction(work)
 
     def missing_successes(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -166,8 +163,9 @@ class Records:
 
         def work(cur: pymysql.cursors.Cursor) -> list[tuple[str, str]]:
             marks = ",".join(["(%s, %s)"] * len(keys))
-            cur.execute(f"SELECT experiment_id, task FROM transitions WHERE to_state = 'SUCCEEDED' "
-                        f"AND (experiment_id, task) IN ({marks})", [v for k in keys for v in k])
+            cur.execute(f"SELECT experiment_id, task FROM transitions WHERE to_state = %s "
+                        f"AND (experiment_id, task) IN ({marks})",
+                        [TaskStatus.SUCCEEDED, *(v for k in keys for v in k)])
             present = {(r[0], r[1]) for r in cur.fetchall()}
             return [k for k in keys if k not in present]
         return self.transaction(work)
@@ -195,11 +193,12 @@ class Records:
             new = [(i, p) for i, p in items if i not in existing]
             if new:
                 cur.executemany("INSERT IGNORE INTO experiments (experiment_id, type, template_version, state, "
-                                "params, created_at, updated_at) VALUES (%s, %s, %s, 'QUEUED', %s, %s, %s)",
-                                [(i, type_, version, json.dumps(p, sort_keys=True), now, now) for i, p in new])
+                                "params, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                                [(i, type_, version, ExperimentState.QUEUED, json.dumps(p, sort_keys=True), now, now)
+                                 for i, p in new])
                 cur.executemany("INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, "
-                                "epoch, node_id, at) VALUES (%s, NULL, NULL, 'QUEUED', 0, 0, 'submit', %s)",
-                                [(i, now) for i, _ in new])
+                                "epoch, node_id, at) VALUES (%s, NULL, NULL, %s, 0, 0, 'submit', %s)",
+                                [(i, ExperimentState.QUEUED, now) for i, _ in new])
             return [i for i, _ in new]
         return self.transaction(work)
 
@@ -209,6 +208,11 @@ class Records:
             raise NotFoundError(f"no experiment {experiment_id!r}")
         return rows[0]
 
+    def experiment_states(self, ids: list[str]) -> dict[str, str]:
+        """experiment_id → state of those of ``ids`` that exist (one SELECT)."""
+        return {r["experiment_id"]: r["state"] for r in self.experiments(
+            "WHERE experiment_id IN (" + ",".join(["%s"] * len(ids)) + ")", tuple(ids))} if ids else {}
+
     def experiments(self, where: str = "", args: tuple = (), limit: int | None = None) -> list[dict[str, Any]]:
         sql = f"SELECT {EXPERIMENT_COLUMNS} FROM experiments {where} ORDER BY created_at, experiment_id"
         if limit:
@@ -217,7 +221,7 @@ class Records:
         def work(cur: pymysql.cursors.Cursor) -> list[dict[str, Any]]:
             cur.execute(sql, args)
             cols = [c[0] for c in cur.description]
-            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+            rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
             for row in rows:
                 row["params"] = json.loads(row["params"])
             return rows
@@ -250,7 +254,28 @@ class Records:
             cur.execute("SELECT task, from_state, to_state, attempt, epoch, node_id, at, detail FROM transitions "
                         "WHERE experiment_id = %s ORDER BY id", (experiment_id,))
             cols = [c[0] for c in cur.description]
-            return [dict(zip(cols, r)) for r in cur.fetchall()]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+        return self.transaction(work)
+
+    def states(self, ids: list[str]) -> dict[str, str]:
+        """experiment_id -> state of the ids that exist."""
+        if not ids:
+            return {}
+
+        def work(cur: pymysql.cursors.Cursor) -> dict[str, str]:
+            cur.execute("SELECT experiment_id, state FROM experiments WHERE experiment_id IN ("
+                        + ",".join(["%s"] * len(ids)) + ")", ids)
+            return {r[0]: r[1] for r in cur.fetchall()}
+        return self.transaction(work)
+
+    def first_advance_after(self, epoch: int, since: float) -> tuple[int, str, float] | None:
+        """(epoch, node_id, at) of the first transition written with an epoch above ``epoch`` at or after
+        ``since``: where a failover ends (a measurement; ``haorch demo`` and the HA tests time failovers with it)."""
+        def work(cur: pymysql.cursors.Cursor) -> tuple[int, str, float] | None:
+            cur.execute("SELECT epoch, node_id, at FROM transitions WHERE epoch > %s AND at >= %s ORDER BY id LIMIT 1",
+                        (epoch, since))
+            row = cur.fetchone()
+            return None if row is None else (row[0], row[1], row[2])
         return self.transaction(work)
 
 
@@ -263,7 +288,7 @@ class _FenceUnblocker:
         self._conn: pymysql.connections.Connection | None = None
         self._periodic = Periodic(self.sweep, interval_s, "fence-unblocker")
 
-    def __enter__(self) -> "_FenceUnblocker":
+    def __enter__(self) -> _FenceUnblocker:
         self._periodic.__enter__()
         return self
 
@@ -274,7 +299,7 @@ class _FenceUnblocker:
 
     def sweep(self) -> None:
         if self._conn is None:
-            self._conn = pymysql.connect(**mysql_connect_args(self.cfg))  # type: ignore[arg-type]
+            self._conn = pymysql.connect(**mysql_connect_args(self.cfg))
         with self._conn.cursor() as cur:
             cur.execute(BLOCKERS, (self.waiter,))
             for (blocker,) in cur.fetchall():

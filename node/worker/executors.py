@@ -1,4 +1,4 @@
-"""The executors a worker runs tasks with: a name -> function registry.
+"""The executors a worker runs tasks with: a name -> function registry, one per name of ``KNOWN_EXECUTORS``.
 
 An executor is ``fn(params, ctx) -> dict``: it returns the task's result (a JSON object) or raises
 :class:`ExecutorFailure`, whose message becomes the response's ``error``. Params may arrive as strings (from
@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from node.model.executors import KNOWN_EXECUTORS
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,6 @@ def run_shell(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any]:
 
 
 EXECUTORS: dict[str, Executor] = {"noop": run_noop, "sleep": run_sleep, "fail": run_fail, "shell": run_shell}
-KNOWN_EXECUTORS: tuple[str, ...] = tuple(EXECUTORS)
 
 
 def get_executor(name: str, shell_enabled: bool) -> Executor:

@@ -1,6 +1,6 @@
 """Run one worker process: its ``/metrics`` endpoint, signal handling and the :class:`Worker` loop.
 
-    run_worker(cfg, "worker-3", concurrency=4)   # serves /metrics on 127.0.0.1:cfg.worker_http_port(3)
+    run_worker(cfg, "worker-3", concurrency=4)   # serves /metrics on cfg.host:cfg.worker_http_port(3)
 
 SIGTERM or SIGINT sets the stop event: the batch in hand is finished and acknowledged, unprocessed prefetched
 deliveries go back to the queue, and the function returns 0 — or ends the process at once with status 0 when a
@@ -17,9 +17,11 @@ import threading
 
 from prometheus_client import start_http_server
 
-from node.config import HOST, Config
+from node.config import Config
 from node.errors import ServiceError
-from node.worker.worker import Worker
+from node.metrics import WORKER_REGISTRY, expose_worker_series
+from node.model.builtin import builtin_kinds
+from node.worker.worker import DEPENDENCIES, Worker
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,12 @@ def run_worker(cfg: Config, worker_id: str, concurrency: int) -> int:
     else:
         port = cfg.worker_http_port(number)
         try:
-            server, _thread = start_http_server(port, addr=HOST)
+            expose_worker_series(builtin_kinds(), DEPENDENCIES)
+            server, _thread = start_http_server(port, addr=cfg.host, registry=WORKER_REGISTRY)
         except OSError as exc:
-            raise ServiceError(f"{worker_id}: cannot serve /metrics on {HOST}:{port} ({exc.strerror}); "
+            raise ServiceError(f"{worker_id}: cannot serve /metrics on {cfg.host}:{port} ({exc.strerror}); "
                                f"is another {worker_id} running?") from None
-        log.info("worker: %s serves /metrics on http://%s:%d/metrics", worker_id, HOST, port)
+        log.info("worker: %s serves /metrics on http://%s:%d/metrics", worker_id, cfg.host, port)
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda _signum, _frame: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -31,43 +31,51 @@ import zlib
 from collections import Counter
 from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import cast
 
-import pymysql
 from pika.adapters.blocking_connection import BlockingConnection
 
 from node.config import Config
-from node.errors import MalformedMessage, ServiceError, UsageError
-from node.metrics import BATCH_SIZE, DEAD_LETTERS, DEPENDENCY_UP, TASK_LATENCY, TASKS
+from node.errors import DependencyError, MalformedMessage, UsageError
+from node.metrics import (
+    DEAD_LETTERS,
+    DEPENDENCY_UP,
+    WORKER_BATCH_SIZE,
+    WORKER_EXECUTION_SECONDS,
+    WORKER_EXECUTIONS,
+    WORKER_IN_PROGRESS,
+)
+from node.model.messages import Outcome as OutcomeName
 from node.model.messages import TaskRequest, TaskResponse
+from node.retry import RECONNECT, RESUME, call
 from node.stores.ledger import Finish, Key, Ledger, LedgerRow, Start
+from node.stores.ports import Consumer, Publisher
 from node.stores.queues import REQUESTS, RESPONSES
 from node.stores.rabbit import (
-    CONNECTION_ERRORS,
     BatchConsumer,
     BatchPublisher,
     Delivery,
     connect,
     dead_letter,
-    ensure_topology,
+    pump,
 )
 from node.worker.executors import ExecutionContext, ExecutorFailure, get_executor
+from node.worker.ports import ExecutionLedger
 
 log = logging.getLogger(__name__)
 
-#: failures of a dependency: the worker reconnects and carries on (the batch in hand is redelivered)
-DEPENDENCY_ERRORS = (*CONNECTION_ERRORS, ServiceError, pymysql.MySQLError)
 MAX_ID_CHARS = 64  # ledger columns experiment_id, task, worker
 MAX_ERROR_CHARS = 512  # ledger column error
 MAX_RESULT_BYTES = 60_000  # ledger column result (TEXT: 65,535 bytes)
 POLL_S = 0.05  # longest wait without pumping AMQP events (heartbeats) or checking timeouts
-CONNECT_RETRY_S = 5.0  # one bounded connect attempt; repeated while the worker is not stopped
+DEPENDENCIES = ("rabbitmq", "mariadb")  # the services of the worker's haorch_dependency_up
 
 
 @dataclass
 class Outcome:
     """How one execution ended."""
 
-    outcome: str  # "success" | "failure"
+    outcome: OutcomeName
     result: dict | None
     error: str | None
     started_at: float
@@ -99,9 +107,11 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 
 class Worker:
-    """Consumes ``haorch.requests``, executes, publishes to ``haorch.responses``; see the module docstring."""
+    """Consumes ``haorch.requests``, executes, publishes to ``haorch.responses``; see the module docstring.
 
-    def __init__(self, cfg: Config, worker_id: str, concurrency: int) -> None:
+    ``ledger`` defaults to the MariaDB ledger (unit tests pass an in-memory one)."""
+
+    def __init__(self, cfg: Config, worker_id: str, concurrency: int, ledger: ExecutionLedger | None = None) -> None:
         if not worker_id or len(worker_id) > MAX_ID_CHARS:
             raise UsageError(f"worker id must be 1..{MAX_ID_CHARS} characters, got {worker_id!r}")
         if concurrency < 1:
@@ -109,11 +119,12 @@ class Worker:
         self.cfg = cfg
         self.worker_id = worker_id
         self.concurrency = concurrency
-        self.ledger = Ledger(cfg, idle=self._idle)
+        self._stop = threading.Event()
+        self.ledger: ExecutionLedger = ledger if ledger is not None else Ledger(
+            cfg, idle=self._idle, stop=lambda: self._stop.is_set())
         self.executed = 0
         self.replayed = 0
         self.dead_lettered = 0
-        self._stop = threading.Event()
         self._pool = self._new_pool()
         self._conn: BlockingConnection | None = None
         self._consumer: BatchConsumer | None = None
@@ -133,17 +144,9 @@ class Worker:
         log.info("worker: %s started concurrency=%d batch=%d prefetch=%d", self.worker_id, self.concurrency,
                  self.cfg.batch_size, self.cfg.worker_prefetch)
         try:
-            while not stop.is_set():
-                try:
-                    if self._open():
-                        self._serve()
-                except DEPENDENCY_ERRORS as exc:
-                    if stop.is_set():
-                        break
-                    log.warning("worker: %s lost a dependency (%s); reconnecting", self.worker_id,
-                                one_line(f"{type(exc).__name__}: {exc}", 200))
-                    self._close()
-                    stop.wait(0.5)
+            call(RESUME, self._serve, what=None, retry_on=Exception, stop=stop, on_failure=self._lost_dependency)
+        except Exception:  # noqa: BLE001 - logged by _lost_dependency
+            pass  # stopped while failing
         finally:
             self._close()
             self.ledger.close()
@@ -151,36 +154,37 @@ class Worker:
         log.info("worker: %s stopped executed=%d replayed=%d dead_lettered=%d", self.worker_id, self.executed,
                  self.replayed, self.dead_lettered)
 
-    def _open(self) -> bool:
-        """Connect to RabbitMQ, retrying while not stopped; False if stopped first."""
-        warned = False
-        while not self._stop.is_set():
-            try:
-                conn = connect(self.cfg, self.worker_id, retry_for_s=CONNECT_RETRY_S)
-            except ServiceError as exc:
-                DEPENDENCY_UP.labels(service="rabbitmq").set(0)
-                if not warned:
-                    log.warning("worker: %s: %s; still retrying", self.worker_id, exc)
-                    warned = True
-                continue
-            DEPENDENCY_UP.labels(service="rabbitmq").set(1)
-            self._conn = conn
-            ensure_topology(self.cfg, conn)
-            self._publisher = BatchPublisher(conn)
-            self._consumer = BatchConsumer(conn, [REQUESTS], prefetch=self.cfg.worker_prefetch)
-            self._consumer.start()
-            if warned:
-                log.info("worker: %s connected to rabbitmq again", self.worker_id)
-            return True
-        return False
+    def _lost_dependency(self, exc: BaseException) -> None:
+        """After a failure of the serving loop (a dependency, or an unexpected error: logged with its traceback):
+        drop the connection (the batch in hand is redelivered) and serve again."""
+        if self._stop.is_set():
+            pass
+        elif isinstance(exc, DependencyError):
+            log.warning("worker: %s lost a dependency (%s); reconnecting", self.worker_id, one_line(str(exc), 200))
+        else:
+            log.error("worker: %s batch failed (%s); reconnecting", self.worker_id, type(exc).__name__, exc_info=exc)
+        self._close()
+
+    def _open(self) -> None:
+        """Connect to RabbitMQ, retrying until stopped (then DependencyError), and start consuming."""
+        conn = connect(self.cfg, self.worker_id, RECONNECT, stop=self._stop,
+                       on_failure=lambda _exc: DEPENDENCY_UP.labels(service="rabbitmq").set(0))
+        DEPENDENCY_UP.labels(service="rabbitmq").set(1)
+        self._conn = conn
+        self._publisher = BatchPublisher(conn)
+        self._consumer = BatchConsumer(conn, [REQUESTS], prefetch=self.cfg.worker_prefetch)
+        self._consumer.start()
 
     def _serve(self) -> None:
+        """Connect, then answer batches until stopped."""
+        self._open()
         assert self._consumer is not None
         while not self._stop.is_set():
             batch = self._consumer.next_batch(max_n=self.cfg.batch_size, max_wait_s=0.1,
                                               linger_s=self.cfg.batch_wait_ms / 1000)
             if batch:
-                self._handle_batch(batch)
+                assert self._publisher is not None
+                self.handle_batch(batch, self._publisher, self._consumer)
         self._consumer.stop()
 
     def _close(self) -> None:
@@ -193,33 +197,30 @@ class Worker:
                 pass
 
     def _idle(self, seconds: float) -> None:
-        """Wait between ledger retries while keeping the AMQP connection alive; give up once stopped."""
+        """Wait between ledger retries while keeping the AMQP connection alive."""
         DEPENDENCY_UP.labels(service="mariadb").set(0)
-        if self._stop.is_set():
-            raise ServiceError("stopping while mariadb is unavailable")
         if self._conn is not None and self._conn.is_open:
-            self._conn.sleep(seconds)
+            pump(self._conn, seconds)
         else:
             self._stop.wait(seconds)
 
     # --- one batch ----------------------------------------------------------------------------
-    def _handle_batch(self, batch: list[Delivery]) -> None:
-        """Answer every delivery of ``batch`` durably, then acknowledge it."""
-        assert self._publisher is not None and self._consumer is not None
-        BATCH_SIZE.observe(len(batch))
+    def handle_batch(self, batch: list[Delivery], publisher: Publisher, consumer: Consumer) -> None:
+        """Answer every delivery of ``batch`` durably on ``publisher``, then acknowledge it on ``consumer``."""
+        WORKER_BATCH_SIZE.observe(len(batch))
         requests = []
         for delivery in batch:
             try:
                 requests.append(decode_request(delivery.body))
             except MalformedMessage as exc:
-                dead_letter(self._publisher, delivery, exc.reason)
+                dead_letter(publisher, delivery, exc.reason)
                 DEAD_LETTERS.inc()
                 self.dead_lettered += 1
         if requests:
             responses = self._answer(requests)
             DEPENDENCY_UP.labels(service="mariadb").set(1)
-            self._publisher.publish_batch(RESPONSES, [r.encode() for r in responses])
-        self._consumer.ack_through(batch[-1].tag)
+            publisher.publish_batch(RESPONSES, [r.encode() for r in responses])
+        consumer.ack_through(batch[-1].tag)
 
     def _answer(self, requests: list[TaskRequest]) -> list[TaskResponse]:
         """The response to each request, in order: replayed from the ledger or executed now."""
@@ -235,12 +236,12 @@ class Worker:
                                  for r in runs])
         outcomes = self._execute(runs)
         self.ledger.finish([Finish(row_id, o.ended_at, o.outcome, o.result, o.error, o.started_at)
-                            for row_id, o in zip(ids, outcomes)])
+                            for row_id, o in zip(ids, outcomes, strict=True)])
         self._account(runs, outcomes)
         if self._lost is not None:
             lost, self._lost = self._lost, None
             raise lost
-        executed = {request_key(r): (row_id, o) for r, row_id, o in zip(runs, ids, outcomes)}
+        executed = {request_key(r): (row_id, o) for r, row_id, o in zip(runs, ids, outcomes, strict=True)}
 
         responses, replayed_ids, answered = [], [], set()
         for request in requests:
@@ -264,16 +265,16 @@ class Worker:
 
     def _response(self, request: TaskRequest, outcome: Outcome) -> TaskResponse:
         return TaskResponse(experiment_id=request.experiment_id, task=request.task, attempt=request.attempt,
-                            outcome=outcome.outcome, result=outcome.result, error=outcome.error,  # type: ignore[arg-type]
+                            outcome=outcome.outcome, result=outcome.result, error=outcome.error,
                             worker=self.worker_id, started_at=outcome.started_at, ended_at=outcome.ended_at)
 
     def _account(self, runs: list[TaskRequest], outcomes: list[Outcome]) -> None:
         """Metrics and log lines for executed tasks (successes only at DEBUG: thousands per second)."""
         counts: Counter[tuple[str, str]] = Counter()
         debug = log.isEnabledFor(logging.DEBUG)
-        for request, outcome in zip(runs, outcomes):
+        for request, outcome in zip(runs, outcomes, strict=True):
             counts[(request.kind, outcome.outcome)] += 1
-            TASK_LATENCY.observe(outcome.seconds)
+            WORKER_EXECUTION_SECONDS.observe(outcome.seconds)
             if outcome.outcome != "success":
                 log.info("worker: executed exp=%s task=%s attempt=%d outcome=%s error=%s", request.experiment_id,
                          request.task, request.attempt, outcome.outcome, outcome.error)
@@ -281,7 +282,7 @@ class Worker:
                 log.debug("worker: executed exp=%s task=%s attempt=%d outcome=%s seconds=%.4f",
                           request.experiment_id, request.task, request.attempt, outcome.outcome, outcome.seconds)
         for (kind, outcome_name), n in counts.items():
-            TASKS.labels(kind=kind, outcome=outcome_name).inc(n)
+            WORKER_EXECUTIONS.labels(kind=kind, outcome=outcome_name).inc(n)
         self.executed += len(runs)
 
     # --- execution ----------------------------------------------------------------------------
@@ -322,7 +323,7 @@ class Worker:
                      abandoned)
             self._pool.shutdown(wait=False)
             self._pool = self._new_pool()
-        return outcomes  # type: ignore[return-value]
+        return cast(list[Outcome], outcomes)  # the loop ends only once every slot is filled
 
     def _pump(self) -> None:
         """Serve AMQP heartbeats while tasks run. A lost connection is remembered, not raised: the tasks in hand
@@ -330,10 +331,11 @@ class Worker:
         if self._conn is None or self._lost is not None:
             return
         try:
-            self._conn.process_data_events(time_limit=0)
-        except CONNECTION_ERRORS as exc:
+            pump(self._conn)
+        except DependencyError as exc:
             self._lost = exc
 
+    @WORKER_IN_PROGRESS.track_inprogress()
     def _run_one(self, request: TaskRequest, began: list[float | None], index: int) -> Outcome:
         """Execute one request (on a pool thread); never raises."""
         began[index] = t0 = time.monotonic()

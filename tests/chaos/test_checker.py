@@ -14,18 +14,18 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pymysql
 import pytest
 
-from chaos_tests.checker import KINDS, Report, check
 from node import cluster
 from node.config import Config
 from node.experiments import Experiments
 from node.paths import REPO_ROOT
-from node.stack.mariadb import mysql_connect_args
-from node.stack.neo4j import neo4j_driver
+from node.stores.connect import mysql_connect_args, neo4j_driver
+from node.verify import KINDS, Report, Scope, check
 
 pytestmark = pytest.mark.stack
 
@@ -38,7 +38,7 @@ class Planter:
     """Writes planted experiments straight into MariaDB and Neo4j, and removes them again."""
 
     def __init__(self, cfg: Config) -> None:
-        self.db = pymysql.connect(**mysql_connect_args(cfg))  # type: ignore[arg-type]
+        self.db = pymysql.connect(**mysql_connect_args(cfg))
         self.driver = neo4j_driver(cfg)
         self.ids: list[str] = []
         self.epochs: list[int] = []
@@ -52,8 +52,11 @@ class Planter:
 
     def experiment(self, state: str = "COMPLETED", neo4j_state: str | None = None,
                    tasks: tuple[str, ...] = ("a", "b"), edges: tuple[tuple[str, str], ...] = (("b", "a"),),
-                   finished: dict[str, float] | None = None, flags: dict[str, int] | None = None) -> str:
-        """An experiment in both stores; tasks SUCCEEDED (flags 1) with ``finished`` times; edges (succ, pred)."""
+                   finished: dict[str, float] | None = None, flags: dict[str, int] | None = None,
+                   successes: bool = True) -> str:
+        """An experiment in both stores; tasks SUCCEEDED (flags 1) with ``finished`` times; edges (succ, pred).
+        ``successes``: also each task's SUCCEEDED transition at its finished time (the stores agree on every
+        success); :meth:`chain` writes a whole history instead."""
         experiment_id = f"plant-{uuid.uuid4().hex[:12]}"
         self.ids.append(experiment_id)
         self.sql("INSERT INTO experiments (experiment_id, type, template_version, state, params, created_at, "
@@ -71,6 +74,9 @@ class Planter:
         self.driver.execute_query(
             "UNWIND $edges AS e MATCH (s:Task {key: $id + '/' + e[0]}), (p:Task {key: $id + '/' + e[1]}) "
             "CREATE (s)-[:DEPENDS_ON]->(p)", id=experiment_id, edges=[list(e) for e in edges])
+        if successes:
+            self.transitions([(experiment_id, n, "SUCCEEDED", 1, self.epoch, self.node, finished.get(n, T0))
+                              for n in tasks])
         return experiment_id
 
     def transitions(self, rows: list[tuple]) -> None:
@@ -93,7 +99,7 @@ class Planter:
         ``overrides`` replace rows by name: a_dispatched, a_succeeded, b_dispatched, b_succeeded, done, a_start,
         b_start (None drops a row)."""
         e, n = self.epoch, self.node
-        experiment_id = self.experiment(finished={"a": t0 + 1, "b": t0 + 2})
+        experiment_id = self.experiment(finished={"a": t0 + 1, "b": t0 + 2}, successes=False)
         rows = {"a_dispatched": (experiment_id, "a", "DISPATCHED", 1, e, n, t0),
                 "a_succeeded": (experiment_id, "a", "SUCCEEDED", 1, e, n, t0 + 1),
                 "b_dispatched": (experiment_id, "b", "DISPATCHED", 1, e, n, t0 + 1),
@@ -168,7 +174,7 @@ def test_clean_run_of_every_type_passes(running_cluster: Config) -> None:
         rows = exps.wait(ids, timeout_s=120)
     assert {r["state"] for r in rows} == {"COMPLETED"}
 
-    for report in (check(cfg, experiment_ids=ids), check(cfg, since=since)):
+    for report in (check(cfg, Scope(experiment_ids=ids)), check(cfg, Scope(since=since))):
         assert report.ok, report.to_markdown()
         assert report.violations == []
         assert report.experiments == len(ids) and report.states == {"COMPLETED": len(ids)}
@@ -193,27 +199,27 @@ def test_planted_baseline_is_clean(plant: Planter, stack: Config) -> None:
                            b_dispatched=("b", "REDISPATCHED", 1, new, "plant-new", t0 + 1),
                            b_succeeded=("b", "SUCCEEDED", 1, new, "plant-new", t0 + 2),
                            done=(None, "COMPLETED", 0, new, "plant-new", t0 + 2)))
-    report = check(stack, experiment_ids=ids)
+    report = check(stack, Scope(experiment_ids=ids))
     assert report.ok, report.to_markdown()
     assert report.experiments == 2 and report.tasks == 4 and report.epochs == 2 and report.executions == 4
 
 
 def test_lost_work_is_named(plant: Planter, stack: Config) -> None:
     lost = plant.experiment(state="RUNNING", finished={"a": T0 + 1, "b": T0 + 2})
-    report = check(stack, experiment_ids=[lost])
+    report = check(stack, Scope(experiment_ids=[lost]))
     assert kinds(report) == {"lost_work"}
     assert report.violations[0].experiment_id == lost and "RUNNING" in report.violations[0].detail
 
 
 def test_state_mismatch_is_named(plant: Planter, stack: Config) -> None:
     odd = plant.experiment(state="COMPLETED", neo4j_state="FAILED", finished={"a": T0 + 1, "b": T0 + 2})
-    assert kinds(check(stack, experiment_ids=[odd])) == {"state_mismatch"}
+    assert kinds(check(stack, Scope(experiment_ids=[odd]))) == {"state_mismatch"}
 
 
 def test_second_succeeded_transition_is_double_advancement(plant: Planter, stack: Config) -> None:
     experiment_id = plant.chain()
     plant.transitions([(experiment_id, "a", "SUCCEEDED", 1, plant.epoch, plant.node, T0 + 1.5)])
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert kinds(report) == {"double_advancement"}
     assert f"{experiment_id}/a has 2 SUCCEEDED" in report.violations[0].detail
 
@@ -221,7 +227,7 @@ def test_second_succeeded_transition_is_double_advancement(plant: Planter, stack
 def test_neo4j_flags_two_is_double_flag(plant: Planter, stack: Config) -> None:
     experiment_id = plant.chain()
     plant.driver.execute_query("MATCH (t:Task {key: $key}) SET t.flags = 2", key=f"{experiment_id}/a")
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert kinds(report) == {"double_flag"}
     assert "flagged executed 2 times" in report.violations[0].detail
 
@@ -230,20 +236,20 @@ def test_successor_dispatched_twice_is_double_dispatch(plant: Planter, stack: Co
     experiment_id = plant.chain()
     plant.transitions([(experiment_id, "b", "DISPATCHED", 1, plant.epoch, plant.node, T0 + 1.2),
                        (experiment_id, "b", "REDISPATCHED", 1, plant.epoch, plant.node, T0 + 1.3)])
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert kinds(report) == {"double_dispatch"} and len(report.violations) == 1
 
 
 def test_successor_dispatched_before_predecessor_succeeded_is_order(plant: Planter, stack: Config) -> None:
     experiment_id = plant.chain(b_dispatched=("b", "DISPATCHED", 1, plant.epoch, plant.node, T0 + 0.5))
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert kinds(report) == {"order_dispatch"}
     assert f"{experiment_id}/b was first dispatched at" in report.violations[0].detail
 
 
 def test_ledger_start_before_predecessor_succeeded_is_order(plant: Planter, stack: Config) -> None:
     experiment_id = plant.chain(b_start=("b", 1, "worker-7", T0 + 0.5))
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert kinds(report) == {"order_start"}
     assert "started on worker-7" in report.violations[0].detail
 
@@ -252,7 +258,7 @@ def test_successor_of_a_never_succeeded_predecessor_is_order(plant: Planter, sta
     experiment_id = plant.chain(a_succeeded=None)
     plant.driver.execute_query("MATCH (t:Task {key: $key}) SET t.executed = false, t.status = 'FAILED'",
                                key=f"{experiment_id}/a")
-    assert kinds(check(stack, experiment_ids=[experiment_id])) == {"order_dispatch", "order_start"}
+    assert kinds(check(stack, Scope(experiment_ids=[experiment_id]))) == {"order_dispatch", "order_start"}
 
 
 def test_stale_epoch_after_newer_epoch_acted_is_fencing(plant: Planter, stack: Config) -> None:
@@ -261,15 +267,22 @@ def test_stale_epoch_after_newer_epoch_acted_is_fencing(plant: Planter, stack: C
                                 b_dispatched=("b", "DISPATCHED", 1, new, "plant-new", T0 + 1),
                                 done=(None, "COMPLETED", 0, new, "plant-new", T0 + 2))
     # b_succeeded stays with the old epoch at T0 + 2: after epoch+1 had acted at T0 + 1
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert kinds(report) == {"fencing"} and len(report.violations) == 1
     assert f"epoch {plant.epoch}" in report.violations[0].detail and f"epoch {new} had acted" in \
         report.violations[0].detail
 
 
+def test_executed_task_without_a_succeeded_transition_is_success_mismatch(plant: Planter, stack: Config) -> None:
+    experiment_id = plant.chain(b_succeeded=None)
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
+    assert kinds(report) == {"success_mismatch"}
+    assert report.violations[0].detail.startswith(f"{experiment_id}/b: executed in Neo4j with 0 SUCCEEDED")
+
+
 def test_two_nodes_in_one_epoch_is_named(plant: Planter, stack: Config) -> None:
     experiment_id = plant.chain(b_succeeded=("b", "SUCCEEDED", 1, plant.epoch, "plant-other", T0 + 2))
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert kinds(report) == {"one_leader_per_epoch"}
     assert "plant-node" in report.violations[0].detail and "plant-other" in report.violations[0].detail
 
@@ -277,7 +290,7 @@ def test_two_nodes_in_one_epoch_is_named(plant: Planter, stack: Config) -> None:
 def test_transitions_by_another_node_than_the_leader_term_is_named(plant: Planter, stack: Config) -> None:
     experiment_id = plant.chain()
     plant.leader_term(plant.epoch, "plant-elected")
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert kinds(report) == {"one_leader_per_epoch"}
     assert "leader_terms says plant-elected" in report.violations[0].detail
 
@@ -286,7 +299,7 @@ def test_duplicate_executions_are_counted_not_violations(plant: Planter, stack: 
     experiment_id = plant.chain()
     plant.ledger([(experiment_id, "b", 1, "worker-2", T0 + 1.2), (experiment_id, "b", 1, "worker-3", T0 + 1.3)])
     plant.sql("UPDATE ledger SET replayed_count = 2 WHERE experiment_id = %s AND task = 'a'", [(experiment_id,)])
-    report = check(stack, experiment_ids=[experiment_id])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert report.ok, report.to_markdown()
     assert (report.duplicate_executions, report.duplicate_rows, report.replays) == (1, 2, 2)
     assert report.to_dict()["duplicate_executions"] == 1

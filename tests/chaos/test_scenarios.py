@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from scenario_checks import assert_ok, run_short
 
 from chaos_tests import faults, report, scenarios
-from scenario_checks import assert_ok, run_short
 from node import cluster
 from node.config import Config, with_overrides
 from node.stack import manager

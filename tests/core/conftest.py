@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
 from core_harness import CLUSTER_ENV, WORKERS, free_worker_numbers, start_workers
+
 from node import cluster as cluster_ops
 from node.config import Config, load_config
 

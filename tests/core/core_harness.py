@@ -17,14 +17,12 @@ import yaml
 
 from node import cluster
 from node.config import Config
+from node.model.states import TERMINAL_EXPERIMENT_STATES as TERMINAL
 from node.paths import REPO_ROOT
-from node.stack.mariadb import mysql_connect_args
-from node.stack.neo4j import neo4j_driver
-from node.stack.rabbitmq import amqp_parameters
+from node.stores.connect import amqp_parameters, mysql_connect_args, neo4j_driver
 
 #: settings of the cluster processes in these tests (passed as HAORCH_<NAME> environment variables)
 CLUSTER_ENV = {"HAORCH_TASK_TIMEOUT_GRACE_S": "0.5", "HAORCH_SWEEP_INTERVAL_S": "0.2"}
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 def unique(prefix: str) -> str:
@@ -78,7 +76,7 @@ def wait_all(cfg: Config, ids: list[str], timeout_s: float = 60.0) -> dict[str, 
 
 # --- MariaDB -------------------------------------------------------------------------------------------------
 def query(cfg: Config, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-    conn = pymysql.connect(**mysql_connect_args(cfg))  # type: ignore[arg-type]
+    conn = pymysql.connect(**mysql_connect_args(cfg))
     try:
         with conn.cursor(pymysql.cursors.DictCursor) as cur:
             cur.execute(sql, args)
@@ -179,7 +177,7 @@ def free_worker_numbers(cfg: Config, n: int) -> list[int]:
     from node.stack.service import port_in_use
 
     found = [i for i in range(1, 100) if cluster.worker_process(cfg, i).alive() or not port_in_use(
-        cfg.worker_http_port(i))][:n]
+        cfg.host, cfg.worker_http_port(i))][:n]
     assert len(found) == n, "no free worker ports"
     return found
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from core_harness import cli, cypher, query, register
+
 from node.config import Config
 
 pytestmark = pytest.mark.stack
 
 
-def _one_line(done, *words: str) -> str:  # type: ignore[no-untyped-def]
+def _one_line(done, *words: str) -> str:
     assert done.returncode == 2, f"exit {done.returncode}, stderr: {done.stderr!r}"
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"

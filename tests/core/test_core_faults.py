@@ -7,9 +7,27 @@ import time
 from pathlib import Path
 
 import pytest
-
-from core_harness import (assert_completed_in_order, cli_ok, dag_tasks, experiment_states, metric, publish, purge, query, register, start_workers, stop_workers, submit, take, task_rows, transitions, unique, wait_all)
+from core_harness import (
+    assert_completed_in_order,
+    cli_ok,
+    dag_tasks,
+    experiment_states,
+    metric,
+    publish,
+    purge,
+    query,
+    register,
+    start_workers,
+    stop_workers,
+    submit,
+    take,
+    task_rows,
+    transitions,
+    unique,
+    wait_all,
+)
 from polling import wait_until
+
 from node import cluster as cluster_ops
 from node.config import Config
 from node.experiments import Experiments
@@ -89,7 +107,7 @@ def test_malformed_messages_are_dead_lettered_and_the_loop_goes_on(workers: Conf
     publish(cfg, RESPONSES, *bad)
     publish(cfg, SUBMISSIONS, b"not a notice")
     got = take(cfg, DEAD, 5, timeout_s=15)
-    assert sorted(body for _p, body in got) == sorted(bad + [b"not a notice"])
+    assert sorted(body for _p, body in got) == sorted([*bad, b"not a notice"])
     reasons = {body: props.headers.get("x-haorch-reason") for props, body in got}
     assert all(reasons.values()), reasons
     assert reasons[b"\xff\xfe\x00 garbage"] == "not UTF-8"

@@ -11,9 +11,26 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from core_harness import (assert_completed_in_order, cli, cli_json, cli_ok, cypher, dag_tasks, experiment_states, metric, query, queue_depth, register, submit, task_rows, transitions, unique, wait_all)
+from core_harness import (
+    assert_completed_in_order,
+    cli,
+    cli_json,
+    cli_ok,
+    cypher,
+    dag_tasks,
+    experiment_states,
+    metric,
+    query,
+    queue_depth,
+    register,
+    submit,
+    task_rows,
+    transitions,
+    unique,
+    wait_all,
+)
 from polling import wait_until
+
 from node.config import Config
 from node.experiments import Experiments
 from node.stores.queues import REQUESTS, RESPONSES, SUBMISSIONS

@@ -14,17 +14,17 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from polling import wait_until
+from scenario_checks import assert_ok, run_short
 
 from chaos_tests import faults
 from node import cluster, deployment
 from node.config import Config, load_config
 from node.paths import REPO_ROOT
-from polling import wait_until
-from scenario_checks import assert_ok, run_short
 
 pytestmark = [pytest.mark.stack, pytest.mark.docker]
 

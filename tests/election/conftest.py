@@ -11,10 +11,9 @@ import os
 import shutil
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-
 from election_harness import Candidate, Ensemble, Link, TcpProxy, start_own_ensemble  # first: puts the repo on sys.path
 
 from election import LeaderElection, make_client

@@ -3,6 +3,7 @@ TCP proxies that partition one client off it, and candidates that record their c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
@@ -11,9 +12,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # an editable install made before election/ had files maps it as a namespace
@@ -65,22 +66,21 @@ class Ensemble:
     def start_member(self, n: int) -> None:
         assert self.workdir is not None
         member_dir = self.workdir / f"z{n}"
-        log = open(member_dir / "stdout.log", "ab")
-        self.procs[n] = subprocess.Popen(
-            [
-                "java",
-                "-Xmx128m",
-                f"-Dzookeeper.log.dir={member_dir}",
-                "-cp",
-                f"{ZK_CONF_DIR}:{ZK_JAR}",
-                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
-                str(self.workdir / f"z{n}.cfg"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        with open(member_dir / "stdout.log", "ab") as log:
+            self.procs[n] = subprocess.Popen(
+                [
+                    "java",
+                    "-Xmx128m",
+                    f"-Dzookeeper.log.dir={member_dir}",
+                    "-cp",
+                    f"{ZK_CONF_DIR}:{ZK_JAR}",
+                    "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                    str(self.workdir / f"z{n}.cfg"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def kill_member(self, n: int) -> None:
         proc = self.procs.pop(n)
@@ -191,10 +191,8 @@ class TcpProxy:
         for sock in socks:
             with self._lock:
                 self._socks.discard(sock)
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def _drop_all(self) -> None:

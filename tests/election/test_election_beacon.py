@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from election_harness import REPO_ROOT, first_elected, wait_until
 
 from election import LeaderBeacon
@@ -58,7 +57,7 @@ def test_killed_leader_is_replaced_before_its_session_expires(beacon_leader, mak
     try:
         killed_at = time.monotonic()
         proc.kill()
-        new, elected_at, epoch = first_elected(cands, killed_at, SESSION_TIMEOUT_S)
+        _new, elected_at, epoch = first_elected(cands, killed_at, SESSION_TIMEOUT_S)
         failover = elected_at - killed_at
         print(f"\nkill -9 fail-over with the beacon at session timeout {SESSION_TIMEOUT_S}s: {failover * 1000:.0f} ms")
         assert epoch > old_epoch
@@ -75,7 +74,7 @@ def test_frozen_leader_keeps_its_beacon_so_only_session_expiry_replaces_it(beaco
     try:
         frozen_at = time.monotonic()
         proc.send_signal(signal.SIGSTOP)
-        new, elected_at, epoch = first_elected(cands, frozen_at, SESSION_TIMEOUT_S + 5.0)
+        _new, elected_at, epoch = first_elected(cands, frozen_at, SESSION_TIMEOUT_S + 5.0)
         waited = elected_at - frozen_at
         print(f"\nSIGSTOP fail-over with the beacon at session timeout {SESSION_TIMEOUT_S}s: {waited * 1000:.0f} ms")
         assert waited > SESSION_TIMEOUT_S * 0.5, "a frozen leader's sockets stay open: no early takeover"

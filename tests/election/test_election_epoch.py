@@ -1,5 +1,6 @@
 """EpochCounter against a real ensemble: strictly increasing, unique, across clients and threads."""
 
+import itertools
 import threading
 
 from election import EpochCounter, make_client
@@ -29,7 +30,7 @@ def test_next_is_unique_and_increasing_across_clients_and_threads(zk, paths):
         assert len(set(values)) == len(values), "an epoch was handed out twice"
         assert min(values) >= 1
         for seq in results.values():
-            assert all(a < b for a, b in zip(seq, seq[1:])), f"not increasing within a thread: {seq}"
+            assert all(a < b for a, b in itertools.pairwise(seq)), f"not increasing within a thread: {seq}"
         assert counters[1].current() == max(values)
         assert counters[2].next() > max(values)
     finally:

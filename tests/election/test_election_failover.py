@@ -9,9 +9,8 @@ import threading
 import time
 
 import pytest
-from kazoo.recipe.election import Election
-
 from election_harness import REPO_ROOT, first_elected, wait_until
+from kazoo.recipe.election import Election
 
 CANDIDATE = REPO_ROOT / "tests" / "election" / "candidate_proc.py"
 

@@ -3,10 +3,10 @@
 import time
 
 import pytest
+from election_harness import first_elected, wait_until
 from kazoo.recipe.election import Election
 
 from election import SessionState
-from election_harness import first_elected, wait_until
 
 
 def contenders(cand):

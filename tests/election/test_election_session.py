@@ -3,9 +3,9 @@
 import time
 
 import pytest
+from election_harness import Link, TcpProxy, wait_until
 
 from election import SessionState, SessionWatcher, ZooKeeperUnavailableError, make_client
-from election_harness import Link, TcpProxy, wait_until
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def proxied_client(zk):
 
 def test_make_client_fails_fast_with_a_clear_error():
     started = time.monotonic()
-    with pytest.raises(ZooKeeperUnavailableError, match="not reachable within 0.5s"):
+    with pytest.raises(ZooKeeperUnavailableError, match=r"not reachable within 0\.5s"):
         make_client("127.0.0.1:1", 1.0, "nowhere", start_timeout_s=0.5)
     assert time.monotonic() - started < 3.0
 

@@ -6,18 +6,18 @@ The cluster runs with a 1 s ZooKeeper session so that a frozen or crashed leader
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import pytest
-
 from ha_harness import restore_nodes
 from polling import wait_until
+
 from node import cluster
-from node.audit import Audit
 from node.config import Config, with_overrides
 from node.experiments import Experiments
 from node.load import Load
+from node.stores.records import Records
 
 SESSION_TIMEOUT_S = 1.0
 
@@ -26,7 +26,7 @@ SESSION_TIMEOUT_S = 1.0
 class HA:
     cfg: Config
     exps: Experiments
-    audit: Audit
+    records: Records
     started_at: float = 0.0
     loads: list[Load] = field(default_factory=list)
 
@@ -49,12 +49,12 @@ def ha(stack: Config) -> Iterator[HA]:
     cluster.down(cfg)  # a cluster another module left running has other settings (session timeout)
     started = time.time()
     cluster.up(cfg, nodes=3, workers=2, progress=lambda m: print(f"[cluster] {m}", flush=True))
-    audit = Audit(cfg)
+    records = Records(cfg, retry_for_s=30.0)
     try:
-        yield HA(cfg, exps, audit, started_at=started)
+        yield HA(cfg, exps, records, started_at=started)
     finally:
         cluster.down(cfg)
-        audit.close()
+        records.close()
         exps.close()
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import urllib.request
+from collections import Counter
 
-from chaos_tests.checker import check
 from chaos_tests.faults import established_sockets
 from node import cluster
-from node.audit import Audit
-from node.config import HOST, Config
+from node.config import Config
 from node.experiments import Experiments
 from node.load import Load
-from node.stack.process import wait_gone
+from node.runtime.process import wait_gone
+from node.verify import EXACTLY_ONCE_KINDS, Scope, check
 
 NODES = 3
 
@@ -36,7 +36,7 @@ def restart_when_gone(cfg: Config, row: dict, timeout_s: float = 15.0) -> None:
 
 def metric(cfg: Config, n: int, name: str) -> float:
     """Sum of the samples of ``name`` (no labels) on node-n's /metrics."""
-    with urllib.request.urlopen(f"http://{HOST}:{cfg.node_http_port(n)}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"{cfg.node_url(n)}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith(name + " ") or line.startswith(name + "{"))
@@ -59,13 +59,13 @@ def zk_member_of(cfg: Config, pid: int) -> set[int]:
     return {ports[remote] for _local, remote in established_sockets([pid], set(ports))}
 
 
-def finish(cfg: Config, exps: Experiments, audit: Audit, load: Load, timeout_s: float = 90.0) -> dict[str, str]:
+def finish(cfg: Config, exps: Experiments, load: Load, timeout_s: float = 90.0) -> dict[str, str]:
     """Wait for the load to be submitted and every experiment to end; assert the invariants; return states."""
     assert load.join(timeout_s), f"load not submitted after {timeout_s:g} s ({load.done}/{load.total})"
     rows = exps.wait(load.ids, timeout_s)
     states = {r["experiment_id"]: r["state"] for r in rows}
-    assert set(states.values()) == {"COMPLETED"}, {s: sum(1 for v in states.values() if v == s) for s in states.values()}
-    assert audit.double_advanced(load.ids) == []
-    report = check(cfg, experiment_ids=load.ids)
+    assert set(states.values()) == {"COMPLETED"}, Counter(states.values())
+    report = check(cfg, Scope(experiment_ids=load.ids))
+    assert report.of_kinds(EXACTLY_ONCE_KINDS) == []
     assert report.ok, report.to_markdown()
     return states

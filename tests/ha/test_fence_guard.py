@@ -14,7 +14,7 @@ import pytest
 
 from node.config import Config
 from node.leader.fence_guard import FenceGuard
-from node.stack.neo4j import neo4j_driver
+from node.stores.connect import neo4j_driver
 
 pytestmark = pytest.mark.stack
 

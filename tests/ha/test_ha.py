@@ -12,13 +12,16 @@ import signal
 import time
 
 import pytest
-
-from ha_harness import (finish, log_since, log_size, metric, number, restart_when_gone, restore_nodes, zk_member_of)
+from ha_harness import finish, log_since, log_size, metric, number, restart_when_gone, restore_nodes, zk_member_of
 from polling import wait_until
-from chaos_tests.checker import check
+
+from bench import probes
 from node import cluster
+from node.model.states import TERMINAL_EXPERIMENT_STATES
 from node.stack import manager
 from node.stack.zookeeper import zk_mode
+from node.verify import EXACTLY_ONCE_KINDS, Scope, check
+from node.verify.snapshot import read
 
 pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("three_nodes")]
 
@@ -35,13 +38,13 @@ def test_sigkill_leader_standby_takes_over_and_nothing_is_lost(ha) -> None:
     killed = cluster.kill_leader(ha.cfg, "KILL")
     new = _leader(ha.cfg, killed["epoch"])
     elected_s = time.time() - killed["at"]
-    first = wait_until(lambda: ha.audit.first_advance_after(killed["epoch"], killed["at"]), 20,
+    first = wait_until(lambda: ha.records.first_advance_after(killed["epoch"], killed["at"]), 20,
                        "the new leader never advanced")
     print(f"\nSIGKILL {killed['node_id']} epoch {killed['epoch']} -> {new['node_id']} epoch {new['epoch']}: "
           f"leader after {elected_s * 1000:.0f} ms, first advancement after {(first[2] - killed['at']) * 1000:.0f} ms")
     assert new["node_id"] != killed["node_id"] and new["epoch"] > killed["epoch"]
     restart_when_gone(ha.cfg, killed)
-    finish(ha.cfg, ha.exps, ha.audit, load)
+    finish(ha.cfg, ha.exps, load)
 
 
 def test_sigstop_past_session_timeout_old_leader_writes_nothing_and_rejoins(ha) -> None:
@@ -51,9 +54,9 @@ def test_sigstop_past_session_timeout_old_leader_writes_nothing_and_rejoins(ha) 
     n = number(frozen["node_id"])
     try:
         new = _leader(ha.cfg, frozen["epoch"])
-        fence = wait_until(lambda: (f := ha.audit.fence())[0] >= new["epoch"] and f, 20, "fence never raised")
+        fence = wait_until(lambda: (f := probes.fence(ha.cfg))[0] >= new["epoch"] and f, 20, "fence never raised")
         raised_at = fence[2]
-        wait_until(lambda: ha.audit.first_advance_after(frozen["epoch"], frozen["at"]), 20, "no advancement")
+        wait_until(lambda: ha.records.first_advance_after(frozen["epoch"], frozen["at"]), 20, "no advancement")
         time.sleep(1.0)  # the new leader keeps advancing while the old one is frozen
         offset = log_size(ha.cfg, n)
     finally:
@@ -61,9 +64,9 @@ def test_sigstop_past_session_timeout_old_leader_writes_nothing_and_rejoins(ha) 
     rejoined = wait_until(lambda: next((r for r in cluster.status(ha.cfg) if r["node_id"] == frozen["node_id"]
                                         and r["pid"] == frozen["pid"] and r["role"] == "standby"), None), 20,
                           f"{frozen['node_id']} did not rejoin as a standby")
-    finish(ha.cfg, ha.exps, ha.audit, load)
-    stale = ha.audit.query("SELECT COUNT(*) FROM transitions WHERE epoch = %s AND at > %s",
-                           (frozen["epoch"], raised_at))[0][0]
+    finish(ha.cfg, ha.exps, load)
+    stale = probes.query(ha.cfg, "SELECT COUNT(*) FROM transitions WHERE epoch = %s AND at > %s",
+                         (frozen["epoch"], raised_at))[0][0]
     rejections = metric(ha.cfg, n, "haorch_fence_rejections_total")
     text = log_since(ha.cfg, n, offset)
     revoked = "leadership revoked" in text or "stepping down" in text
@@ -85,7 +88,7 @@ def test_sigterm_hands_over_within_a_fraction_of_a_second(ha) -> None:
           f"in {handover_s * 1000:.0f} ms")
     assert handover_s < 3.0
     restart_when_gone(ha.cfg, stopped)
-    finish(ha.cfg, ha.exps, ha.audit, load)
+    finish(ha.cfg, ha.exps, load)
 
 
 def test_losing_one_zookeeper_member_changes_nothing(ha) -> None:
@@ -95,13 +98,13 @@ def test_losing_one_zookeeper_member_changes_nothing(ha) -> None:
     # a member that is neither the ensemble's leader nor the one the acting leader is connected to: losing it
     # must not disturb anybody's session (losing those would, by design, make the leader step down)
     linked = zk_member_of(ha.cfg, before["pid"])
-    choices = [m for m in (3, 2, 1) if zk_mode(ha.cfg.zk_client_port(m)) == "follower" and m not in linked]
+    choices = [m for m in (3, 2, 1) if zk_mode(ha.cfg.host, ha.cfg.zk_client_port(m)) == "follower" and m not in linked]
     member = manager.find_service(ha.cfg, f"zookeeper-{choices[0] if choices else 3}")
     load = ha.load(RATE, 40).start()
     try:
         wait_until(lambda: load.done >= 8, 30, "load did not start")
         member.stop()
-        finish(ha.cfg, ha.exps, ha.audit, load)
+        finish(ha.cfg, ha.exps, load)
         after = _leader(ha.cfg)
     finally:
         manager.up(ha.cfg)
@@ -121,11 +124,11 @@ def test_losing_zookeeper_quorum_stops_advancement_until_it_returns(ha) -> None:
         time.sleep(1.0)  # a batch in progress at the step-down finishes its MariaDB write
         load = ha.load(RATE, 20).start()
         assert load.join(60), "submissions must work without ZooKeeper"
-        mark = ha.audit.last_advance_id()
+        mark = probes.last_advance_id(ha.cfg)
         time.sleep(3.0)
         assert cluster.leader(ha.cfg) is None
-        assert ha.audit.last_advance_id() == mark, "transitions written without a ZooKeeper quorum"
-        pending = [s for s in ha.audit.states(load.ids).values() if s not in ("COMPLETED", "FAILED", "CANCELLED")]
+        assert probes.last_advance_id(ha.cfg) == mark, "transitions written without a ZooKeeper quorum"
+        pending = [s for s in ha.records.states(load.ids).values() if s not in TERMINAL_EXPERIMENT_STATES]
         assert pending, "no pending work to prove that advancement stopped"
     finally:
         back = time.monotonic()
@@ -133,7 +136,7 @@ def test_losing_zookeeper_quorum_stops_advancement_until_it_returns(ha) -> None:
     new = _leader(ha.cfg, timeout_s=30)
     print(f"\nquorum lost for >4 s with {len(pending)} experiments pending; leader {new['node_id']} epoch "
           f"{new['epoch']} {time.monotonic() - back:.1f} s after restarting the members")
-    finish(ha.cfg, ha.exps, ha.audit, load)
+    finish(ha.cfg, ha.exps, load)
 
 
 @pytest.mark.parametrize("service", ["mariadb", "neo4j"])
@@ -147,7 +150,7 @@ def test_restarting_a_store_under_load_loses_nothing(ha, service: str) -> None:
     finally:
         manager.up(ha.cfg)
     outage = time.monotonic() - t0
-    finish(ha.cfg, ha.exps, ha.audit, load, timeout_s=120)
+    finish(ha.cfg, ha.exps, load, timeout_s=120)
     rows = cluster.status(ha.cfg)
     print(f"\n{service} down for {outage:.1f} s under load: {len(load.ids)} experiments completed, "
           f"{load.errors} submission retries; nodes: {[(r['node_id'], r['role']) for r in rows]}")
@@ -156,11 +159,11 @@ def test_restarting_a_store_under_load_loses_nothing(ha, service: str) -> None:
 
 
 def test_no_two_nodes_ever_acted_in_the_same_epoch(ha) -> None:
-    owners = ha.audit.epoch_owners(since=ha.started_at)
+    owners = read(ha.cfg, Scope(since=ha.started_at)).epoch_owners()
     print(f"\nepochs: {dict(sorted((e, sorted(n)) for e, n in owners.items()))}")
     assert owners
     assert {e: n for e, n in owners.items() if len(n) != 1} == {}
-    assert ha.audit.double_advanced(ha.ids) == []
-    report = check(ha.cfg, experiment_ids=ha.ids)
+    report = check(ha.cfg, Scope(experiment_ids=ha.ids))
+    assert report.of_kinds(EXACTLY_ONCE_KINDS) == []
     print(f"checker over all {len(ha.ids)} experiments: {report.counters()}")
     assert report.ok, report.to_markdown()

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import pytest
-
 from polling import wait_until
 
 from node import cluster

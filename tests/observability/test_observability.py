@@ -24,7 +24,7 @@ import yaml
 from node.dashboard import DASHBOARD_FILE, load_panels
 from node.metrics import FAILOVER_PHASES
 from node.paths import DEPLOY_DIR, GRAFANA_DIR, REPO_ROOT
-from node.stack.prometheus import RULES_DIR, prometheus_query, prometheus_query_range, prometheus_url
+from node.stack.prometheus import RULES_DIR, prometheus_query, prometheus_query_range
 
 RULES_FILE = RULES_DIR / "haorch.yml"
 RULES_TEST = DEPLOY_DIR / "prometheus" / "tests" / "haorch_test.yml"
@@ -33,12 +33,12 @@ HAORCH = [sys.executable, "-m", "node.cli"]
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]  # the first test pays for the stack and the run
 
 
-def _env(cfg) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _env(cfg) -> dict[str, str]:
     return {**os.environ, "HAORCH_HOME": str(cfg.home), "HAORCH_PORT_BASE": str(cfg.port_base)}
 
 
-def _api(cfg, path: str):  # type: ignore[no-untyped-def]
-    with urllib.request.urlopen(f"{prometheus_url(cfg)}/api/v1/{path}", timeout=5) as resp:
+def _api(cfg, path: str):
+    with urllib.request.urlopen(f"{cfg.prometheus_url}/api/v1/{path}", timeout=5) as resp:
         return json.loads(resp.read())["data"]
 
 
@@ -85,14 +85,14 @@ def test_dashboard_json_is_generated_from_build_script() -> None:
 
 def test_dashboard_reports_prometheus_down_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "HAORCH_HOME": str(tmp_path / "home"), "HAORCH_PORT_BASE": "19900"}  # nothing listens
-    out = subprocess.run(HAORCH + ["dashboard", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+    out = subprocess.run([*HAORCH, "dashboard", "--out", str(tmp_path / "out")], capture_output=True, text=True,
                          env=env, cwd=REPO_ROOT)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "prometheus is not answering at http://127.0.0.1:19960" in out.stderr
 
 
 # --- against the run with a failover -----------------------------------------------------------------------------
-def test_every_scrape_target_is_up(run) -> None:  # type: ignore[no-untyped-def]
+def test_every_scrape_target_is_up(run) -> None:
     targets = _api(run.cfg, "targets?state=active")["activeTargets"]
     by_id = {t["labels"].get("haorch_id", t["labels"]["job"]): t for t in targets}
     assert {"node-1", "node-2", "worker-1", "prometheus"} <= set(by_id), sorted(by_id)
@@ -100,7 +100,7 @@ def test_every_scrape_target_is_up(run) -> None:  # type: ignore[no-untyped-def]
     assert not down, f"targets not up: {down}"
 
 
-def test_prometheus_loaded_the_rules_and_they_evaluate(run) -> None:  # type: ignore[no-untyped-def]
+def test_prometheus_loaded_the_rules_and_they_evaluate(run) -> None:
     groups = {g["name"]: g for g in _api(run.cfg, "rules")["groups"]}
     assert {"haorch.recording", "haorch.alerts"} <= set(groups), sorted(groups)
     declared = [r for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]]
@@ -111,7 +111,7 @@ def test_prometheus_loaded_the_rules_and_they_evaluate(run) -> None:  # type: ig
         prometheus_query(run.cfg, rule["expr"])  # raises on a bad expression
 
 
-def test_every_panel_query_returns_data(run) -> None:  # type: ignore[no-untyped-def]
+def test_every_panel_query_returns_data(run) -> None:
     panels = load_panels()
     assert len(panels) >= 12
     empty = []
@@ -123,7 +123,7 @@ def test_every_panel_query_returns_data(run) -> None:  # type: ignore[no-untyped
     assert not empty, "panel queries without data:\n" + "\n".join(empty)
 
 
-def test_failover_histogram_has_every_phase_on_the_new_leader(run) -> None:  # type: ignore[no-untyped-def]
+def test_failover_histogram_has_every_phase_on_the_new_leader(run) -> None:
     new_id = run.new_leader["node_id"]
     rows = prometheus_query(run.cfg, f'sum by (phase) (haorch_failover_duration_seconds_count{{haorch_id="{new_id}"}})')
     counts = {r["metric"]["phase"]: float(r["value"][1]) for r in rows}
@@ -139,9 +139,9 @@ def test_failover_histogram_has_every_phase_on_the_new_leader(run) -> None:  # t
     assert int(float(epoch[0]["value"][1])) == run.new_leader["epoch"]
 
 
-def test_haorch_dashboard_renders_pngs(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_haorch_dashboard_renders_pngs(run, tmp_path: Path) -> None:
     minutes = max(1.0, round((time.time() - run.started_at) / 60 + 0.5, 1))
-    out = subprocess.run(HAORCH + ["dashboard", "--out", str(tmp_path), "--minutes", str(minutes), "--json"],
+    out = subprocess.run([*HAORCH, "dashboard", "--out", str(tmp_path), "--minutes", str(minutes), "--json"],
                          capture_output=True, text=True, env=_env(run.cfg), cwd=REPO_ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

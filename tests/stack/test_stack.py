@@ -17,14 +17,12 @@ from kazoo.client import KazooClient
 from neo4j import GraphDatabase
 from neo4j.exceptions import AuthError
 
-from node.config import HOST, NEO4J_USER, with_overrides
+from node.config import NEO4J_USER, with_overrides
 from node.errors import ServiceError
 from node.stack import manager
-from node.stack.mariadb import mysql_connect_args
-from node.stack.neo4j import neo4j_driver
 from node.stack.prometheus import prometheus_query
-from node.stack.rabbitmq import amqp_parameters
 from node.stack.zookeeper import zk_mode
+from node.stores.connect import amqp_parameters, mysql_connect_args, neo4j_driver
 from node.stores.mysql_schema import TABLES
 from node.stores.queues import QUEUES, REQUESTS
 
@@ -50,7 +48,7 @@ def test_status_lists_seven_healthy_processes(stack):
 
 
 def test_zookeeper_has_a_quorum_of_three(stack):
-    modes = [zk_mode(stack.zk_client_port(m)) for m in (1, 2, 3)]
+    modes = [zk_mode(stack.host, stack.zk_client_port(m)) for m in (1, 2, 3)]
     assert sorted(modes) == ["follower", "follower", "leader"]
     zk = KazooClient(hosts=stack.zk_hosts, timeout=5)
     zk.start(timeout=10)
@@ -104,9 +102,8 @@ def test_neo4j_answers_with_auth_and_rejects_a_wrong_password(stack):
     with neo4j_driver(stack) as driver:
         records, _, _ = driver.execute_query("SHOW INDEXES YIELD name RETURN collect(name) AS names")
         assert "task_ready" in records[0]["names"]
-    with GraphDatabase.driver(stack.neo4j_uri, auth=(NEO4J_USER, "wrong-password")) as bad:
-        with pytest.raises(AuthError):
-            bad.verify_connectivity()
+    with GraphDatabase.driver(stack.neo4j_uri, auth=(NEO4J_USER, "wrong-password")) as bad, pytest.raises(AuthError):
+        bad.verify_connectivity()
 
 
 def test_prometheus_answers_up(stack):
@@ -134,7 +131,7 @@ def test_losing_one_zookeeper_member_keeps_the_ensemble_serving_and_up_restarts_
     while member.proc.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not member.proc.alive()
-    zk = KazooClient(hosts=f"{HOST}:{stack.zk_client_port(1)},{HOST}:{stack.zk_client_port(2)}", timeout=5)
+    zk = KazooClient(hosts=f"{stack.host}:{stack.zk_client_port(1)},{stack.host}:{stack.zk_client_port(2)}", timeout=5)
     zk.start(timeout=15)
     try:
         zk.ensure_path("/haorch-test/one-down")
@@ -145,14 +142,14 @@ def test_losing_one_zookeeper_member_keeps_the_ensemble_serving_and_up_restarts_
     result = manager.up(stack)
     assert result.started == ["zookeeper-3"]
     assert member.proc.pid() not in (None, old_pid)
-    assert zk_mode(stack.zk_client_port(3)) in ("leader", "follower")
+    assert zk_mode(stack.host, stack.zk_client_port(3)) in ("leader", "follower")
 
 
 def test_port_in_use_names_service_and_port(stack, tmp_path):
     other = with_overrides(stack, port_base=18600)
     other = other.__class__(**{**other.__dict__, "home": tmp_path / "other"})
     blocker = socket.socket()
-    blocker.bind((HOST, other.mysql_port))
+    blocker.bind((other.host, other.mysql_port))
     blocker.listen(1)
     try:
         with pytest.raises(ServiceError, match=rf"mariadb: port {other.mysql_port} .* already in use"):
@@ -167,7 +164,7 @@ def test_port_in_use_names_service_and_port(stack, tmp_path):
 
 
 def test_down_leaves_no_process_behind_and_up_restores(stack):
-    from node.stack.process import group_members, pid_alive
+    from node.runtime.process import group_members, pid_alive
 
     pids = set()
     for service in manager.services(stack):

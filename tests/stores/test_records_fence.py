@@ -6,7 +6,7 @@ import pymysql
 import pytest
 
 from node.errors import FencedError
-from node.stack.mariadb import mysql_connect_args
+from node.stores.connect import mysql_connect_args
 from node.stores.records import Records
 
 pytestmark = pytest.mark.stack

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from node.model.executors import KNOWN_EXECUTORS
 from node.worker.executors import (
     EXECUTORS,
-    KNOWN_EXECUTORS,
     ExecutionContext,
     ExecutorFailure,
     failure_draw,
@@ -26,7 +26,7 @@ def run(name: str, params: dict, context: ExecutionContext | None = None, shell_
 
 def test_registry() -> None:
     assert set(KNOWN_EXECUTORS) == {"noop", "sleep", "fail", "shell"}
-    assert KNOWN_EXECUTORS == tuple(EXECUTORS)
+    assert tuple(EXECUTORS) == KNOWN_EXECUTORS
 
 
 def test_unknown_executor() -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from node.config import load_config, record_runtime, with_overrides
-from node.containers.container import _parse_time, health_test
 from node.containers.images import ROLES, apt_mirror
 from node.errors import SetupError, UsageError
 from node.paths import REPO_ROOT
-from node.runtime import TcpCheck, asset, haorch_argv
+from node.runtime.container import _parse_time, health_test
+from node.runtime.handle import TcpCheck
+from node.runtime.programs import asset, haorch_argv
 from node.stack.neo4j import LAUNCHER_JAR
 
 
@@ -66,7 +67,7 @@ def test_apt_mirror_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
         apt_mirror(tmp_path / "none")
 
 
-def _serve_once(answer: bytes) -> tuple[int, "subprocess.Popen[bytes]"]:
+def _serve_once(answer: bytes) -> tuple[int, subprocess.Popen[bytes]]:
     """A one-shot loopback server (in a child Python) that reads what comes, answers ``answer`` and closes."""
     code = ("import socket,sys; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(1); print(s.getsockname()[1],"
             " flush=True); c,_=s.accept(); c.recv(64); c.sendall(sys.stdin.buffer.read()); c.close()")
@@ -81,7 +82,7 @@ def _serve_once(answer: bytes) -> tuple[int, "subprocess.Popen[bytes]"]:
                                                       (b"\x00\x00\x00\x05", "", True)])
 def test_health_check_script_talks_to_a_real_socket(answer: bytes, expect: str, ok: bool) -> None:
     port, server = _serve_once(answer)
-    test = health_test(TcpCheck(port, "ruok", expect, read_bytes=4))
+    test = health_test(TcpCheck(port, "ruok", expect, read_bytes=4), "127.0.0.1")
     assert test[:2] == ["CMD", "timeout"]
     done = subprocess.run(test[1:], capture_output=True, timeout=20)
     server.wait(timeout=10)

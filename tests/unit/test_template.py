@@ -11,8 +11,8 @@ import pytest
 
 from node.errors import NotFoundError, TemplateError
 from node.model.builtin import builtin_templates
+from node.model.executors import KNOWN_EXECUTORS
 from node.model.template import RetryPolicy, TaskSpec, Template, load_template_file, parse_template
-from node.worker.executors import KNOWN_EXECUTORS
 
 DIAMOND: dict[str, Any] = {
     "type": "diamond",
@@ -304,5 +304,5 @@ def test_builtin_retry(builtins: dict[str, Template]) -> None:
 
 
 def test_builtin_validation_uses_known_executors() -> None:
-    with pytest.raises(TemplateError, match="retry.yaml \\(type 'retry'\\): task 'flaky' uses unknown executor 'fail'"):
+    with pytest.raises(TemplateError, match=r"retry\.yaml \(type 'retry'\): task 'flaky' uses unknown executor 'fail'"):
         builtin_templates(("noop",))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pymysql
 import pytest
+from worker_harness import Bus, running_worker
 
 from node.config import Config
-from node.stack.mariadb import mysql_connect_args
+from node.stores.connect import mysql_connect_args
 from node.worker.worker import Worker
-from worker_harness import Bus, running_worker
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def bus(stack: Config) -> Iterator[Bus]:
     """A connection to the test broker, with every haorch queue we touch emptied and the ledger cleared."""
     made = Bus(stack)
     made.purge()
-    db = pymysql.connect(**mysql_connect_args(stack))  # type: ignore[arg-type]
+    db = pymysql.connect(**mysql_connect_args(stack))
     try:
         with db.cursor() as cur:
             cur.execute("DELETE FROM ledger")

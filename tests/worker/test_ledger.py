@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from worker_harness import Bus, ledger_rows
 
 from node.config import with_overrides
 from node.errors import ServiceError
 from node.stores.ledger import Finish, Ledger, Start
-from worker_harness import Bus, ledger_rows
 
 pytestmark = pytest.mark.stack
 
@@ -24,7 +24,7 @@ def test_batched_round_trip(stack, bus: Bus) -> None:
         assert ledger.in_progress(keys) == {keys[0]: 100.0, keys[1]: 101.0, keys[2]: 102.0}
         ledger.finish([Finish(ids[0], 110.0, "success", {"n": 1}, None, started_at=105.0),
                        Finish(ids[2], 111.0, "failure", None, "x")])
-        done = ledger.completed(keys + [("exp-l", "t0", 2)])
+        done = ledger.completed([*keys, ("exp-l", "t0", 2)])
         assert ledger.in_progress(keys) == {keys[1]: 101.0}
         assert set(done) == {keys[0], keys[2]}
         assert done[keys[0]].result == {"n": 1} and done[keys[0]].worker == "w-1" and done[keys[0]].epoch == 5
@@ -48,6 +48,7 @@ def test_gives_up_with_one_line_when_mariadb_is_unreachable(stack) -> None:
     nowhere = with_overrides(stack, port_base=stack.port_base + 700)  # nothing listens on its MariaDB port
     ledger = Ledger(nowhere, retry_for_s=1.0)
     t0 = time.monotonic()
-    with pytest.raises(ServiceError, match=r"^mariadb at 127\.0\.0\.1:\d+ unavailable for 1 s \(OperationalError 2003\)$"):
+    unreachable = r"^mariadb at 127\.0\.0\.1:\d+ unavailable for 1 s \(OperationalError 2003\)$"
+    with pytest.raises(ServiceError, match=unreachable):
         ledger.completed([("e", "t", 1)])
     assert time.monotonic() - t0 < 5

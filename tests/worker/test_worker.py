@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from polling import wait_until
+from worker_harness import Bus, ledger_rows, request, running_worker
 
 from node.stack import manager
 from node.worker.worker import Worker
-from polling import wait_until
-from worker_harness import Bus, ledger_rows, request, running_worker
 
 pytestmark = pytest.mark.stack
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pika
 import pymysql
@@ -15,8 +15,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from node.config import Config
 from node.model.messages import TaskRequest, TaskResponse
-from node.stack.mariadb import mysql_connect_args
-from node.stack.rabbitmq import amqp_parameters
+from node.stores.connect import amqp_parameters, mysql_connect_args
 from node.stores.queues import DEAD, REQUESTS, RESPONSES
 from node.stores.rabbit import BatchPublisher
 from node.worker.worker import Worker
@@ -86,7 +85,7 @@ def request(experiment_id: str | None = None, task: str = "t", executor: str = "
 
 def ledger_rows(cfg: Config, experiment_id: str | None = None) -> list[dict]:
     """Ledger rows (of one experiment, or all) as dicts, in id order."""
-    db = pymysql.connect(**mysql_connect_args(cfg), cursorclass=pymysql.cursors.DictCursor)  # type: ignore[arg-type]
+    db = pymysql.connect(**mysql_connect_args(cfg), cursorclass=pymysql.cursors.DictCursor)
     try:
         with db.cursor() as cur:
             if experiment_id is None:

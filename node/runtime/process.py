@@ -12,6 +12,7 @@ the process we started, by its start time), never anything found by name::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,10 +42,8 @@ def _proc_start_time(pid: int) -> int | None:
 
 def _reap(pid: int) -> None:
     """Collect a zombie child of ours so it stops looking alive."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _state(pid: int) -> str | None:
@@ -231,10 +230,8 @@ class ManagedProcess:
 
 
 def _killpg(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def wait_gone(pid: int, timeout_s: float) -> bool:

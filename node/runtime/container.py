@@ -1,7 +1,7 @@
-"""One program of a state dir as a Docker container: the container twin of ``node/stack/process.py``.
+"""One program of a state dir as a Docker container: the container twin of ``node/runtime/process.py``.
 
 A container is named ``haorch<port_base>-<name>`` and labelled with the state dir, runs with **host
-networking** (every port stays on 127.0.0.1, as for a process), ``--init`` (signals reach the program, zombies
+networking** (every port stays on ``cfg.host``, as for a process), ``--init`` (signals reach the program, zombies
 are reaped), the restart policy ``unless-stopped`` (a crashed program comes back; one stopped on purpose stays
 down) and, when the program has one, a health check that the container runs on itself. The state dir is
 mounted at its own path::
@@ -26,7 +26,7 @@ from node.config import Config
 from node.containers.daemon import docker_client
 from node.containers.images import image_exists, image_name
 from node.errors import ServiceError, SetupError
-from node.runtime import TcpCheck
+from node.runtime.handle import TcpCheck
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def health_test(check: TcpCheck) -> list[str]:
-    """The container health check: one request/answer on a loopback port, in bash (every image has it)."""
-    script = (f"exec 3<>/dev/tcp/127.0.0.1/{check.port} && printf '{check.send}' >&3 "
+def health_test(check: TcpCheck, host: str) -> list[str]:
+    """The container health check: one request/answer on ``host:port``, in bash (every image has it)."""
+    script = (f"exec 3<>/dev/tcp/{host}/{check.port} && printf '{check.send}' >&3 "
               f"&& timeout 3 head -c {check.read_bytes} <&3 | grep -aq '{check.expect}'")
     return ["CMD", "timeout", "5", "bash", "-c", script]
 
@@ -71,7 +71,7 @@ class ManagedContainer:
         return self.cfg.log_dir / f"{self.name}.log"
 
     # --- state ------------------------------------------------------------------------------------------
-    def _container(self):  # type: ignore[no-untyped-def]
+    def _container(self):
         import docker
 
         try:
@@ -131,8 +131,9 @@ class ManagedContainer:
         self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
         options = self._run_options(env, cwd)
         if self.health is not None:
-            options["healthcheck"] = {"test": health_test(self.health), "interval": _ns(HEALTH_INTERVAL_S),
-                                      "timeout": _ns(6.0), "retries": 3, "start_period": _ns(60.0)}
+            options["healthcheck"] = {"test": health_test(self.health, self.cfg.host),
+                                      "interval": _ns(HEALTH_INTERVAL_S), "timeout": _ns(6.0), "retries": 3,
+                                      "start_period": _ns(60.0)}
         docker_client().containers.run(self.image, argv, name=self.container_name, detach=True,
                                        restart_policy=RESTART_POLICY, log_config=LOG_CONFIG, **options)
         deadline = time.monotonic() + START_WAIT_S

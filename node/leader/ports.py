@@ -1,0 +1,43 @@
+"""What :class:`~node.leader.term.LeaderTerm` needs from the DAG store and the records store.
+
+:class:`~node.stores.dags.DagStore` (Neo4j) and :class:`~node.stores.records.Records` (MariaDB) implement these;
+``tests/fakes`` implements them in memory with the same semantics. The queues are
+:class:`~node.stores.ports.Publisher` and :class:`~node.stores.ports.Consumer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from node.model.advance import AdvanceResult, Outcome
+
+
+class Dags(Protocol):
+    """The concrete DAGs; every write is fenced (FencedError once a newer epoch raised the fence)."""
+
+    def raise_fence(self, epoch: int, node_id: str) -> None: ...
+
+    def rescan(self, epoch: int, now: float) -> list[dict[str, Any]]: ...
+
+    def mark_dispatched(self, epoch: int, keys: list[str], now: float) -> AdvanceResult: ...
+
+    def advance(self, epoch: int, outcomes: list[Outcome], submitted: list[str], now: float) -> AdvanceResult: ...
+
+    def due_work(self, epoch: int, now: float, grace_s: float, limit: int) -> AdvanceResult: ...
+
+    def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]: ...
+
+    def experiment_states(self, ids: list[str]) -> dict[str, str]: ...
+
+
+class Records(Protocol):
+    """Experiment rows and the transition log; every write is fenced."""
+
+    def raise_fence(self, epoch: int, node_id: str, elected_at: float) -> None: ...
+
+    def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
+                    now: float) -> None: ...
+
+    def missing_successes(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]: ...
+
+    def experiment_states(self, ids: list[str]) -> dict[str, str]: ...

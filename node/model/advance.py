@@ -1,0 +1,94 @@
+"""The leader's decision on a batch of worker responses, as a pure function of the responses and the task rows.
+
+    verdict = classify(outcomes, {row["key"]: row for row in task_rows})
+    verdict.successes / verdict.retries / verdict.fails      # what the DAG store writes
+    verdict.duplicates / verdict.unknown                     # keys it ignores (counted) or dead-letters
+
+A response is *unknown* when no task has its key, a *duplicate* when its task is not DISPATCHED, its attempt is not
+the task's current attempt (stale: a re-sent attempt answered twice, a takeover's replay) or it is the second
+response to the same task in the batch. Otherwise it is a *success*, a *retry* while attempts remain, or a *fail*
+on the last attempt. No I/O here: :class:`~node.stores.dags.DagStore` and the in-memory fake share this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.model.states import TaskStatus
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A task the leader must publish now."""
+
+    key: str
+    experiment_id: str
+    name: str
+    kind: str
+    request: bytes
+    attempt: int
+    redispatch: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A worker's response reduced to what advancing the DAG needs."""
+
+    key: str
+    attempt: int
+    success: bool
+    error: str | None = None
+
+
+@dataclass
+class AdvanceResult:
+    """What one batch did, for the MySQL transaction, the publisher and the metrics."""
+
+    # {key, experiment_id, name, kind, attempt, dispatched_at}
+    flagged: list[dict[str, Any]] = field(default_factory=list)
+    retries: list[dict[str, Any]] = field(default_factory=list)       # {key, experiment_id, name, kind, attempt, error}
+    failed: list[dict[str, Any]] = field(default_factory=list)        # {key, experiment_id, name, attempt, error}
+    cancelled: list[dict[str, Any]] = field(default_factory=list)     # {key, experiment_id, name}
+    dispatches: list[Dispatch] = field(default_factory=list)
+    experiments: dict[str, str] = field(default_factory=dict)         # experiment_id -> new state
+    duplicates: list[str] = field(default_factory=list)               # keys of ignored (duplicate/stale) responses
+    unknown: list[str] = field(default_factory=list)                  # keys of responses for no known task
+
+
+@dataclass
+class Classification:
+    """Each response of a batch, by what it does to its task; infos are ``{key, experiment_id, name, kind,
+    attempt, dispatched_at}`` (plus ``error`` for retries and fails), in the order of the responses."""
+
+    successes: list[dict[str, Any]] = field(default_factory=list)
+    retries: list[dict[str, Any]] = field(default_factory=list)
+    fails: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+def classify(outcomes: Iterable[Outcome], tasks: Mapping[str, Mapping[str, Any]]) -> Classification:
+    """Classify ``outcomes`` against ``tasks`` (key → row with ``experiment_id, name, kind, status, attempt,
+    max_attempts, dispatched_at``; a missing key is an unknown task)."""
+    verdict = Classification()
+    seen: set[str] = set()
+    for o in outcomes:
+        task = tasks.get(o.key)
+        if task is None:
+            verdict.unknown.append(o.key)
+            continue
+        if o.key in seen or task["status"] != TaskStatus.DISPATCHED or task["attempt"] != o.attempt:
+            verdict.duplicates.append(o.key)
+            continue
+        seen.add(o.key)
+        info = {"key": o.key, "experiment_id": task["experiment_id"], "name": task["name"], "kind": task["kind"],
+                "attempt": o.attempt, "dispatched_at": task["dispatched_at"]}
+        if o.success:
+            verdict.successes.append(info)
+        elif o.attempt < task["max_attempts"]:
+            verdict.retries.append({**info, "error": o.error})
+        else:
+            verdict.fails.append({**info, "error": o.error})
+    return verdict

@@ -1,0 +1,59 @@
+"""Benchmarks and chaos runs leave nothing behind in the stores: every experiment they create has an id of their
+own and is deleted from MariaDB and Neo4j when the run ends, also when it is interrupted. Small sizes, real stack.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import failover, probes, throughput
+from chaos_tests import scenarios
+from node import cluster
+from node.config import Config
+from node.stores.connect import neo4j_driver
+
+pytestmark = pytest.mark.stack
+
+
+def leftovers(cfg: Config, prefix: str) -> dict[str, int]:
+    """Rows and nodes of the experiments whose id starts with ``prefix``, per table and label (zeros dropped)."""
+    like = prefix + "%"
+    counts = {table: probes.query(cfg, f"SELECT COUNT(*) FROM {table} WHERE experiment_id LIKE %s", (like,))[0][0]
+              for table in ("experiments", "transitions", "ledger")}
+    with neo4j_driver(cfg) as driver:
+        for label in ("Experiment", "Task"):
+            records, _, _ = driver.execute_query(
+                f"MATCH (x:{label}) WHERE x.experiment_id STARTS WITH $p RETURN count(x) AS n", p=prefix)
+            counts[label] = records[0]["n"]
+    return {k: v for k, v in counts.items() if v}
+
+
+def test_throughput_run_deletes_its_chains(stack: Config) -> None:
+    seen: list[str] = []
+    result = throughput.run_config(stack, "tiny", batch_size=2, experiments=4, workers=1, progress=seen.append)
+    assert result.advancements == 16                      # 4 chains of 4 steps ran through the real stack
+    assert leftovers(stack, "bench-tiny-") == {}
+    assert all(r["pid"] is None for r in cluster.status(stack))   # the cluster is stopped before the purge
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def test_interrupted_rescan_benchmark_deletes_what_it_submitted(stack: Config) -> None:
+    def interrupt(message: str) -> None:
+        if "submitted" in message:                        # after the first batch of chains is in both stores
+            assert leftovers(stack, "bench-rescan-").get("Experiment") == 1000
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        failover.rescan_time(stack, experiments=2000, progress=interrupt)
+    assert leftovers(stack, "bench-rescan-") == {}
+
+
+def test_chaos_run_deletes_its_experiments(stack: Config) -> None:
+    result = scenarios.run(stack, "kill-worker", kills=0, experiments=4, rate=8.0, nodes=1, workers=1,
+                           quiesce_s=60.0)
+    assert result["ok"], result["check_markdown"]
+    assert result["check"]["experiments"] == 4 and result["prefix"].startswith("chaos-kill-worker-")
+    assert leftovers(stack, result["prefix"]) == {}

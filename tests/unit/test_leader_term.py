@@ -1,0 +1,272 @@
+"""The leader's term on in-memory fakes (tests/fakes): takeover, one batch end to end, fencing, dead letters and
+the sweep — the decision logic of node.leader.term without any server, in milliseconds."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakes.broker import StubBroker, StubConsumer
+from fakes.dags import FakeDagStore
+from fakes.journal import Journal
+from fakes.ledger import FakeLedger
+from fakes.records import FakeRecords
+
+from node.config import Config
+from node.errors import FencedError
+from node.leader.term import LeaderTerm, PhaseClock
+from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
+from node.model.states import REDISPATCHED, ExperimentState, TaskStatus
+from node.model.template import RetryPolicy, TaskSpec
+from node.stores.ledger import Start
+from node.stores.queues import DEAD, REQUESTS, RESPONSES, SUBMISSIONS
+
+EPOCH = 2
+CHAIN = [TaskSpec("a", "data_staging"), TaskSpec("b", "job_submission", depends_on=("a",))]
+
+
+class Leader:
+    """A LeaderTerm of epoch ``EPOCH`` on fakes sharing one journal; the previous leader held epoch 1."""
+
+    def __init__(self) -> None:
+        self.journal = Journal()
+        self.dags = FakeDagStore(self.journal)
+        self.records = FakeRecords(self.journal)
+        self.broker = StubBroker(self.journal)
+        self.ledger = FakeLedger()
+        self.dags.fence = self.records.fence = EPOCH - 1
+        self.consumer: StubConsumer | None = None
+        self.term = LeaderTerm(Config(home=Path("/nonexistent")), "node-1", EPOCH, dags=self.dags,
+                               records=self.records, publisher=self.broker.publisher(), open_consumer=self._open,
+                               fence_guard=self._guard, acting=self._acting, clock=PhaseClock(),
+                               ledger_progress=self.ledger.in_progress)
+
+    def _open(self) -> StubConsumer:
+        self.consumer = self.broker.consumer(LeaderTerm.QUEUES)
+        return self.consumer
+
+    @contextlib.contextmanager
+    def _guard(self, epoch: int) -> Iterator[None]:
+        self.journal.append(f"guard enter {epoch}")
+        yield
+        self.journal.append("guard exit")
+
+    def _acting(self) -> bool:
+        """Leads until everything consumed is acknowledged (then ``run`` returns)."""
+        return self.consumer is None or not self.consumer.idle()
+
+    def run(self) -> None:
+        self.consumer = None
+        self.term.run()
+
+    def requests(self) -> list[TaskRequest]:
+        return [TaskRequest.decode(body) for body in self.broker.bodies(REQUESTS)]
+
+    def dispatched(self, experiment_id: str, spec_names: list[str], attempt: int = 1) -> None:
+        """Mark tasks DISPATCHED (attempt ``attempt``) by the previous leader, with their predecessors done."""
+        for name in spec_names:
+            self.dags.set_task(f"{experiment_id}/{name}", status=TaskStatus.DISPATCHED, attempt=attempt,
+                               dispatched_at=time.time(), waiting=0)
+        self.dags.experiments[experiment_id]["state"] = ExperimentState.RUNNING
+
+
+def response(experiment_id: str, task: str, attempt: int = 1, error: str | None = None) -> bytes:
+    now = time.time()
+    return TaskResponse(experiment_id=experiment_id, task=task, attempt=attempt,
+                        outcome="failure" if error else "success", result=None if error else {}, error=error,
+                        worker="worker-1", started_at=now, ended_at=now).encode()
+
+
+@pytest.fixture
+def leader() -> Leader:
+    return Leader()
+
+
+# --- takeover ------------------------------------------------------------------------------------------
+def test_takeover_raises_both_fences_in_order_then_rescans_and_redispatches_what_was_lost(leader: Leader) -> None:
+    leader.dags.add_experiment("busy", CHAIN)
+    leader.dispatched("busy", ["a"])
+    busy_since = leader.dags.tasks["busy/a"]["dispatched_at"]
+    leader.ledger.add(Start("busy", "a", 1, "worker-1", EPOCH - 1, time.time()))  # a worker is running it
+    leader.dags.add_experiment("lost", [TaskSpec("x", "job_submission")])
+    leader.dispatched("lost", ["x"])  # its request was lost with the previous leader
+    leader.dags.add_experiment("unsent", CHAIN)  # submitted, its notice lost: the root was never dispatched
+    leader.dags.add_experiment("backoff", [TaskSpec("r", "job_submission", retry=RetryPolicy(max_attempts=2))])
+    leader.dags.set_task("backoff/r", status=TaskStatus.RETRY_WAIT, attempt=1, not_before=time.time() + 60)
+
+    leader.term.take_over()
+
+    j = leader.journal
+    assert (j.index_of("mariadb.raise_fence 2") < j.index_of("guard enter 2") < j.index_of("neo4j.raise_fence 2")
+            < j.index_of("guard exit") < j.index_of("neo4j.rescan") < j.index_of("neo4j.mark_dispatched")
+            < j.index_of("mariadb.write_batch") < j.index_of(f"publish {REQUESTS}"))
+    assert leader.dags.fence == leader.records.fence == EPOCH
+    sent = {(r.experiment_id, r.task, r.attempt, r.epoch) for r in leader.requests()}
+    assert sent == {("lost", "x", 1, EPOCH), ("unsent", "a", 1, EPOCH)}  # not the in-flight one, not the backoff
+    assert leader.dags.tasks["busy/a"]["dispatched_at"] == busy_since and not leader.records.to_states("busy", "a")
+    assert leader.records.to_states("lost", "x") == [REDISPATCHED]
+    assert leader.records.states == {"unsent": ExperimentState.RUNNING}
+    assert {"fence", "rescan", "redispatch"} <= set(leader.term.clock.marks)
+
+
+def test_an_in_flight_task_whose_timeout_passed_is_redispatched(leader: Leader) -> None:
+    leader.dags.add_experiment("slow", [TaskSpec("s", "job_submission", timeout_s=1.0)])
+    leader.dispatched("slow", ["s"])
+    leader.ledger.add(Start("slow", "s", 1, "worker-1", EPOCH - 1, time.time() - 60))  # started long ago
+    leader.term.take_over()
+    assert [(r.task, r.attempt) for r in leader.requests()] == [("s", 1)]
+
+
+def test_a_takeover_by_an_older_epoch_is_fenced_before_any_write(leader: Leader) -> None:
+    leader.dags.add_experiment("lost", [TaskSpec("x", "job_submission")])
+    leader.records.fence = EPOCH + 1
+    with pytest.raises(FencedError):
+        leader.term.take_over()
+    assert not leader.journal.has("neo4j") and not leader.broker.bodies(REQUESTS)
+
+
+# --- one batch -----------------------------------------------------------------------------------------
+def test_a_batch_advances_neo4j_then_writes_mariadb_then_publishes_then_acks(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.dags.add_experiment("new", [TaskSpec("root", "data_staging")])
+    leader.broker.put(RESPONSES, response("e", "a"))
+    leader.broker.put(SUBMISSIONS, SubmissionNotice(experiment_id="new").encode())
+
+    leader.run()
+
+    j = leader.journal
+    assert j.index_of("neo4j.advance") < j.index_of("mariadb.write_batch") < j.index_of(f"publish {REQUESTS}") \
+        < j.index_of("ack")
+    assert {(r.experiment_id, r.task, r.attempt) for r in leader.requests()} == {("e", "b", 1), ("new", "root", 1)}
+    assert (("e", "a", TaskStatus.DISPATCHED, TaskStatus.SUCCEEDED, 1, None, EPOCH) in leader.records.transitions)
+    assert leader.records.to_states("e", "b") == [TaskStatus.DISPATCHED]
+    assert leader.records.states == {"new": ExperimentState.RUNNING}
+    assert leader.consumer is not None and leader.consumer.idle() and leader.consumer.closed
+    assert leader.term.advanced == 1 and "first_advance" in leader.term.clock.marks
+
+
+def test_the_last_success_completes_the_experiment(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dags.set_task("e/a", status=TaskStatus.SUCCEEDED, executed=True)
+    leader.dags.experiments["e"]["remaining"] = 1
+    leader.dispatched("e", ["b"])
+    leader.broker.put(RESPONSES, response("e", "b"))
+    leader.run()
+    assert leader.records.states == {"e": ExperimentState.COMPLETED}
+    assert leader.records.to_states("e") == [ExperimentState.COMPLETED]
+
+
+def test_a_fenced_neo4j_advance_stops_before_mariadb_publish_and_ack(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.dags.fence = EPOCH + 1  # a newer leader raised its fence
+    leader.broker.put(RESPONSES, response("e", "a"))
+    with pytest.raises(FencedError):
+        leader.run()
+    assert not leader.journal.has("mariadb") and not leader.journal.has("publish") and not leader.journal.has("ack")
+    (back,) = leader.broker.messages(RESPONSES)  # handed back to the queue for the next leader
+    assert back.redelivered
+
+
+def test_a_fenced_mariadb_write_stops_before_publish_and_ack(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.records.fence = EPOCH + 1
+    leader.broker.put(RESPONSES, response("e", "a"))
+    with pytest.raises(FencedError):
+        leader.run()
+    assert leader.journal.has("neo4j.advance")
+    assert not leader.journal.has("publish") and not leader.journal.has("ack")
+    assert len(leader.broker.messages(RESPONSES)) == 1
+
+
+def test_a_malformed_message_is_dead_lettered_with_its_reason_and_the_batch_acked(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.broker.put(RESPONSES, b"{not json", response("e", "a"))
+    leader.broker.put(SUBMISSIONS, b'{"experiment_id": 7}')
+    leader.run()
+    dead = leader.broker.messages(DEAD)
+    assert sorted(m.body for m in dead) == sorted([b"{not json", b'{"experiment_id": 7}'])
+    assert all(m.headers["x-haorch-reason"] for m in dead)
+    assert {m.headers["x-haorch-source-queue"] for m in dead} == {RESPONSES, SUBMISSIONS}
+    assert [(r.task, r.attempt) for r in leader.requests()] == [("b", 1)]  # the good response still advanced
+    assert leader.consumer is not None and leader.consumer.idle() and leader.journal.has("ack 3")
+
+
+def test_a_response_for_an_unknown_task_is_dead_lettered_and_acked(leader: Leader) -> None:
+    leader.broker.put(RESPONSES, response("ghost", "t"))
+    leader.run()
+    (dead,) = leader.broker.messages(DEAD)
+    assert dead.headers["x-haorch-reason"] == "response for unknown task ghost/t"
+    assert leader.consumer is not None and leader.consumer.idle()
+    assert not leader.broker.bodies(REQUESTS)
+
+
+def test_a_duplicate_response_is_ignored(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.broker.put(RESPONSES, response("e", "a"), response("e", "a"))
+    leader.run()
+    assert leader.records.to_states("e", "a") == [TaskStatus.SUCCEEDED]
+    assert leader.dags.tasks["e/a"]["flags"] == 1 and len(leader.requests()) == 1
+
+
+def test_a_duplicate_of_a_success_the_previous_leader_did_not_record_is_repaired(leader: Leader) -> None:
+    leader.dags.add_experiment("e", [TaskSpec("a", "data_staging")])
+    leader.dags.set_task("e/a", status=TaskStatus.SUCCEEDED, executed=True, attempt=1)  # Neo4j committed ...
+    leader.dags.experiments["e"].update(state=ExperimentState.COMPLETED, remaining=0)  # ... MariaDB did not
+    leader.records.states["e"] = ExperimentState.RUNNING
+    leader.broker.put(RESPONSES, response("e", "a"))  # the redelivered response
+    leader.run()
+    assert leader.records.to_states("e", "a") == [TaskStatus.SUCCEEDED]
+    assert leader.records.states == {"e": ExperimentState.COMPLETED}
+
+
+def test_a_failure_with_attempts_left_waits_and_the_last_one_fails_the_experiment(leader: Leader) -> None:
+    retry = RetryPolicy(max_attempts=2, backoff_s=0.0)
+    leader.dags.add_experiment("e", [TaskSpec("a", "job_submission", retry=retry),
+                                     TaskSpec("b", "job_submission", depends_on=("a",))])
+    leader.dispatched("e", ["a"])
+    leader.broker.put(RESPONSES, response("e", "a", 1, error="boom"))
+    leader.run()
+    assert leader.dags.tasks["e/a"]["status"] == TaskStatus.RETRY_WAIT
+    leader.dags.set_task("e/a", status=TaskStatus.DISPATCHED, attempt=2)
+    leader.broker.put(RESPONSES, response("e", "a", 2, error="boom again"))
+    leader.run()
+    assert leader.records.to_states("e", "a") == [TaskStatus.RETRY_WAIT, TaskStatus.FAILED]
+    assert leader.records.to_states("e", "b") == [TaskStatus.CANCELLED]
+    assert leader.records.states == {"e": ExperimentState.FAILED}
+
+
+# --- the sweep -----------------------------------------------------------------------------------------
+def test_the_sweep_dispatches_due_retries_lost_roots_and_overdue_tasks(leader: Leader) -> None:
+    now = time.time()
+    leader.dags.add_experiment("retry", [TaskSpec("r", "job_submission", retry=RetryPolicy(max_attempts=3))])
+    leader.dags.set_task("retry/r", status=TaskStatus.RETRY_WAIT, attempt=1, not_before=now - 1)
+    leader.dags.add_experiment("later", [TaskSpec("w", "job_submission", retry=RetryPolicy(max_attempts=3))])
+    leader.dags.set_task("later/w", status=TaskStatus.RETRY_WAIT, attempt=1, not_before=now + 60)
+    leader.dags.add_experiment("root", [TaskSpec("x", "data_staging")])
+    leader.dags.add_experiment("late", [TaskSpec("o", "job_submission", timeout_s=1.0)])
+    leader.dispatched("late", ["o"])
+    leader.dags.set_task("late/o", dispatched_at=now - 60)
+
+    leader.term.sweep()
+
+    j = leader.journal
+    assert j.index_of("neo4j.due_work") < j.index_of("mariadb.write_batch") < j.index_of(f"publish {REQUESTS}")
+    sent = {(r.experiment_id, r.task, r.attempt) for r in leader.requests()}
+    assert sent == {("retry", "r", 2), ("root", "x", 1), ("late", "o", 1)}
+    assert leader.records.to_states("late", "o") == [REDISPATCHED]
+    assert leader.records.to_states("retry", "r") == [TaskStatus.DISPATCHED]
+
+
+def test_the_sweep_does_nothing_once_the_term_is_over(leader: Leader) -> None:
+    leader.dags.add_experiment("root", [TaskSpec("x", "data_staging")])
+    leader.term.acting = lambda: False
+    leader.term.sweep()
+    assert not leader.journal and not leader.broker.bodies(REQUESTS)
