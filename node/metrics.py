@@ -1,4 +1,4 @@
-"""Every Prometheus metric haorch exports, declared once (names are a contract: see ARCHITECTURE.md).
+"""Every Prometheus metric haorch exports, declared once (names are a contract: see docs/ARCHITECTURE.md).
 
 Each name has one meaning: a node serves :data:`NODE_REGISTRY` and a worker :data:`WORKER_REGISTRY` on
 ``/metrics`` of its HTTP port, so a worker never exports the leader's series (not even at 0) and vice versa; only

@@ -1,6 +1,6 @@
 """One term of leadership: take over (fence, rescan, reconcile, re-dispatch), then advance DAGs batch by batch.
 
-Per batch (ARCHITECTURE.md, "Leader loop")::
+Per batch (docs/ARCHITECTURE.md, "The leader loop")::
 
     consume responses + submissions  →  Neo4j tx (fence, flag, find ready)  →  MariaDB tx (fence, transitions)
     →  publish ready tasks (persistent, confirmed)  →  ack the batch

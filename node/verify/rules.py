@@ -1,4 +1,4 @@
-"""The invariants (ARCHITECTURE.md, "Invariants") as pure rules over a :class:`~node.verify.snapshot.Snapshot`.
+"""The invariants (docs/ARCHITECTURE.md, "Invariants") as pure rules over a :class:`~node.verify.snapshot.Snapshot`.
 
     for rule in RULES:
         violations += rule(snapshot)      # each rule: Snapshot -> list[Violation]; KINDS names them all
