@@ -25,6 +25,7 @@ bench: setup
 	$(HAORCH) bench throughput
 	$(HAORCH) bench failover
 	$(HAORCH) bench docker
+	$(HAORCH) bench takeover
 
 deploy-docker: setup
 	$(HAORCH) deploy up --docker

@@ -50,6 +50,7 @@ def _env(cfg: Config) -> dict[str, str]:
     return {"HAORCH_HOME": str(cfg.home), "HAORCH_PORT_BASE": str(cfg.port_base),
             "HAORCH_ZK_SESSION_TIMEOUT_S": str(cfg.zk_session_timeout_s), "HAORCH_BATCH_SIZE": str(cfg.batch_size),
             "HAORCH_LEADER_BEACON": str(cfg.leader_beacon).lower(),
+            "HAORCH_TAKEOVER_PAGE_SIZE": str(cfg.takeover_page_size),
             "PYTHONUNBUFFERED": "1"}
 
 

@@ -15,6 +15,7 @@ one its stack was started in (``<home>/runtime``), unless a setting names it::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -24,37 +25,59 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import UsageError
+from node.private_files import write_private
 
 HOST = "127.0.0.1"
 ZK_MEMBERS = 3
 RABBIT_VHOST = "haorch"
 RABBIT_USER = "haorch"
+RABBIT_WORKER_USER = "haorch-worker"
 MYSQL_DATABASE = "haorch"
 MYSQL_USER = "haorch"
+MYSQL_WORKER_USER = "haorch_worker"
+ZK_USER = "haorch"
+ZK_ROOT = "/haorch"  # every znode haorch creates lives under it
 NEO4J_USER = "neo4j"
 RUNTIMES = ("process", "docker")
 
 
 @dataclass(frozen=True)
 class Secrets:
-    """Generated passwords, stored in ``<home>/secrets.json`` (mode 0600) on the first ``stack up``."""
+    """Generated passwords, stored in ``<home>/secrets.json`` on the first ``stack up``, in a file that is 0600 from
+    its creation (``node/private_files.py``). A file written by an older version gains the passwords it lacks
+    (the next ``stack up`` creates the users they belong to); the ones it has are never changed."""
 
     rabbit_password: str
     mysql_password: str
     neo4j_password: str
+    zookeeper_password: str  # digest identity ZK_USER, owner of haorch's znodes
+    worker_mysql_password: str  # MYSQL_WORKER_USER
+    worker_rabbit_password: str  # RABBIT_WORKER_USER
 
     @staticmethod
     def load_or_create(home: Path) -> Secrets:
         path = home / "secrets.json"
-        if path.exists():
-            return Secrets(**json.loads(path.read_text()))
-        home.mkdir(parents=True, exist_ok=True)
-        made = Secrets(*(secrets.token_urlsafe(18) for _ in range(3)))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(made.__dict__))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-        return made
+        names = [f.name for f in fields(Secrets)]
+        stored = _read_secrets(path)
+        if any(name not in stored for name in names):
+            home.mkdir(parents=True, exist_ok=True)
+            # one writer at a time: concurrent first starts must agree on every password
+            with open(home / "secrets.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                stored = _read_secrets(path)
+                missing = [name for name in names if name not in stored]
+                if missing:
+                    # hex: no leading '-' that a command line (rabbitmqctl add_user) would read as an option
+                    stored.update({name: secrets.token_hex(20) for name in missing})
+                    write_private(path, json.dumps(stored))
+        return Secrets(**{name: stored[name] for name in names})
+
+
+def _read_secrets(path: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return {}
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,9 @@ class Config:
     batch_wait_ms: float = 1.0  # under load a batch fills while the previous one is processed; linger costs latency
     task_timeout_grace_s: float = 5.0
     sweep_interval_s: float = 1.0
+    submit_grace_s: float = 30.0  # a QUEUED experiment without a DAG this old is a dead submit: the leader builds it
+    takeover_page_size: int = 2000  # ready tasks re-dispatched per takeover page (one small fenced transaction)
+    neo4j_tx_timeout_s: float = 15.0  # the server ends a leader transaction that runs or waits on a lock longer
     # RabbitMQ
     rabbit_heartbeat_s: int = 5  # a killed peer's TCP closes at once; this bounds a frozen one
     # workers

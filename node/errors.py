@@ -59,6 +59,11 @@ class DependencyError(ServiceError):
         return DependencyError(self.service, self.endpoint, self.cause, seconds)
 
 
+class IncompleteSubmit(ServiceError):
+    """A submit that a store failure interrupted: it may be recorded without its DAG. Retrying it with the same id
+    is safe (submit is idempotent on the id), and the leader completes a recorded one by itself."""
+
+
 class FencedError(HaorchError):
     """A write carried a leader epoch lower than the fence: the writer is no longer the leader."""
 

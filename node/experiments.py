@@ -1,16 +1,27 @@
 """What users do with experiments — register types, submit, inspect, cancel, wait — for the CLI and HTTP API.
 
-Submitting writes the MariaDB row (QUEUED) and then the concrete DAG in Neo4j, both idempotent on the
-experiment id, then tells the leader on ``haorch.submissions``. The notice only saves latency: with no leader
-running (or RabbitMQ down) the submission is already durable, and the next leader's sweep dispatches the roots.
+Submitting checks the params (sizes: ``node/model/api_limits.py``; names: those the template declares), writes
+the MariaDB row (QUEUED) and then the concrete DAG in Neo4j, both idempotent on the experiment id, then tells the
+leader on ``haorch.submissions``. The notice only saves latency: with no leader running (or RabbitMQ down) the
+submission is already durable, and the next leader's sweep dispatches the roots. A submit that dies between the
+two writes leaves a QUEUED row without a DAG: the leader builds it from the row after ``submit_grace_s``
+(``node/leader/submits.py``), and a retry with the same id builds it at once, from the row too; a store failure
+says so in an :class:`~node.errors.IncompleteSubmit` that names the id.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
+import json
 import logging
+import math
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +29,11 @@ import pika
 from neo4j import Driver
 
 from node.config import Config
-from node.errors import DependencyError, TimeoutExpired, UnknownTypeError, UsageError
+from node.errors import ConflictError, DependencyError, IncompleteSubmit, TimeoutExpired, UnknownTypeError, UsageError
+from node.model.api_limits import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, check_params_size
 from node.model.builtin import builtin_templates
 from node.model.executors import KNOWN_EXECUTORS
+from node.model.limits import id_problem
 from node.model.messages import SubmissionNotice
 from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
 from node.model.template import NAME_RE, load_template_file
@@ -35,7 +48,6 @@ from node.stores.records import Records
 log = logging.getLogger(__name__)
 
 BUILTIN_TYPES = ("chain", "diamond", "fanout", "retry")
-ID_MAX = 64
 
 
 def new_experiment_id(type_: str) -> str:
@@ -53,9 +65,48 @@ def parse_params(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     return params
 
 
-def _check_id(experiment_id: str) -> None:
-    if not experiment_id or len(experiment_id) > ID_MAX or "/" in experiment_id or not experiment_id.isprintable():
-        raise UsageError(f"invalid experiment id {experiment_id!r}: 1-{ID_MAX} printable characters, no '/'")
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; ``next`` is the cursor of the following page, None after the last."""
+
+    rows: list[dict[str, Any]]
+    next: str | None
+
+
+def encode_cursor(created_at: float, experiment_id: str) -> str:
+    """An opaque cursor for the position after this row (URL-safe)."""
+    return base64.urlsafe_b64encode(json.dumps([created_at, experiment_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The position in a cursor from :func:`encode_cursor`; UsageError if it is not one."""
+    try:
+        created_at, experiment_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(created_at, (int, float)) and math.isfinite(created_at) and isinstance(experiment_id, str):
+            return float(created_at), experiment_id
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise UsageError(f"invalid cursor {cursor[:80]!r}: pass the 'next' of a previous page")
+
+
+@contextmanager
+def _safe_to_retry(ids: list[str], type_: str) -> Iterator[None]:
+    """A store failure while submitting ``ids`` becomes IncompleteSubmit naming them: the caller may not know
+    them (generated ids) and needs them to retry."""
+    try:
+        yield
+    except DependencyError as exc:
+        shown = f"experiment {ids[0]!r}" if len(ids) == 1 else f"{len(ids)} experiments ({ids[0]} ... {ids[-1]})"
+        raise IncompleteSubmit(f"submit of {type_} {shown} did not finish ({exc}): it is safe to retry with the "
+                               f"same id{'s' if len(ids) > 1 else ''}") from exc
+
+
+def _check_id(experiment_id: object) -> None:
+    if not isinstance(experiment_id, str):
+        raise UsageError(f"experiment id must be a string, got {type(experiment_id).__name__}")
+    problem = id_problem(experiment_id, "experiment id")
+    if problem:
+        raise UsageError(problem)
 
 
 class Experiments:
@@ -122,11 +173,17 @@ class Experiments:
             self.install_builtins()
             template, version = self.dags.get_template(type_)
         params = params or {}
-        row_new = self.records.insert_experiment(experiment_id, type_, version, params)
-        if not row_new:
-            version = self.records.get_experiment(experiment_id)["template_version"]
-            template, _ = self.dags.get_template(type_, version)
-        dag_new = self.dags.create_experiment(experiment_id, template, version, params)
+        check_params_size(params)
+        template.check_overrides(params)
+        with _safe_to_retry([experiment_id], type_):
+            row_new = self.records.insert_experiment(experiment_id, type_, version, params)
+            if not row_new:  # the row is the record: a retry builds the DAG it describes
+                row = self.records.get_experiment(experiment_id)
+                if row["params"] is None:
+                    raise ConflictError(f"experiment {experiment_id!r} cannot be resubmitted: {row['params_error']}")
+                version, params = row["template_version"], row["params"]
+                template, _ = self.dags.get_template(type_, version)
+            dag_new = self.dags.create_experiment(experiment_id, template, version, params)
         if notify and dag_new:
             self._notify([experiment_id])
         return {"experiment_id": experiment_id, "type": type_, "version": version, "created": row_new or dag_new}
@@ -137,10 +194,14 @@ class Experiments:
         benchmarks); returns the ids that were new. Resubmitted ids are left as they are."""
         for experiment_id in ids:
             _check_id(experiment_id)
+        params = params or {}
+        check_params_size(params)
         template, version = self.dags.get_template(type_)
-        items = [(experiment_id, params or {}) for experiment_id in ids]
-        self.records.insert_experiments(type_, version, items)
-        created = self.dags.create_experiments(template, version, items)
+        template.check_overrides(params)
+        items = [(experiment_id, params) for experiment_id in ids]
+        with _safe_to_retry(ids, type_):
+            self.records.insert_experiments(type_, version, items)
+            created = self.dags.create_experiments(template, version, items)
         if notify and created:
             self._notify(created)
         return created
@@ -178,12 +239,19 @@ class Experiments:
         row["tasks"] = sorted(self.dags.experiment_tasks(experiment_id), key=lambda t: order.get(t["name"], 1 << 30))
         return row
 
-    def list(self, state: str | None = None, limit: int | None = None) -> builtins.list[dict[str, Any]]:
+    def list(self, state: str | None = None, limit: int | None = None, after: str | None = None) -> Page:
+        """One page of experiments (of ``state``), oldest first, ordered by (created_at, experiment_id):
+        ``limit`` rows (default LIST_DEFAULT_LIMIT, at most LIST_MAX_LIMIT) after the cursor ``after``."""
         if state is not None and state.upper() not in tuple(ExperimentState):
             raise UsageError(f"unknown state {state!r}; one of {', '.join(ExperimentState)}")
-        if state:
-            return self.records.experiments("WHERE state = %s", (state.upper(),), limit=limit)
-        return self.records.experiments(limit=limit)
+        limit = LIST_DEFAULT_LIMIT if limit is None else limit
+        if not 1 <= limit <= LIST_MAX_LIMIT:
+            raise UsageError(f"limit must be 1-{LIST_MAX_LIMIT}, got {limit}")
+        position = None if after is None else decode_cursor(after)
+        rows = self.records.experiments_page(state.upper() if state else None, position, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, encode_cursor(rows[-1]["created_at"], rows[-1]["experiment_id"]) if more else None)
 
     def cancel(self, experiment_id: str) -> dict[str, Any]:
         """Cancel an experiment that is not finished (idempotent: a finished one is reported as it is)."""

@@ -85,7 +85,8 @@ WORKER_BATCH_SIZE = Histogram("haorch_worker_batch_size", "Worker: requests hand
 # --- both --------------------------------------------------------------------------------------------------
 DEPENDENCY_UP = Gauge("haorch_dependency_up", "1 when the dependency answers this process, else 0", ["service"],
                       registry=None)
-DEAD_LETTERS = Counter("haorch_dead_letters_total", "Malformed messages this process parked on haorch.dead",
+DEAD_LETTERS = Counter("haorch_dead_letters_total", "Messages this process parked on haorch.dead (malformed, or "
+                       "failing alone)",
                        registry=None)
 for _registry in (NODE_REGISTRY, WORKER_REGISTRY):
     _registry.register(DEPENDENCY_UP)

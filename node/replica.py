@@ -15,15 +15,15 @@ import logging
 import threading
 import time
 
-from election import LeaderBeacon, LeaderElection, SessionState, make_client
-from election.client import ZooKeeperUnavailableError
+from election import LeaderBeacon, LeaderElection, SessionState
 from node import metrics
 from node.config import Config
-from node.errors import DependencyError, FencedError, ServiceError
+from node.errors import DependencyError, FencedError
 from node.leader.fence_guard import FenceGuard
-from node.leader.term import LeaderTerm, PhaseClock
+from node.leader.submits import SubmitRepair
+from node.leader.term import LeaderTerm, PhaseClock, TermProgress
 from node.retry import RECONNECT, RESUME, call
-from node.stores.connect import neo4j_driver
+from node.stores.connect import neo4j_driver, zookeeper_client
 from node.stores.dags import DagStore
 from node.stores.ledger import Ledger
 from node.stores.rabbit import BatchConsumer, BatchPublisher, connect, pump
@@ -59,6 +59,7 @@ class Replica:
         self.started_at = time.time()
         self.last_error: str | None = None
         self.leader_term: LeaderTerm | None = None
+        self._failure: tuple[str, int] = ("", 0)  # the last unexpected term failure and how often it repeated
 
     # --- election callbacks (election thread; must return fast) ------------------------------------------
     def _on_elected(self, epoch: int) -> None:
@@ -101,11 +102,8 @@ class Replica:
         records = Records(self.cfg)
         self.ledger = Ledger(self.cfg)
         driver = neo4j_driver(self.cfg)
-        dags = DagStore(driver)
-        try:
-            zk = make_client(self.cfg.zk_hosts, self.cfg.zk_session_timeout_s, self.node_id, start_timeout_s=30)
-        except ZooKeeperUnavailableError as exc:
-            raise ServiceError(str(exc)) from None
+        dags = DagStore(driver, tx_timeout_s=self.cfg.neo4j_tx_timeout_s)
+        zk = zookeeper_client(self.cfg, self.node_id, start_timeout_s=30)
         conn = connect(self.cfg, self.node_id)
         if self.cfg.leader_beacon and self.beacon_port:
             self.beacon = LeaderBeacon(zk, self.node_id, (self.cfg.host, self.beacon_port)).start()
@@ -146,14 +144,18 @@ class Replica:
         # the takeover is over at the first advance: observe its phases then, not when the term ends
         clock.on_first_advance = lambda: self._observe_phases(epoch, clock, records)
         link = [conn]  # the connection, replaced when RabbitMQ is reconnected
+        progress = TermProgress()  # a retried term resumes its takeover and finishes a half-done step
+        repair = SubmitRepair(self.cfg, dags, records, self.node_id)
 
         def serve() -> None:
             conn = link[0]
+            publisher = BatchPublisher(conn)
             term = LeaderTerm(
-                self.cfg, self.node_id, epoch, dags=dags, records=records, publisher=BatchPublisher(conn),
+                self.cfg, self.node_id, epoch, dags=dags, records=records, publisher=publisher,
                 open_consumer=lambda: BatchConsumer(conn, list(LeaderTerm.QUEUES), prefetch=self.cfg.batch_size * 2),
                 fence_guard=lambda e: FenceGuard(dags.driver, e), acting=acting, clock=clock,
-                ledger_progress=self.ledger.in_progress if self.ledger else None)
+                ledger_progress=self.ledger.in_progress if self.ledger else None, progress=progress,
+                repair_submits=repair, pump=lambda: pump(conn), waiting=publisher.waiting)
             self.leader_term = term
             self._mark_last_seen(dags, clock)
             term.take_over()
@@ -167,8 +169,7 @@ class Replica:
             elif isinstance(exc, DependencyError):
                 log.error("node: dependency failure id=%s %s; retrying the term", self.node_id, exc)
             else:
-                log.error("node: term failed id=%s (%s); retrying the term", self.node_id, type(exc).__name__,
-                          exc_info=exc)
+                self._log_term_failure(exc)
 
         try:
             call(RESUME, serve, what=None, retry_on=_resumable, stop=lambda: not acting(), idle=self._shutdown.wait,
@@ -185,6 +186,21 @@ class Replica:
             if self._term != epoch:
                 metrics.NODE_IS_LEADER.set(0)
         return link[0]
+
+    def _log_term_failure(self, exc: BaseException) -> None:
+        """A term retried every 0.5 s on the same failure logs its traceback once, then one line on the 2nd, 4th,
+        8th, ... repetition: a failure that repeats for days stays a few dozen lines."""
+        text = f"{type(exc).__name__}: {exc}"
+        last, repeats = self._failure
+        if text != last:
+            self._failure = (text, 1)
+            log.error("node: term failed id=%s (%s); retrying the term", self.node_id, type(exc).__name__,
+                      exc_info=exc)
+            return
+        self._failure = (text, repeats + 1)
+        if repeats & (repeats + 1) == 0:  # repeats + 1 is a power of two
+            log.error("node: term failed again id=%s (%s, %d times); retrying the term", self.node_id,
+                      text.splitlines()[0][:200], repeats + 1)
 
     def _mark_last_seen(self, dags: DagStore, clock: PhaseClock) -> None:
         """The previous leader's last fenced write (or its fence raise, if it never wrote after it) is its last

@@ -82,3 +82,23 @@ def docker(kills: int, session_timeout_s: float, cached_only: bool, no_record: b
     if not no_record:
         report.append(section)
     emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
+@click.option("--tasks", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Ready tasks in the stores when the cluster starts (one-task experiments, notices queued).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=900.0, show_default=True,
+              help="Give up waiting for completion after this many seconds (reported as not completed).")
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def takeover(tasks: int, workers: int, timeout_s: float, no_record: bool, as_json: bool) -> None:
+    """Cluster start over a large ready backlog: first advance, paged takeover, leader RSS, connections."""
+    from bench import report
+    from bench import takeover as tk
+
+    result = tk.run(config(), tasks, workers, timeout_s, progress=_progress)
+    section = tk.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))

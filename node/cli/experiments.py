@@ -10,7 +10,8 @@ import click
 
 from node.cli.common import config, emit, json_option, table
 from node.errors import UsageError
-from node.experiments import Experiments, parse_params
+from node.experiments import Experiments, Page, parse_params
+from node.model.api_limits import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT
 from node.model.states import ExperimentState
 
 
@@ -42,6 +43,8 @@ def template_show(type_: str, as_json: bool) -> None:
 
     def human(d: dict[str, Any]) -> None:
         click.echo(f"{d['type']} v{d['version']}: {d.get('description', '')}")
+        declared = [name if default is None else f"{name}={default}" for name, default in d.get("params", {}).items()]
+        click.echo(f"overridable params (--param K=V): {', '.join(declared) or 'none'}")
         table([{**t, "depends_on": ",".join(t.get("depends_on", [])) or "-"} for t in d["tasks"]],
               ["name", "kind", "executor", "depends_on", "retries", "timeout_s"])
     emit(data, as_json, human)
@@ -94,14 +97,21 @@ def status(experiment_id: str, as_json: bool) -> None:
 @click.command("list")
 @click.option("--state", type=click.Choice(list(ExperimentState), case_sensitive=False), default=None,
               help="Only this state.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help=f"At most this many (default {LIST_DEFAULT_LIMIT}, at most {LIST_MAX_LIMIT}).")
+@click.option("--after", default=None, metavar="CURSOR", help="The page after CURSOR (a previous page's 'next').")
 @json_option
-def list_(state: str | None, limit: int | None, as_json: bool) -> None:
-    """List experiments (oldest first)."""
+def list_(state: str | None, limit: int | None, after: str | None, as_json: bool) -> None:
+    """List experiments, one page, oldest first (--json: {"experiments": [...], "next": CURSOR or null})."""
     with Experiments(config()) as exps:
-        rows = exps.list(state, limit)
-    emit(rows, as_json, lambda rs: table([{**r, "created": _fmt_time(r["created_at"])} for r in rs],
-                                         ["experiment_id", "type", "state", "created"]))
+        page = exps.list(state, limit, after)
+
+    def human(p: Page) -> None:
+        table([{**r, "created": _fmt_time(r["created_at"])} for r in p.rows],
+              ["experiment_id", "type", "state", "created"])
+        if p.next:
+            click.echo(f"more: the same command with --after {p.next}", err=True)
+    emit({"experiments": page.rows, "next": page.next} if as_json else page, as_json, human)
 
 
 @click.command()

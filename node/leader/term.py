@@ -8,6 +8,13 @@ Per batch (docs/ARCHITECTURE.md, "The leader loop")::
 Nothing is acknowledged before its effects are durable, so a leader that dies anywhere in this sequence
 leaves the batch in the queue for the next one; the next leader's Neo4j check (``status``/``attempt``) turns the
 replays into counted duplicates. A :class:`FencedError` from either store ends the term at once.
+
+The takeover re-dispatches what the previous leader lost in bounded pages (``takeover_page_size`` ready tasks:
+rescan page → ledger check → one small fenced Neo4j transaction → MariaDB → publish), the first before the loop
+starts and the others between batches, so the leader advances DAGs, and services its AMQP connection, while a
+backlog of any size is being re-dispatched. What a term has done is kept in a :class:`TermProgress` across retries
+of the same epoch: a retried term resumes the takeover after the last page and finishes a step Neo4j committed
+but MariaDB or the broker did not get, instead of starting over.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any, ClassVar
 
 from node import metrics
 from node.errors import MalformedMessage
+from node.isolation import handle_isolated
 from node.leader.ports import Dags, Records
 from node.model.advance import AdvanceResult, Dispatch, Outcome
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
@@ -38,7 +46,9 @@ class PhaseClock:
 
     Marks, in order: ``last_seen`` (the previous leader's last fenced write: its last sign of life), ``won``
     (this node won the election lock), ``elected`` (its new epoch is taken), ``fence``, ``rescan``,
-    ``redispatch``, ``first_advance``. Each phase lasts from the previous mark to its own and is named as in
+    ``redispatch``, ``first_advance`` (``rescan`` and ``redispatch`` end with the takeover's FIRST page: the rest
+    is re-dispatched between batches, after the first advance may have happened; :class:`TermProgress` times the
+    whole takeover). Each phase lasts from the previous mark to its own and is named as in
     ``metrics.FAILOVER_PHASES``: detect = last_seen→won, elect = won→elected, fence, rescan, redispatch,
     first_advance, and total = first mark → first_advance. A first leader (nobody to take over from) has no
     ``last_seen``, hence no detect phase.
@@ -74,6 +84,35 @@ class PhaseClock:
         return out
 
 
+PAGE_BUDGET_S = 1.0  # a takeover page this slow halves the next (the loop and the AMQP connection wait for it)
+MIN_PAGE = 100
+
+
+@dataclass
+class TermProgress:
+    """What one epoch's term has done, kept by the replica across retries of the term (same epoch).
+
+    ``after``: the takeover's rescan resumes after this key (tasks this epoch dispatched are skipped anyway, so a
+    page is never redone); ``done`` once a page came back short; ``size``: the next page's size (0: not set yet),
+    halved after a page slower than PAGE_BUDGET_S and doubled, up to ``takeover_page_size``, after a fast one,
+    so that a page stays short on a loaded host too. ``unsent``: a step whose Neo4j transaction
+    committed (at ``unsent_at``) but whose MariaDB write (``written``) or publish may not have happened; a retried
+    term finishes it first, since its tasks carry this epoch and no rescan would find them again."""
+
+    after: str = ""
+    done: bool = False
+    size: int = 0
+    pages: int = 0
+    rescanned: int = 0
+    redispatched: int = 0
+    in_flight: int = 0
+    started: float | None = None
+    finished: float | None = None
+    unsent: AdvanceResult | None = None
+    unsent_at: float = 0.0
+    written: bool = False
+
+
 def _transitions_for(result: AdvanceResult) -> list[tuple]:
     """Transition rows ``(experiment_id, task, from, to, attempt, detail)`` of one batch."""
     S = TaskStatus
@@ -97,7 +136,9 @@ class LeaderTerm:
     fakes): ``open_consumer()`` opens the consumer of :attr:`QUEUES` when the loop starts, ``fence_guard(epoch)``
     wraps the Neo4j fence raise (it terminates an older leader's transaction that blocks it).
     ``ledger_progress`` maps (experiment_id, task, attempt) to the start time of an unfinished execution, so
-    that the takeover does not re-dispatch work a live worker is doing."""
+    that the takeover does not re-dispatch work a live worker is doing. ``progress`` is the term's
+    :class:`TermProgress`, shared by the retries of one epoch. ``pump()`` serves the AMQP connection (heartbeats)
+    between the steps of a takeover page; it raises DependencyError once the connection is gone."""
 
     QUEUES = (RESPONSES, SUBMISSIONS)
 
@@ -105,7 +146,11 @@ class LeaderTerm:
                  publisher: Publisher, open_consumer: Callable[[], Consumer],
                  fence_guard: Callable[[int], AbstractContextManager[Any]], acting: Callable[[], bool],
                  clock: PhaseClock,
-                 ledger_progress: Callable[[list[tuple[str, str, int]]], dict] | None = None) -> None:
+                 ledger_progress: Callable[[list[tuple[str, str, int]]], dict] | None = None,
+                 progress: TermProgress | None = None,
+                 repair_submits: Callable[[int, float], None] | None = None,
+                 pump: Callable[[], None] = lambda: None,
+                 waiting: Callable[[str], int] | None = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.epoch = epoch
@@ -117,30 +162,102 @@ class LeaderTerm:
         self.acting = acting
         self.clock = clock
         self.ledger_progress = ledger_progress
+        self.repair_submits = repair_submits  # node/leader/submits.py: completes submits that died halfway
+        self.progress = progress if progress is not None else TermProgress()
+        self.pump = pump
+        self.waiting = waiting
         self.consumer: Consumer | None = None
         self.advanced = 0
         self._next_sweep = 0.0
+        self._next_page = 0.0
 
     # --- takeover ----------------------------------------------------------------------------------------
     def take_over(self) -> None:
-        """Raise both fences, rescan Neo4j, reconcile with the ledger and re-dispatch what was lost."""
+        """Raise both fences, finish what a failed attempt of this term left half-done, then re-dispatch the first
+        page of lost work; :meth:`run` re-dispatches the other pages between batches."""
         self.records.raise_fence(self.epoch, self.node_id, self.clock.marks.get("elected", time.time()))
         with self.fence_guard(self.epoch):  # an older leader frozen mid-transaction may hold the lock
             self.dags.raise_fence(self.epoch, self.node_id)
         self.clock.mark("fence")
-        found = self.dags.rescan(self.epoch, time.time())
-        metrics.RESCAN_TASKS.inc(len(found))
+        self._finish_unsent()
+        self.redispatch_page()
+
+    def redispatch_page(self) -> bool:
+        """One takeover page: rescan up to ``takeover_page_size`` ready tasks after the last page, leave those a
+        live worker is running, mark the rest dispatched by this epoch (one fenced Neo4j transaction), record and
+        publish them. Returns whether pages remain. A crash after the Neo4j commit leaves the page to the next
+        epoch's takeover (its tasks are not of that epoch); a failure, to this term's retry (``unsent``)."""
+        p = self.progress
+        if p.done:
+            return False
+        if p.started is None:
+            p.started = time.time()
+        began = time.monotonic()
+        limit = p.size or self.cfg.takeover_page_size
+        page = self.dags.rescan(self.epoch, p.after, limit)
+        metrics.RESCAN_TASKS.inc(len(page))
         self.clock.mark("rescan")
         now = time.time()
-        candidates = [t for t in found if t["status"] in (TaskStatus.PENDING, TaskStatus.DISPATCHED)]
+        candidates = [t for t in page if t["status"] in (TaskStatus.PENDING, TaskStatus.DISPATCHED)]
         in_flight = self._in_flight(candidates, now)
+        self.pump()
         keys = [t["key"] for t in candidates if t["key"] not in in_flight]
         result = self.dags.mark_dispatched(self.epoch, keys, now) if keys else AdvanceResult()
-        self.records.write_batch(self.epoch, self.node_id, _transitions_for(result), result.experiments, now)
-        self._publish(result.dispatches)
+        self.pump()
+        if page:
+            p.after = page[-1]["key"]
+        p.pages += 1
+        p.rescanned += len(page)
+        p.redispatched += len(result.dispatches)
+        p.in_flight += len(in_flight)
+        if result.dispatches or result.experiments:
+            self._record(result, now)
+            self.pump()
+            if not self.acting():
+                return True
+            self._send(result)
         self.clock.mark("redispatch")
-        log.info("leader: takeover epoch=%d rescanned=%d redispatched=%d in_flight=%d",
-                 self.epoch, len(found), len(result.dispatches), len(in_flight))
+        took = time.monotonic() - began
+        if took > PAGE_BUDGET_S:
+            p.size = max(MIN_PAGE, limit // 2)
+        elif took < PAGE_BUDGET_S / 4:
+            p.size = min(self.cfg.takeover_page_size, limit * 2)
+        log.debug("leader: takeover page epoch=%d size=%d rescanned=%d redispatched=%d in_flight=%d ms=%.0f",
+                  self.epoch, limit, len(page), len(result.dispatches), len(in_flight), took * 1000)
+        if len(page) < limit:
+            p.done, p.finished = True, time.time()
+            log.info("leader: takeover epoch=%d pages=%d rescanned=%d redispatched=%d in_flight=%d seconds=%.2f",
+                     self.epoch, p.pages, p.rescanned, p.redispatched, p.in_flight, p.finished - p.started)
+        return not p.done
+
+    def _record(self, result: AdvanceResult, now: float) -> None:
+        """Write a step Neo4j has committed to MariaDB; it stays ``unsent`` until :meth:`_send` published it. A step
+        an earlier failure left half-done goes out first."""
+        self._finish_unsent()
+        p = self.progress
+        p.unsent, p.unsent_at, p.written = result, now, False
+        self._write(result, now)
+        p.written = True
+
+    def _write(self, result: AdvanceResult, now: float) -> None:
+        self.records.write_batch(self.epoch, self.node_id, _transitions_for(result), result.experiments, now)
+
+    def _send(self, result: AdvanceResult) -> None:
+        self._publish(result.dispatches)
+        self.progress.unsent = None
+
+    def _finish_unsent(self) -> None:
+        """Record and publish what a failed step of this term committed in Neo4j only (its tasks carry this epoch:
+        no rescan finds them again)."""
+        p = self.progress
+        if p.unsent is None:
+            return
+        log.info("leader: finishing a step of epoch=%d left half-done (%d dispatches, recorded=%s)", self.epoch,
+                 len(p.unsent.dispatches), p.written)
+        if not p.written:
+            self._write(p.unsent, p.unsent_at)
+            p.written = True
+        self._send(p.unsent)
 
     def _in_flight(self, tasks: list[dict], now: float) -> set[str]:
         """Keys of dispatched tasks a worker is executing right now (started, not ended, not timed out)."""
@@ -162,10 +279,15 @@ class LeaderTerm:
         self.consumer.start()
         try:
             while self.acting():
-                batch = self.consumer.next_batch(self.cfg.batch_size, max_wait_s=0.05,
+                taking_over = not self.progress.done  # then a page per batch: wait for responses only briefly
+                batch = self.consumer.next_batch(self.cfg.batch_size, max_wait_s=0.005 if taking_over else 0.05,
                                                  linger_s=self.cfg.batch_wait_ms / 1000)
                 if batch:
                     self.process(batch)
+                if taking_over and self.acting() and (not batch or time.monotonic() >= self._next_page):
+                    began = time.monotonic()
+                    self.redispatch_page()  # then batches get as long as the page took, if any are waiting
+                    self._next_page = 2 * time.monotonic() - began
                 if time.monotonic() >= self._next_sweep:
                     self.sweep()
         finally:
@@ -182,11 +304,16 @@ class LeaderTerm:
         self.consumer = None
 
     def process(self, batch: list[Delivery]) -> None:
-        """Advance the DAGs for one batch of deliveries; ack them only once every effect is durable."""
+        """Advance the DAGs for one batch of deliveries; ack them only once every effect is durable. A message
+        that makes the batch fail unexpectedly is dead-lettered alone (``node/isolation.py``)."""
+        assert self.consumer is not None, "process() runs within run(), which opened the consumer"
+        handle_isolated(batch, self._advance, self.publisher, self.consumer, who="leader", acting=self.acting)
+
+    def _advance(self, batch: list[Delivery]) -> None:
         outcomes: list[Outcome] = []
         submitted: list[str] = []
         dead: list[tuple[Delivery, str]] = []
-        by_key: dict[str, Delivery] = {}
+        by_key: dict[str, list[Delivery]] = {}
         for d in batch:
             try:
                 if d.queue == SUBMISSIONS:
@@ -195,7 +322,7 @@ class LeaderTerm:
                     r = TaskResponse.decode(d.body)
                     key = f"{r.experiment_id}/{r.task}"
                     outcomes.append(Outcome(key, r.attempt, r.outcome == "success", r.error))
-                    by_key[key] = d
+                    by_key.setdefault(key, []).append(d)
             except MalformedMessage as exc:
                 dead.append((d, exc.reason))
         now = time.time()
@@ -204,13 +331,14 @@ class LeaderTerm:
         t0 = time.perf_counter()
         result = self.dags.advance(self.epoch, outcomes, submitted, now)
         t1 = time.perf_counter()
-        dead += [(by_key[key], f"response for unknown task {key}") for key in result.unknown]
-        self.records.write_batch(self.epoch, self.node_id, _transitions_for(result), result.experiments, now)
+        dead += [(d, f"response for unknown task {key}")
+                 for key in dict.fromkeys(result.unknown) for d in by_key[key]]
+        self._record(result, now)
         if result.duplicates:
             self._repair_duplicates(result.duplicates)
         if not self.acting():
             return
-        self._publish(result.dispatches)
+        self._send(result)
         for delivery, reason in dead:
             dead_letter(self.publisher, delivery, reason)
         assert self.consumer is not None, "process() runs within run(), which opened the consumer"
@@ -242,17 +370,31 @@ class LeaderTerm:
             log.warning("leader: repaired %d transitions lost by a previous leader", len(rows))
 
     def sweep(self) -> None:
-        """Dispatch retries whose backoff passed and re-dispatch tasks whose response is overdue."""
+        """Complete submits that died halfway (``repair_submits``), dispatch retries whose backoff passed and
+        re-dispatch tasks whose response is overdue (each bounded); prune old ``applied_batches`` rows, a bounded
+        DELETE of its own."""
         self._next_sweep = time.monotonic() + self.cfg.sweep_interval_s
         if not self.acting():
             return
+        self.records.prune_applied_batches(limit=self.cfg.batch_size * 5)
         now = time.time()
-        due = self.dags.due_work(self.epoch, now, self.cfg.task_timeout_grace_s, limit=self.cfg.batch_size * 5)
+        if self.repair_submits is not None:  # first: the roots of the DAGs it builds are due work
+            self.repair_submits(self.epoch, now)
+        due = self.dags.due_work(self.epoch, now, self.cfg.task_timeout_grace_s, limit=self.cfg.batch_size * 5,
+                                 overdue=self._queues_drained())
         if not due.dispatches:
             return
-        self.records.write_batch(self.epoch, self.node_id, _transitions_for(due), due.experiments, now)
+        self._record(due, now)
         if self.acting():
-            self._publish(due.dispatches)
+            self._send(due)
+
+    def _queues_drained(self) -> bool:
+        """Whether an overdue attempt can only be lost or stuck with a worker: no more than a batch waits in
+        ``haorch.requests`` (its request may be there) or ``haorch.responses`` (its answer may be). While a backlog
+        waits, re-sending "overdue" attempts only feeds it duplicates (each one answered and advanced again)."""
+        if self.waiting is None:
+            return True
+        return all(self.waiting(queue) <= self.cfg.batch_size for queue in (REQUESTS, RESPONSES))
 
     def _publish(self, dispatches: list[Dispatch]) -> None:
         if not dispatches:

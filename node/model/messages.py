@@ -10,11 +10,13 @@ Workers answer with a :class:`TaskResponse` on ``haorch.responses``; ``submit`` 
     TaskRequest.decode(body)   # MalformedMessage(reason) on anything unexpected
 
 Decoding rejects what is not UTF-8 JSON, not an object, of an unknown version, or has a missing, ill-typed
-or unknown field, by raising :class:`~node.errors.MalformedMessage` with a short ``reason``.
+or unknown field, by raising :class:`~node.errors.MalformedMessage` with a short ``reason``; so is anything a
+store could not take (``node/model/limits.py``): a message over ``MAX_MESSAGE_BYTES``, a string that is not
+encodable as UTF-8 (JSON accepts ``"\\ud800"``), a number that is not finite or outside its column, nesting deeper
+than ``MAX_NESTING``, an id that is not 1-64 printable characters. A decoded message never makes a store fail.
 
-Params merge rule: experiment params (``--param K=V``) override the template's task params, key by key, in
-every task of the experiment (a task ignores keys its executor does not read). The template holds defaults;
-the experiment is the more specific choice.
+Params: :func:`static_request_bytes` applies the merge rule of ``node/model/template.py`` (declared defaults,
+then the task's params, then the experiment's values, which submit checked against what the template declares).
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ from functools import cache
 from typing import Any, ClassVar, Literal, Self, cast, get_args, get_origin, get_type_hints
 
 from node.errors import MalformedMessage
+from node.model.limits import (
+    BIGINT_MAX,
+    INT_MAX,
+    MAX_ERROR_CHARS,
+    MAX_MESSAGE_BYTES,
+    id_problem,
+    name_problem,
+    value_problem,
+)
 from node.model.template import TaskSpec
 
 VERSION = 1
@@ -53,11 +64,11 @@ class _Message:
         if version is None:
             raise MalformedMessage("missing field 'v'")
         if version != VERSION or isinstance(version, bool):
-            raise MalformedMessage(f"unknown version {version!r}")
+            raise MalformedMessage(f"unknown version {version!r:.80}")
         checkers = _checkers(cast(type, cls))  # mypy does not take type[Self] as Hashable for the cache
         for key in data:
             if key not in checkers:
-                raise MalformedMessage(f"unknown field {key!r}")
+                raise MalformedMessage(f"unknown field {key!r:.80}")
         values = {}
         for name, (check, required) in checkers.items():
             if name in data:
@@ -89,7 +100,8 @@ class StaticRequest(_Message):
     def _problem(self) -> str | None:
         if self.timeout_s <= 0:
             return f"timeout_s must be > 0, got {self.timeout_s}"
-        return None
+        return (id_problem(self.experiment_id, "experiment_id") or id_problem(self.task, "task")
+                or name_problem(self.kind, "kind") or name_problem(self.executor, "executor"))
 
 
 @dataclass(frozen=True)
@@ -117,9 +129,8 @@ class TaskRequest(StaticRequest):
         return cls(**vars(static), attempt=attempt, epoch=epoch, dispatched_at=dispatched_at)
 
     def _problem(self) -> str | None:
-        if self.attempt < 1:
-            return f"attempt must be >= 1, got {self.attempt}"
-        return super()._problem()
+        return (_range_problem("attempt", self.attempt, 1, INT_MAX)
+                or _range_problem("epoch", self.epoch, 0, BIGINT_MAX) or super()._problem())
 
 
 @dataclass(frozen=True)
@@ -142,13 +153,14 @@ class TaskResponse(_Message):
     replayed: bool = False
 
     def _problem(self) -> str | None:
-        if self.attempt < 1:
-            return f"attempt must be >= 1, got {self.attempt}"
         if self.outcome == "success" and self.error is not None:
             return "a success carries no error"
         if self.outcome == "failure" and self.error is None:
             return "a failure needs an error"
-        return None
+        if self.error is not None and len(self.error) > MAX_ERROR_CHARS:
+            return f"error is longer than {MAX_ERROR_CHARS} characters"
+        return (_range_problem("attempt", self.attempt, 1, INT_MAX) or id_problem(self.experiment_id, "experiment_id")
+                or id_problem(self.task, "task") or name_problem(self.worker, "worker"))
 
 
 @dataclass(frozen=True)
@@ -157,15 +169,24 @@ class SubmissionNotice(_Message):
 
     experiment_id: str
 
+    def _problem(self) -> str | None:
+        return id_problem(self.experiment_id, "experiment_id")
 
-def static_request_bytes(experiment_id: str, spec: TaskSpec, exp_params: dict[str, Any]) -> bytes:
-    """The scheduling request stored on a task node: the task's params overridden by the experiment's."""
+
+def _range_problem(name: str, value: int, low: int, high: int) -> str | None:
+    return None if low <= value <= high else f"{name} must be within {low}..{high}, got {value}"
+
+
+def static_request_bytes(experiment_id: str, spec: TaskSpec, exp_params: dict[str, Any],
+                         defaults: dict[str, Any] | None = None) -> bytes:
+    """The scheduling request stored on a task node: the template's declared ``defaults``, overridden by the task's
+    params, overridden by the experiment's."""
     return StaticRequest(
         experiment_id=experiment_id,
         task=spec.name,
         kind=spec.kind,
         executor=spec.executor,
-        params={**spec.params, **exp_params},
+        params={**(defaults or {}), **spec.params, **exp_params},
         timeout_s=spec.timeout_s,
     ).encode()
 
@@ -179,6 +200,8 @@ def _checkers(cls: type) -> dict[str, tuple[Callable[[str, Any], Any], bool]]:
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(f"message is {len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
     try:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
@@ -203,7 +226,7 @@ def _compile(hint: Any) -> Callable[[str, Any], Any]:
         def literal(name: str, value: Any) -> Any:
             if isinstance(value, str) and value in args:
                 return value
-            raise MalformedMessage(f"field {name!r} must be one of {', '.join(args)}, got {value!r}")
+            raise MalformedMessage(f"field {name!r} must be one of {', '.join(args)}, got {value!r:.80}")
         return literal
     nullable = get_origin(hint) is types.UnionType and type(None) in args
     if nullable:
@@ -214,6 +237,9 @@ def _compile(hint: Any) -> Callable[[str, Any], Any]:
     def check(name: str, value: Any) -> Any:
         if value is None and nullable:
             return None
+        problem = value_problem(value, f"field {name!r}")
+        if problem:
+            raise MalformedMessage(problem)
         if base is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, base) and (base is bool or not isinstance(value, bool)):

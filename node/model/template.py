@@ -4,11 +4,13 @@ A template file names the type and lists its tasks; every key but ``name`` and `
 
     type: chain                 # ^[a-z][a-z0-9_-]{0,62}$, also the rule for task names
     description: data staging, job submission, monitoring, output staging
+    params:                     # what an experiment may set (--param K=V), with its default (null: none)
+      ms: null
     tasks:
       - name: stage_in
         kind: data_staging      # free text: data_staging, job_submission, monitoring, output_staging, ...
         executor: noop          # a known executor name, default noop
-        params: {}              # JSON-serialisable mapping, default {}
+        params: {}              # JSON-serialisable mapping, default {}; fixed unless declared above
         depends_on: []          # names of tasks of this template, default []
         retries: 1              # max attempts, default 1
         backoff_s: 0.2          # delay before the 2nd attempt, default 0.5
@@ -18,6 +20,11 @@ A template file names the type and lists its tasks; every key but ``name`` and `
       - name: submit_job
         kind: job_submission
         depends_on: [stage_in]
+
+Params merge rule: each task runs with the declared defaults, overridden by its own ``params``, overridden by
+the experiment's values, key by key (a task ignores keys its executor does not read). An experiment may set only
+the names the template declares under ``params``: :meth:`Template.check_overrides` refuses any other (a shell
+task's ``cmd`` cannot be replaced unless the template says so).
 
 Build templates with :func:`parse_template` or :func:`load_template_file`: they are the only door that
 validates (the :class:`Template` constructor trusts its input). Any problem raises
@@ -42,11 +49,13 @@ from typing import Any, TypeGuard
 
 import yaml
 
-from node.errors import NotFoundError, TemplateError
+from node.errors import NotFoundError, TemplateError, UsageError
+from node.model.api_limits import PARAM_KEY_MAX_CHARS, PARAM_NAME_RE, PARAM_NAME_RULE
+from node.model.limits import MAX_ID_CHARS, name_problem, text_problem
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _NAME_RULE = "names are 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter"
-_TEMPLATE_KEYS = ("type", "description", "tasks")
+_TEMPLATE_KEYS = ("type", "description", "params", "tasks")
 _TASK_KEYS = (
     "name", "kind", "executor", "params", "depends_on", "retries", "backoff_s", "backoff_factor",
     "max_backoff_s", "timeout_s",
@@ -103,6 +112,7 @@ class Template:
     type: str
     description: str
     tasks: tuple[TaskSpec, ...]
+    params: dict[str, Any] = field(default_factory=dict)  # overridable name -> default (None: no default)
 
     def task(self, name: str) -> TaskSpec:
         """The task called ``name``; :class:`NotFoundError` if there is none."""
@@ -110,6 +120,18 @@ class Template:
             if spec.name == name:
                 return spec
         raise NotFoundError(f"template {self.type!r} has no task {name!r}")
+
+    def param_defaults(self) -> dict[str, Any]:
+        """The declared params that have a default: every task starts from these."""
+        return {name: value for name, value in self.params.items() if value is not None}
+
+    def check_overrides(self, params: Mapping[str, object]) -> None:
+        """UsageError naming the first param of ``params`` this template does not declare, and those it does."""
+        for name in params:
+            if name not in self.params:
+                allowed = ", ".join(sorted(self.params)) or "none"
+                raise UsageError(f"type {self.type!r} does not let an experiment set param {name!r} "
+                                 f"(overridable: {allowed})")
 
     def roots(self) -> tuple[str, ...]:
         """Names of the tasks without dependencies: the ones dispatched at submit."""
@@ -145,7 +167,10 @@ class Template:
 
     def to_dict(self) -> dict[str, Any]:
         """The template in file form; ``parse_template(t.to_dict(), ...) == t``."""
-        return {"type": self.type, "description": self.description, "tasks": [t.to_dict() for t in self.tasks]}
+        # no "params" key when none is declared: a template written before they existed keeps its hash
+        declared = {"params": dict(self.params)} if self.params else {}
+        return {"type": self.type, "description": self.description, **declared,
+                "tasks": [t.to_dict() for t in self.tasks]}
 
     def content_hash(self) -> str:
         """Hex sha256 of the canonical JSON of :meth:`to_dict`: equal content, equal hash."""
@@ -221,7 +246,7 @@ def _parse(data: object, known_executors: Collection[str]) -> Template:
         if any(seen.name == spec.name for seen in specs):
             raise _Invalid(f"duplicate task name {spec.name!r}")
         specs.append(spec)
-    template = Template(type_, description, tuple(specs))
+    template = Template(type_, description, tuple(specs), _parse_declared(data.get("params", {})))
     _check_graph(template)
     return template
 
@@ -257,13 +282,28 @@ def _parse_task(raw: object, number: int, known_executors: Collection[str]) -> T
     )
     return TaskSpec(
         name=name,
-        kind=_field(raw, "kind", where, _REQUIRED, _is_text, "a non-empty string"),
+        kind=_field(raw, "kind", where, _REQUIRED, _is_kind, f"1-{MAX_ID_CHARS} printable characters"),
         executor=executor,
         params=dict(params),
         depends_on=tuple(depends_on),
         retry=retry,
         timeout_s=float(_field(raw, "timeout_s", where, 60.0, _is_positive_number, "a number > 0")),
     )
+
+
+def _parse_declared(raw: object) -> dict[str, Any]:
+    """The template's ``params``: overridable names, each with a default that is a string, a number, a boolean
+    or null."""
+    if not isinstance(raw, Mapping):
+        raise _Invalid(f"params of the template must be a mapping of name to default, got {_show(raw)}")
+    for name, default in raw.items():
+        if not isinstance(name, str) or not PARAM_NAME_RE.fullmatch(name) or len(name) > PARAM_KEY_MAX_CHARS:
+            raise _Invalid(f"bad param name {_show(name)}: {PARAM_NAME_RULE}, at most {PARAM_KEY_MAX_CHARS}")
+        if not (default is None or isinstance(default, bool) or _is_number(default)
+                or (isinstance(default, str) and text_problem(default, name) is None)):
+            raise _Invalid(f"default of param {name!r} must be a string, a number, a boolean or null, "
+                           f"got {_show(default)}")
+    return dict(raw)
 
 
 def _check_graph(template: Template) -> None:
@@ -331,8 +371,9 @@ def _is_str(value: object) -> bool:
     return isinstance(value, str)
 
 
-def _is_text(value: object) -> bool:
-    return isinstance(value, str) and value.strip() != ""
+def _is_kind(value: object) -> bool:
+    """A kind travels in every request of the task: the workers' decoder takes what this accepts."""
+    return isinstance(value, str) and value.strip() != "" and name_problem(value, "kind") is None
 
 
 def _is_str_mapping(value: object) -> bool:

@@ -1,8 +1,9 @@
-"""MariaDB with its own datadir (``mariadb-install-db``), port, socket and a generated password user."""
+"""MariaDB with its own datadir (``mariadb-install-db``), port, socket and two generated password users: haorch's
+(the database's owner) and the workers' (the ledger table only)."""
 
 from __future__ import annotations
 
-from node.config import MYSQL_DATABASE, MYSQL_USER
+from node.config import MYSQL_DATABASE, MYSQL_USER, MYSQL_WORKER_USER
 from node.errors import ServiceError
 from node.runtime.handle import TcpCheck
 from node.stack.service import Launch, Service
@@ -77,4 +78,16 @@ class MariaDB(Service):
             f"GRANT PROCESS ON *.* TO '{MYSQL_USER}'@'{host}';"
             f"GRANT PROCESS ON *.* TO '{MYSQL_USER}'@'localhost';")
         ensure_schema(self.cfg)
+        self._bootstrap_worker_user()
+
+    def _bootstrap_worker_user(self) -> None:
+        """The workers' user: what a worker does to the ledger table (read attempts, insert starts, update ends)
+        and nothing else — no other table, no DDL, no DELETE. Its password follows the secrets file. Runs after
+        the schema: a table grant needs the table."""
+        pw = self.cfg.secrets.worker_mysql_password.replace("'", "")
+        who = f"'{MYSQL_WORKER_USER}'@'{self.cfg.host}'"
+        self.root_sql(
+            f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY '{pw}';"
+            f"ALTER USER {who} IDENTIFIED BY '{pw}';"
+            f"GRANT SELECT, INSERT, UPDATE ON {MYSQL_DATABASE}.ledger TO {who};")
 

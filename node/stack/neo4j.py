@@ -6,6 +6,7 @@ from pathlib import Path
 
 from node.errors import ServiceError, SetupError
 from node.paths import NEO4J_LAUNCHER_DIR
+from node.private_files import write_private
 from node.runtime.handle import TcpCheck
 from node.runtime.programs import asset
 from node.stack.service import Launch, Service
@@ -45,8 +46,7 @@ class Neo4j(Service):
     def prepare(self) -> None:
         data = self.cfg.data_dir(self.name)
         data.mkdir(parents=True, exist_ok=True)
-        self.password_file.write_text(self.cfg.secrets.neo4j_password)
-        self.password_file.chmod(0o600)
+        write_private(self.password_file, self.cfg.secrets.neo4j_password)
 
     def command(self) -> Launch:
         return Launch([

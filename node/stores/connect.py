@@ -1,28 +1,57 @@
-"""How every client reaches the stores: connection arguments for MariaDB, Neo4j and RabbitMQ from the config.
+"""How every client reaches the stores: connection arguments for MariaDB, Neo4j, RabbitMQ and ZooKeeper.
 
 This module depends on the config alone, so that a store, a worker or a command can connect without importing
 the code that *starts* the services (``node/stack/``). Addresses come from the config, never from here::
 
     conn = pymysql.connect(**mysql_connect_args(cfg))
     with neo4j_driver(cfg) as driver: ...
-    pika.BlockingConnection(amqp_parameters(cfg, name="worker-1"))
+    pika.BlockingConnection(amqp_parameters(cfg, name="worker-1", role="worker"))
+    zk = zookeeper_client(cfg, "node-1")        # kazoo, as haorch's ZooKeeper identity
+
+Two roles: the ``orchestrator`` (nodes, the CLI, the stack's bootstrap) owns the schema and the queues; a
+``worker`` has users of its own that may do only what a worker does — read and write the ledger table, consume
+``haorch.requests`` and publish through ``haorch.worker`` (``node/stack/mariadb.py`` and ``rabbitmq.py`` grant
+exactly that).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import neo4j
 import pika
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 
-from node.config import MYSQL_DATABASE, MYSQL_USER, NEO4J_USER, RABBIT_USER, RABBIT_VHOST, Config
+from election import ZooKeeperUnavailableError, make_client, secure_tree
+from node.config import (
+    MYSQL_DATABASE,
+    MYSQL_USER,
+    MYSQL_WORKER_USER,
+    NEO4J_USER,
+    RABBIT_USER,
+    RABBIT_VHOST,
+    RABBIT_WORKER_USER,
+    ZK_ROOT,
+    ZK_USER,
+    Config,
+)
+from node.errors import ServiceError
+
+Role = Literal["orchestrator", "worker"]
 
 
-def mysql_connect_args(cfg: Config) -> dict[str, Any]:
-    """pymysql.connect() keyword arguments for the haorch user over TCP."""
-    return {"host": cfg.host, "port": cfg.mysql_port, "user": MYSQL_USER, "password": cfg.secrets.mysql_password,
+# a value too long for its column is an error, never a row stored cut short (whatever the server's default mode)
+STRICT_SESSION = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')"
+
+
+def mysql_connect_args(cfg: Config, role: Role = "orchestrator") -> dict[str, Any]:
+    """pymysql.connect() keyword arguments for the role's MariaDB user over TCP."""
+    user, password = ((MYSQL_WORKER_USER, cfg.secrets.worker_mysql_password) if role == "worker"
+                      else (MYSQL_USER, cfg.secrets.mysql_password))
+    return {"host": cfg.host, "port": cfg.mysql_port, "user": user, "password": password,
             "database": MYSQL_DATABASE, "charset": "utf8mb4", "autocommit": False, "connect_timeout": 5,
-            "read_timeout": 30, "write_timeout": 30}
+            "read_timeout": 30, "write_timeout": 30, "init_command": STRICT_SESSION}
 
 
 def neo4j_driver(cfg: Config, **kwargs: Any) -> neo4j.Driver:
@@ -31,11 +60,38 @@ def neo4j_driver(cfg: Config, **kwargs: Any) -> neo4j.Driver:
                                       connection_timeout=5, max_transaction_retry_time=5, **kwargs)
 
 
-def amqp_parameters(cfg: Config, heartbeat_s: int | None = None, name: str = "haorch") -> pika.ConnectionParameters:
-    """Connection parameters for the stack's broker with the generated user."""
+def amqp_parameters(cfg: Config, heartbeat_s: int | None = None, name: str = "haorch",
+                    role: Role = "orchestrator") -> pika.ConnectionParameters:
+    """Connection parameters for the stack's broker with the role's generated user."""
+    user, password = ((RABBIT_WORKER_USER, cfg.secrets.worker_rabbit_password) if role == "worker"
+                      else (RABBIT_USER, cfg.secrets.rabbit_password))
     return pika.ConnectionParameters(
         host=cfg.host, port=cfg.rabbit_port, virtual_host=RABBIT_VHOST,
-        credentials=pika.PlainCredentials(RABBIT_USER, cfg.secrets.rabbit_password),
+        credentials=pika.PlainCredentials(user, password),
         heartbeat=cfg.rabbit_heartbeat_s if heartbeat_s is None else heartbeat_s,
         blocked_connection_timeout=30, connection_attempts=1, socket_timeout=5,
         client_properties={"connection_name": name})
+
+
+def zookeeper_auth(cfg: Config) -> tuple[str, str]:
+    """The digest credentials of haorch's ZooKeeper identity (``election.make_client(..., auth=...)``)."""
+    return ("digest", f"{ZK_USER}:{cfg.secrets.zookeeper_password}")
+
+
+def zookeeper_client(cfg: Config, identifier: str, start_timeout_s: float = 10.0) -> KazooClient:
+    """A started client of the stack's ensemble, authenticated as haorch's identity, whose znodes only that
+    identity may change. Every znode under ``ZK_ROOT`` gets that ACL first (an older version created them open to
+    anyone). ServiceError when the ensemble is unreachable or a znode belongs to another identity."""
+    try:
+        client = make_client(cfg.zk_hosts, cfg.zk_session_timeout_s, identifier, start_timeout_s=start_timeout_s,
+                             auth=zookeeper_auth(cfg))
+    except ZooKeeperUnavailableError as exc:
+        raise ServiceError(str(exc)) from None
+    try:
+        secure_tree(client, ZK_ROOT)
+    except NoAuthError:
+        client.stop()
+        client.close()
+        raise ServiceError(f"zookeeper: a znode under {ZK_ROOT} belongs to another identity than {ZK_USER!r} with "
+                           f"the password in {cfg.home / 'secrets.json'}") from None
+    return client

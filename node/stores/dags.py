@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from neo4j import Driver, ManagedTransaction, Record
+from neo4j import Driver, ManagedTransaction, Record, unit_of_work
 from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, FencedError, NotFoundError, UnknownTypeError
@@ -43,6 +44,7 @@ from node.model.template import Template, parse_template
 from node.stores.failures import at_boundary, neo4j_boundary
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # States go into Cypher as parameters, never spelled in a query: one query text per statement keeps Neo4j's plan
 # cache hit (Neo4j would turn literals into parameters anyway, so the plans are the same).
@@ -81,9 +83,15 @@ _RETURN_DISPATCH = ("RETURN t.key AS key, t.experiment_id AS experiment_id, t.na
 class DagStore:
     """Templates and experiment DAGs in Neo4j."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, tx_timeout_s: float | None = None) -> None:
         self.driver = driver
+        self.tx_timeout_s = tx_timeout_s
         self.boundary = neo4j_boundary(driver)  # every public method: driver failures leave as DependencyError
+
+    def _timed(self, work: Callable[..., T]) -> Callable[..., T]:
+        """``work`` with the server-side transaction timeout, if any: the server ends a transaction that runs (or
+        waits for a lock) longer, so a frozen leader cannot hold the fence lock, nor anyone wait on it, forever."""
+        return work if self.tx_timeout_s is None else unit_of_work(timeout=self.tx_timeout_s)(work)
 
     # --- templates ---------------------------------------------------------------------------------------
     @at_boundary
@@ -151,6 +159,7 @@ class DagStore:
         preds = template.predecessors()
         specs = [(s, len(preds[s.name])) for s in template.tasks]
         edges = [(name, dep) for name, deps in preds.items() for dep in deps]
+        defaults = template.param_defaults()
 
         def work(tx: ManagedTransaction) -> list[str]:
             ids = [experiment_id for experiment_id, _ in experiments]
@@ -165,7 +174,7 @@ class DagStore:
                 return []
             rows = [{"id": experiment_id, "tasks": [
                 {"key": f"{experiment_id}/{spec.name}", "name": spec.name, "kind": spec.kind,
-                 "request": static_request_bytes(experiment_id, spec, params), "waiting": waiting,
+                 "request": static_request_bytes(experiment_id, spec, params, defaults), "waiting": waiting,
                  "max_attempts": spec.retry.max_attempts, "backoff_s": spec.retry.backoff_s,
                  "backoff_factor": spec.retry.backoff_factor, "max_backoff_s": spec.retry.max_backoff_s,
                  "timeout_s": spec.timeout_s} for spec, waiting in specs]} for experiment_id, params in new]
@@ -193,6 +202,21 @@ class DagStore:
                 return session.execute_write(work)
 
     @at_boundary
+    def fail_unbuilt(self, epoch: int, failed: list[tuple[str, str, int, str]], now: float) -> None:
+        """Record experiments whose DAG cannot be built, ``(experiment_id, type, version, reason)``, as FAILED
+        Experiment nodes without tasks (fenced; an id that has a node already is left as it is)."""
+
+        def work(tx: ManagedTransaction) -> None:
+            _check_fence(tx, epoch)
+            tx.run("UNWIND $rows AS row MERGE (e:Experiment {experiment_id: row[0]}) "
+                   "ON CREATE SET e.type = row[1], e.version = row[2], e.state = $failed, e.remaining = 0, "
+                   "e.created_at = $now, e.finished_at = $now, e.reason = row[3]",
+                   rows=[list(row) for row in failed], failed=ExperimentState.FAILED, now=now)
+
+        with self.driver.session() as session:
+            session.execute_write(work)
+
+    @at_boundary
     def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
         """Every task of an experiment with its state, attempts and timings, in a stable order."""
         records, _, _ = self.driver.execute_query(
@@ -218,7 +242,7 @@ class DagStore:
                    epoch=epoch, node=node_id, now=time.time())
 
         with self.driver.session() as session:
-            session.execute_write(work)
+            session.execute_write(self._timed(work))
 
     @at_boundary
     def fence_epoch(self) -> int:
@@ -237,7 +261,7 @@ class DagStore:
     def advance(self, epoch: int, outcomes: list[Outcome], submitted: list[str], now: float) -> AdvanceResult:
         """Apply a batch of outcomes and new submissions in ONE fenced transaction; returns what changed."""
         with self.driver.session() as session:
-            return session.execute_write(self._advance, epoch, outcomes, submitted, now)
+            return session.execute_write(self._timed(self._advance), epoch, outcomes, submitted, now)
 
     def _advance(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], submitted: list[str],
                  now: float) -> AdvanceResult:
@@ -358,13 +382,13 @@ class DagStore:
             return ExperimentState.CANCELLED, self._cancel_open_tasks(tx, [experiment_id], now, epoch)
 
         with self.driver.session() as session:
-            return session.execute_write(work)
+            return session.execute_write(self._timed(work))
 
     # --- periodic work and takeover ----------------------------------------------------------------------
     @at_boundary
-    def due_work(self, epoch: int, now: float, grace_s: float, limit: int) -> AdvanceResult:
-        """Roots never dispatched (a submission whose notice was lost), retries whose backoff has passed and
-        dispatched tasks whose response is overdue, as dispatches."""
+    def due_work(self, epoch: int, now: float, grace_s: float, limit: int, overdue: bool = True) -> AdvanceResult:
+        """Roots never dispatched (a submission whose notice was lost), retries whose backoff has passed and,
+        if ``overdue``, dispatched tasks whose response is overdue, as dispatches."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
             _check_fence(tx, epoch)
@@ -379,58 +403,59 @@ class DagStore:
                              "t.epoch = $epoch " + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
                              retry_wait=TaskStatus.RETRY_WAIT, dispatched=TaskStatus.DISPATCHED)
             found += _dispatch_rows(list(retries))
-            overdue = tx.run("MATCH (t:Task {status: $dispatched}) "
-                             "WHERE t.dispatched_at + t.timeout_s + $grace < $now WITH t LIMIT $limit "
-                             "SET t.dispatched_at = $now, t.epoch = $epoch " + _RETURN_DISPATCH,
-                             now=now, grace=grace_s, limit=limit, epoch=epoch, dispatched=TaskStatus.DISPATCHED)
-            result = AdvanceResult(dispatches=found + _dispatch_rows(list(overdue), redispatch=True))
+            late = tx.run("MATCH (t:Task {status: $dispatched}) "
+                          "WHERE t.dispatched_at + t.timeout_s + $grace < $now WITH t LIMIT $limit "
+                          "SET t.dispatched_at = $now, t.epoch = $epoch " + _RETURN_DISPATCH,
+                          now=now, grace=grace_s, limit=limit if overdue else 0, epoch=epoch,
+                          dispatched=TaskStatus.DISPATCHED)
+            result = AdvanceResult(dispatches=found + _dispatch_rows(list(late), redispatch=True))
             _start_experiments(tx, now, result)
             return result
 
         with self.driver.session() as session:
-            return session.execute_write(work)
+            return session.execute_write(self._timed(work))
 
     @at_boundary
-    def rescan(self, epoch: int, now: float, batch: int = 5000) -> list[dict[str, Any]]:
-        """Takeover: every unflagged task whose predecessors are all executed, in pages (fenced reads)."""
-
-        def page_after(tx: ManagedTransaction, last: str) -> list[Record]:
+    def rescan(self, epoch: int, after: str, limit: int) -> list[dict[str, Any]]:
+        """Takeover, one page: up to ``limit`` unflagged tasks whose predecessors are all executed, with keys
+        after ``after``, in key order (one index seek), except those this ``epoch`` has (re)dispatched already."""
+        def page(tx: ManagedTransaction) -> list[Record]:
             return list(tx.run(
                 "MATCH (t:Task) USING INDEX t:Task(executed, waiting, key) "
-                "WHERE t.executed = false AND t.waiting = 0 AND t.key > $last AND t.status IN $open "
+                "WHERE t.executed = false AND t.waiting = 0 AND t.key > $after AND t.status IN $open "
+                "AND coalesce(t.epoch, 0) <> $epoch "
                 "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
                 "t.status AS status, t.attempt AS attempt, t.dispatched_at AS dispatched_at, "
                 "t.timeout_s AS timeout_s, t.not_before AS not_before "
-                "ORDER BY t.key LIMIT $batch", last=last, open=_OPEN, batch=batch))
+                "ORDER BY t.key LIMIT $limit", after=after, open=_OPEN, epoch=epoch, limit=limit))
 
-        found: list[dict[str, Any]] = []
-        last = ""
         with self.driver.session() as session:
-            while True:
-                page = session.execute_read(page_after, last)
-                found += [dict(r) for r in page]
-                if len(page) < batch:
-                    return found
-                last = page[-1]["key"]
+            return [dict(r) for r in session.execute_read(self._timed(page))]
 
     @at_boundary
     def mark_dispatched(self, epoch: int, keys: list[str], now: float) -> AdvanceResult:
-        """Takeover re-dispatch: (re)mark tasks as dispatched now; PENDING roots get attempt 1."""
+        """Takeover re-dispatch of one page: (re)mark tasks as dispatched now; PENDING roots get attempt 1 (a first
+        dispatch, not a re-send). A task this epoch has dispatched since the page was read (a batch or the sweep
+        did) is left alone."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
             _check_fence(tx, epoch)
             rows = tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) "
                           "WHERE t.executed = false AND t.status IN [$pending, $dispatched] "
-                          "SET t.attempt = CASE WHEN t.status = $pending THEN 1 ELSE t.attempt END, "
+                          "AND coalesce(t.epoch, 0) <> $epoch "
+                          "WITH t, t.status = $dispatched AS again "
+                          "SET t.attempt = CASE WHEN again THEN t.attempt ELSE 1 END, "
                           "t.status = $dispatched, t.dispatched_at = $now, t.epoch = $epoch "
-                          + _RETURN_DISPATCH, keys=keys, now=now, epoch=epoch,
+                          + _RETURN_DISPATCH + ", again", keys=keys, now=now, epoch=epoch,
                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
-            result = AdvanceResult(dispatches=_dispatch_rows(list(rows), redispatch=True))
+            result = AdvanceResult(dispatches=[
+                Dispatch(r["key"], r["experiment_id"], r["name"], r["kind"], r["request"], r["attempt"], r["again"])
+                for r in rows])
             _start_experiments(tx, now, result)
             return result
 
         with self.driver.session() as session:
-            return session.execute_write(work)
+            return session.execute_write(self._timed(work))
 
     @at_boundary
     def experiment_states(self, ids: list[str]) -> dict[str, str]:

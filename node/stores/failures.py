@@ -34,8 +34,10 @@ MARIADB_ERRORS = (pymysql.err.OperationalError, pymysql.err.InterfaceError, pymy
 RABBITMQ_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
                    pika.exceptions.StreamLostError, ConnectionError, OSError)
 NEO4J_ERRORS = (neo4j.exceptions.DriverError, neo4j.exceptions.Neo4jError)
-#: client errors that still mean "try again": our transaction was terminated (a newer leader's fence guard)
-NEO4J_RETRYABLE_CODES = (".Transaction.Terminated", ".Transaction.LockClientStopped")
+#: client errors that still mean "try again": our transaction was terminated (a newer leader's fence guard) or
+#: outlived its timeout (``DagStore(tx_timeout_s=...)``: it ran, or waited on a lock, too long)
+NEO4J_RETRYABLE_CODES = (".Transaction.Terminated", ".Transaction.LockClientStopped",
+                         ".Transaction.TransactionTimedOut", ".Transaction.TransactionTimedOutClientConfiguration")
 
 
 def _always(_exc: BaseException) -> bool:

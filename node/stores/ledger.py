@@ -26,7 +26,7 @@ from pymysql.cursors import Cursor
 
 from node.config import Config
 from node.retry import STORE_OPERATION, Stop, call
-from node.stores.connect import mysql_connect_args
+from node.stores.connect import Role, mysql_connect_args
 from node.stores.failures import mariadb_boundary
 
 Key = tuple[str, str, int]  # (experiment_id, task, attempt)
@@ -86,11 +86,13 @@ class Ledger:
 
     ``idle(seconds)`` is called to wait between reconnect attempts (default :func:`time.sleep`); a worker passes
     a function that keeps its AMQP heartbeats flowing meanwhile, and its ``stop`` to give up once stopping.
+    ``role`` picks the MariaDB user: a worker's may use this table and nothing else.
     """
 
     def __init__(self, cfg: Config, retry_for_s: float = 60.0, idle: Callable[[float], None] = time.sleep,
-                 stop: Stop | None = None) -> None:
+                 stop: Stop | None = None, role: Role = "orchestrator") -> None:
         self.cfg = cfg
+        self.role: Role = role
         self.retry_for_s = retry_for_s
         self.idle = idle
         self.stop = stop
@@ -196,7 +198,7 @@ class Ledger:
 
     def _connection(self) -> pymysql.connections.Connection:
         if self._conn is None:
-            conn = pymysql.connect(**mysql_connect_args(self.cfg))
+            conn = pymysql.connect(**mysql_connect_args(self.cfg, self.role))
             with conn.cursor() as cur:  # every statement sees what other workers committed before it
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             self._conn = conn

@@ -23,6 +23,9 @@ SCHEMA = [
         finished_at DOUBLE NULL,
         KEY idx_state_created (state, created_at)
     ) ENGINE=InnoDB""",
+    # the listing's order: a page of any depth is one index range (with a state, idx_state_created serves, as
+    # InnoDB appends the primary key to it); a separate statement so that existing tables get it too
+    "CREATE INDEX IF NOT EXISTS idx_created ON experiments (created_at, experiment_id)",
     # one row per task (or experiment, task IS NULL) state change, with the epoch of the leader that made it
     """CREATE TABLE IF NOT EXISTS transitions (
         id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,

@@ -19,6 +19,8 @@ SCHEMA = [
     "CREATE INDEX task_ready IF NOT EXISTS FOR (t:Task) ON (t.executed, t.waiting, t.key)",
     "CREATE INDEX task_experiment IF NOT EXISTS FOR (t:Task) ON (t.experiment_id)",
     "CREATE INDEX task_status IF NOT EXISTS FOR (t:Task) ON (t.status)",
+    # the sweep's never-dispatched roots: a seek, not a scan of every PENDING successor of a large backlog
+    "CREATE INDEX task_status_waiting IF NOT EXISTS FOR (t:Task) ON (t.status, t.waiting)",
     "CREATE CONSTRAINT fence_name IF NOT EXISTS FOR (f:Fence) REQUIRE f.name IS UNIQUE",
     "MERGE (f:Fence {name: 'leader'}) ON CREATE SET f.epoch = 0",
 ]

@@ -30,9 +30,9 @@ from pika.spec import Basic
 from node.config import Config
 from node.errors import DependencyError
 from node.retry import CONNECT, RetryPolicy, Stop, call
-from node.stores.connect import amqp_parameters
+from node.stores.connect import Role, amqp_parameters
 from node.stores.failures import RABBITMQ_ERRORS, rabbitmq_boundary
-from node.stores.queues import DEAD, declare_topology
+from node.stores.queues import DEAD, check_worker_topology, declare_topology
 
 if TYPE_CHECKING:
     from node.stores.ports import Publisher
@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
 def connect(cfg: Config, name: str, policy: RetryPolicy = CONNECT, heartbeat_s: int | None = None,
-            stop: Stop | None = None, on_failure: Callable[[BaseException], None] | None = None) -> BlockingConnection:
-    """Open a connection and declare the queues on it (a restarted broker keeps them: they are durable), retrying
-    under ``policy`` until ``stop``; DependencyError when it gives up."""
-    params = amqp_parameters(cfg, heartbeat_s=heartbeat_s, name=name)
+            stop: Stop | None = None, on_failure: Callable[[BaseException], None] | None = None,
+            role: Role = "orchestrator") -> BlockingConnection:
+    """Open a connection as ``role`` and declare the queues on it (a restarted broker keeps them: they are durable;
+    a worker, which may not declare, checks they exist), retrying under ``policy`` until ``stop``; DependencyError
+    when it gives up."""
+    params = amqp_parameters(cfg, heartbeat_s=heartbeat_s, name=name, role=role)
     boundary = rabbitmq_boundary(cfg)
 
     def once() -> BlockingConnection:
@@ -53,7 +55,10 @@ def connect(cfg: Config, name: str, policy: RetryPolicy = CONNECT, heartbeat_s: 
             conn = pika.BlockingConnection(params)
             try:
                 channel = conn.channel()
-                declare_topology(cfg, channel)
+                if role == "worker":
+                    check_worker_topology(channel)
+                else:
+                    declare_topology(cfg, channel)
                 channel.close()
             except BaseException:
                 if conn.is_open:
@@ -76,11 +81,14 @@ def pump(conn: BlockingConnection, seconds: float = 0.0) -> None:
 
 
 class BatchPublisher:
-    """Publishes batches of persistent messages and waits once per batch for the broker's confirms."""
+    """Publishes batches of persistent messages and waits once per batch for the broker's confirms; each queue is
+    reached through ``exchange`` under its own name (the default exchange routes to every queue; a worker's
+    ``haorch.worker`` only to the queues it may write)."""
 
-    def __init__(self, conn: BlockingConnection, confirm_timeout_s: float = 30.0) -> None:
+    def __init__(self, conn: BlockingConnection, confirm_timeout_s: float = 30.0, exchange: str = "") -> None:
         self.conn = conn
         self.confirm_timeout_s = confirm_timeout_s
+        self.exchange = exchange
         self._boundary = rabbitmq_boundary(conn)
         with self._boundary:
             self.channel: BlockingChannel = conn.channel()
@@ -119,7 +127,7 @@ class BatchPublisher:
         count = 0
         with self._boundary:
             for body in bodies:
-                self._impl.basic_publish(exchange="", routing_key=queue, body=body, properties=properties)
+                self._impl.basic_publish(exchange=self.exchange, routing_key=queue, body=body, properties=properties)
                 count += 1
             if not count:
                 return 0
@@ -128,6 +136,11 @@ class BatchPublisher:
         if self._nacked != nacked_before:
             raise self._failure(f"broker refused {self._nacked - nacked_before} of {count} messages to {queue}")
         return count
+
+    def waiting(self, queue: str) -> int:
+        """Messages ready in ``queue`` (delivered but unacknowledged ones not counted): one passive declare."""
+        with self._boundary:
+            return self.channel.queue_declare(queue, passive=True).method.message_count
 
     def _failure(self, cause: str) -> DependencyError:
         return DependencyError(self._boundary.service, self._boundary.endpoint, cause)
@@ -210,9 +223,11 @@ class BatchConsumer:
 
 
 def dead_letter(publisher: Publisher, delivery: Delivery, reason: str) -> None:
-    """Park a message that cannot be processed on ``haorch.dead`` with the reason; the caller acks the original."""
+    """Park a message that cannot be processed on ``haorch.dead`` with the reason (made one encodable line);
+    the caller acks the original."""
+    reason = " ".join(reason.split())[:500].encode("utf-8", "backslashreplace").decode("utf-8")
     props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers={
-        "x-haorch-reason": reason[:500], "x-haorch-source-queue": delivery.queue})
+        "x-haorch-reason": reason, "x-haorch-source-queue": delivery.queue})
     publisher.publish_batch(DEAD, [delivery.body], properties=props)
     log.warning("dead-lettered queue=%s reason=%s", delivery.queue, reason)
 

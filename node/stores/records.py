@@ -20,6 +20,7 @@ import pymysql.cursors
 
 from node.config import Config
 from node.errors import ConflictError, FencedError, NotFoundError
+from node.model.api_limits import encode_params
 from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState, TaskStatus
 from node.periodic import Periodic
 from node.retry import STORE_OPERATION, call
@@ -33,7 +34,7 @@ BLOCKERS = ("SELECT b.trx_mysql_thread_id FROM information_schema.INNODB_LOCK_WA
             "JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id "
             "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id "
             "WHERE r.trx_mysql_thread_id = %s")
-APPLIED_BATCHES_KEEP_S = 86400.0  # far longer than any retry of a batch; pruned on each takeover
+APPLIED_BATCHES_KEEP_S = 86400.0  # far longer than any retry of a batch; pruned by the leader's sweep, bounded
 EXPERIMENT_COLUMNS = "experiment_id, type, template_version, state, params, created_at, updated_at, finished_at"
 
 
@@ -101,7 +102,8 @@ class Records:
         return _FenceUnblocker(self.cfg, self._connection().thread_id(), epoch)
 
     def raise_fence(self, epoch: int, node_id: str, elected_at: float) -> None:
-        """A new leader's first write: fence row to ``epoch`` and a leader_terms row."""
+        """A new leader's first write: fence row to ``epoch`` and a leader_terms row, nothing else (the fence row's
+        lock is held until this commits: anything slow here delays the takeover and every fenced write)."""
         def work(cur: pymysql.cursors.Cursor) -> None:
             with self._unblocked_raise(epoch):
                 self._check_fence(cur, epoch)
@@ -109,8 +111,15 @@ class Records:
                         (epoch, node_id, time.time()))
             cur.execute("INSERT INTO leader_terms (epoch, node_id, elected_at) VALUES (%s, %s, %s) "
                         "ON DUPLICATE KEY UPDATE node_id = node_id", (epoch, node_id, elected_at))
-            cur.execute("DELETE FROM applied_batches WHERE at < %s", (time.time() - APPLIED_BATCHES_KEEP_S,))
         self.transaction(work)
+
+    def prune_applied_batches(self, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest ``applied_batches`` rows older than APPLIED_BATCHES_KEEP_S, in a
+        transaction of their own (unfenced: housekeeping, whoever does it); returns how many."""
+        def work(cur: pymysql.cursors.Cursor) -> int:
+            return cur.execute("DELETE FROM applied_batches WHERE at < %s ORDER BY at LIMIT %s",
+                               (time.time() - APPLIED_BATCHES_KEEP_S, limit))
+        return self.transaction(work)
 
     def record_phases(self, epoch: int, phases: dict[str, float]) -> None:
         def work(cur: pymysql.cursors.Cursor) -> None:
@@ -192,9 +201,12 @@ class Records:
                                         f"not {type_!r}")
             new = [(i, p) for i, p in items if i not in existing]
             if new:
-                cur.executemany("INSERT IGNORE INTO experiments (experiment_id, type, template_version, state, "
-                                "params, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                                [(i, type_, version, ExperimentState.QUEUED, json.dumps(p, sort_keys=True), now, now)
+                # never INSERT IGNORE: it turns a value too long for its column into a warning and stores it cut
+                # short; the session is strict (connect.py) and check_params_size() keeps params far below TEXT
+                cur.executemany("INSERT INTO experiments (experiment_id, type, template_version, state, "
+                                "params, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                                "ON DUPLICATE KEY UPDATE experiment_id = experiment_id",
+                                [(i, type_, version, ExperimentState.QUEUED, encode_params(p), now, now)
                                  for i, p in new])
                 cur.executemany("INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, "
                                 "epoch, node_id, at) VALUES (%s, NULL, NULL, %s, 0, 0, 'submit', %s)",
@@ -221,11 +233,25 @@ class Records:
         def work(cur: pymysql.cursors.Cursor) -> list[dict[str, Any]]:
             cur.execute(sql, args)
             cols = [c[0] for c in cur.description]
-            rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-            for row in rows:
-                row["params"] = json.loads(row["params"])
-            return rows
+            return [_decoded(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
         return self.transaction(work)
+
+    def experiments_page(self, state: str | None, after: tuple[float, str] | None, limit: int,
+                         created_before: float | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` experiments (of ``state``, created before ``created_before``) after the position
+        ``(created_at, experiment_id)``, in that order: one index range per page, however deep."""
+        where: list[str] = []
+        args: list[object] = []
+        if state is not None:
+            where.append("state = %s")
+            args.append(state)
+        if created_before is not None:
+            where.append("created_at < %s")
+            args.append(created_before)
+        if after is not None:
+            where.append("(created_at > %s OR (created_at = %s AND experiment_id > %s))")
+            args += [after[0], after[0], after[1]]
+        return self.experiments(("WHERE " + " AND ".join(where)) if where else "", tuple(args), limit=limit)
 
     def state_counts(self) -> dict[str, int]:
         def work(cur: pymysql.cursors.Cursor) -> dict[str, int]:
@@ -277,6 +303,17 @@ class Records:
             row = cur.fetchone()
             return None if row is None else (row[0], row[1], row[2])
         return self.transaction(work)
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its params decoded; a row whose params cannot be (cut short by an older version) says so in
+    ``params_error`` instead of failing every listing that includes it."""
+    try:
+        row["params"] = json.loads(row["params"])
+    except ValueError:
+        row["params_error"] = f"stored params are not valid JSON ({len(row['params'])} characters); not decoded"
+        row["params"] = None
+    return row
 
 
 class _FenceUnblocker:

@@ -37,6 +37,7 @@ from pika.adapters.blocking_connection import BlockingConnection
 
 from node.config import Config
 from node.errors import DependencyError, MalformedMessage, UsageError
+from node.isolation import handle_isolated
 from node.metrics import (
     DEAD_LETTERS,
     DEPENDENCY_UP,
@@ -45,12 +46,13 @@ from node.metrics import (
     WORKER_EXECUTIONS,
     WORKER_IN_PROGRESS,
 )
+from node.model.limits import MAX_ERROR_CHARS, name_problem, value_problem
 from node.model.messages import Outcome as OutcomeName
 from node.model.messages import TaskRequest, TaskResponse
 from node.retry import RECONNECT, RESUME, call
 from node.stores.ledger import Finish, Key, Ledger, LedgerRow, Start
 from node.stores.ports import Consumer, Publisher
-from node.stores.queues import REQUESTS, RESPONSES
+from node.stores.queues import REQUESTS, RESPONSES, WORKER_EXCHANGE
 from node.stores.rabbit import (
     BatchConsumer,
     BatchPublisher,
@@ -64,8 +66,6 @@ from node.worker.ports import ExecutionLedger
 
 log = logging.getLogger(__name__)
 
-MAX_ID_CHARS = 64  # ledger columns experiment_id, task, worker
-MAX_ERROR_CHARS = 512  # ledger column error
 MAX_RESULT_BYTES = 60_000  # ledger column result (TEXT: 65,535 bytes)
 POLL_S = 0.05  # longest wait without pumping AMQP events (heartbeats) or checking timeouts
 DEPENDENCIES = ("rabbitmq", "mariadb")  # the services of the worker's haorch_dependency_up
@@ -83,15 +83,6 @@ class Outcome:
     seconds: float
 
 
-def decode_request(body: bytes) -> TaskRequest:
-    """A request the ledger can store; :class:`MalformedMessage` otherwise."""
-    request = TaskRequest.decode(body)
-    for name in ("experiment_id", "task"):
-        if len(getattr(request, name)) > MAX_ID_CHARS:
-            raise MalformedMessage(f"field {name!r} is longer than {MAX_ID_CHARS} characters")
-    return request
-
-
 def request_key(request: TaskRequest) -> Key:
     return (request.experiment_id, request.task, request.attempt)
 
@@ -102,7 +93,9 @@ def experiment_seed(experiment_id: str) -> int:
 
 
 def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` on one line of at most ``limit`` characters, encodable (a lone surrogate becomes ``\\udXXX``)."""
     flat = " ".join(text.split()) or "no message"
+    flat = flat.encode("utf-8", "backslashreplace").decode("utf-8")
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
@@ -112,8 +105,9 @@ class Worker:
     ``ledger`` defaults to the MariaDB ledger (unit tests pass an in-memory one)."""
 
     def __init__(self, cfg: Config, worker_id: str, concurrency: int, ledger: ExecutionLedger | None = None) -> None:
-        if not worker_id or len(worker_id) > MAX_ID_CHARS:
-            raise UsageError(f"worker id must be 1..{MAX_ID_CHARS} characters, got {worker_id!r}")
+        problem = name_problem(worker_id, "worker id")
+        if problem:
+            raise UsageError(problem)
         if concurrency < 1:
             raise UsageError(f"worker concurrency must be at least 1, got {concurrency}")
         self.cfg = cfg
@@ -121,7 +115,7 @@ class Worker:
         self.concurrency = concurrency
         self._stop = threading.Event()
         self.ledger: ExecutionLedger = ledger if ledger is not None else Ledger(
-            cfg, idle=self._idle, stop=lambda: self._stop.is_set())
+            cfg, idle=self._idle, stop=lambda: self._stop.is_set(), role="worker")
         self.executed = 0
         self.replayed = 0
         self.dead_lettered = 0
@@ -167,11 +161,11 @@ class Worker:
 
     def _open(self) -> None:
         """Connect to RabbitMQ, retrying until stopped (then DependencyError), and start consuming."""
-        conn = connect(self.cfg, self.worker_id, RECONNECT, stop=self._stop,
+        conn = connect(self.cfg, self.worker_id, RECONNECT, stop=self._stop, role="worker",
                        on_failure=lambda _exc: DEPENDENCY_UP.labels(service="rabbitmq").set(0))
         DEPENDENCY_UP.labels(service="rabbitmq").set(1)
         self._conn = conn
-        self._publisher = BatchPublisher(conn)
+        self._publisher = BatchPublisher(conn, exchange=WORKER_EXCHANGE)
         self._consumer = BatchConsumer(conn, [REQUESTS], prefetch=self.cfg.worker_prefetch)
         self._consumer.start()
 
@@ -206,20 +200,31 @@ class Worker:
 
     # --- one batch ----------------------------------------------------------------------------
     def handle_batch(self, batch: list[Delivery], publisher: Publisher, consumer: Consumer) -> None:
-        """Answer every delivery of ``batch`` durably on ``publisher``, then acknowledge it on ``consumer``."""
+        """Answer every delivery of ``batch`` durably on ``publisher``, then acknowledge it on ``consumer``. A
+        request that makes the batch fail unexpectedly is dead-lettered alone (``node/isolation.py``)."""
         WORKER_BATCH_SIZE.observe(len(batch))
-        requests = []
+
+        def answer(deliveries: list[Delivery]) -> None:
+            self._answer_batch(deliveries, publisher, consumer)
+
+        isolated = handle_isolated(batch, answer, publisher, consumer, who=f"worker: {self.worker_id}")
+        self.dead_lettered += isolated  # not in one statement: answer() counts the malformed ones meanwhile
+
+    def _answer_batch(self, batch: list[Delivery], publisher: Publisher, consumer: Consumer) -> None:
+        requests, dead = [], []
         for delivery in batch:
             try:
-                requests.append(decode_request(delivery.body))
+                requests.append(TaskRequest.decode(delivery.body))
             except MalformedMessage as exc:
-                dead_letter(publisher, delivery, exc.reason)
-                DEAD_LETTERS.inc()
-                self.dead_lettered += 1
+                dead.append((delivery, exc.reason))
         if requests:
             responses = self._answer(requests)
             DEPENDENCY_UP.labels(service="mariadb").set(1)
             publisher.publish_batch(RESPONSES, [r.encode() for r in responses])
+        for delivery, reason in dead:
+            dead_letter(publisher, delivery, reason)
+        DEAD_LETTERS.inc(len(dead))
+        self.dead_lettered += len(dead)
         consumer.ack_through(batch[-1].tag)
 
     def _answer(self, requests: list[TaskRequest]) -> list[TaskResponse]:
@@ -347,6 +352,9 @@ class Worker:
                                                          seed=experiment_seed(request.experiment_id)))
             if not isinstance(value, dict):
                 raise ExecutorFailure(f"executor returned {type(value).__name__}, not an object")
+            problem = value_problem(value, "result")  # what the leader's decoder would reject
+            if problem:
+                raise ExecutorFailure(problem)
             try:
                 size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode("utf-8"))
             except (TypeError, ValueError) as exc:

@@ -32,7 +32,7 @@ from core_harness import (
 from polling import wait_until
 
 from node.config import Config
-from node.experiments import Experiments
+from node.experiments import Experiments, encode_cursor
 from node.stores.queues import REQUESTS, RESPONSES, SUBMISSIONS
 
 pytestmark = pytest.mark.stack
@@ -213,19 +213,20 @@ def test_http_api_submit_status_and_404(workers: Config) -> None:
     cfg = workers
     exp = unique("core-http")
     code, out = _http(cfg, "POST", "/api/experiments", {"type": "fanout", "experiment_id": exp,
-                                                          "params": {"who": "http"}})
+                                                          "params": {"ms": "5"}})
     assert code == 201, out
     assert out["experiment_id"] == exp and out["created"] is True
     assert wait_all(cfg, [exp], 90) == {exp: "COMPLETED"}
     assert_completed_in_order(cfg, exp)
     code, status = _http(cfg, "GET", f"/api/experiments/{exp}")
     assert code == 200
-    assert status["state"] == "COMPLETED" and status["params"] == {"who": "http"}
+    assert status["state"] == "COMPLETED" and status["params"] == {"ms": "5"}
     assert sorted(t["name"] for t in status["tasks"]) == sorted(["split", "merge"] + [f"work_{i}" for i in range(1, 9)])
     assert {t["status"] for t in status["tasks"]} == {"SUCCEEDED"}
     code, again = _http(cfg, "POST", "/api/experiments", {"type": "fanout", "experiment_id": exp})
     assert code == 200 and again["created"] is False
-    code, listed = _http(cfg, "GET", "/api/experiments?state=completed")
+    from_it = encode_cursor(status["created_at"], "")  # a listing is paged: the page that starts with it
+    code, listed = _http(cfg, "GET", f"/api/experiments?state=completed&after={from_it}")
     assert code == 200 and exp in [r["experiment_id"] for r in listed]
     assert {r["state"] for r in listed} == {"COMPLETED"}
     code, err = _http(cfg, "GET", "/api/experiments?state=BOGUS")

@@ -147,13 +147,13 @@ class FakeDagStore:
         return [t for t in self.tasks.values() if t["experiment_id"] == experiment_id]
 
     # --- periodic work and takeover -----------------------------------------------------------
-    def due_work(self, epoch: int, now: float, grace_s: float, limit: int) -> AdvanceResult:
+    def due_work(self, epoch: int, now: float, grace_s: float, limit: int, overdue: bool = True) -> AdvanceResult:
         self._check_fence(epoch)
         tasks = sorted(self.tasks.values(), key=lambda t: t["key"])
         roots = [t for t in tasks if t["status"] == TaskStatus.PENDING and t["waiting"] == 0][:limit]
         retries = [t for t in tasks if t["status"] == TaskStatus.RETRY_WAIT and t["not_before"] <= now][:limit]
         overdue = [t for t in tasks if t["status"] == TaskStatus.DISPATCHED
-                   and t["dispatched_at"] + t["timeout_s"] + grace_s < now][:limit]
+                   and t["dispatched_at"] + t["timeout_s"] + grace_s < now][:limit if overdue else 0]
         result = AdvanceResult(dispatches=[self._dispatch(t, epoch, now, 1) for t in roots]
                                + [self._dispatch(t, epoch, now, t["attempt"] + 1) for t in retries]
                                + [self._dispatch(t, epoch, now, t["attempt"], redispatch=True) for t in overdue])
@@ -161,19 +161,21 @@ class FakeDagStore:
         self.journal.append("neo4j.due_work")
         return result
 
-    def rescan(self, epoch: int, now: float) -> list[dict[str, Any]]:
-        self.journal.append("neo4j.rescan")
+    def rescan(self, epoch: int, after: str, limit: int) -> list[dict[str, Any]]:
+        self.journal.append(f"neo4j.rescan {after}")
         return [dict(t) for t in sorted(self.tasks.values(), key=lambda t: t["key"])
-                if not t["executed"] and t["waiting"] == 0 and t["status"] in OPEN_TASK_STATUSES]
+                if not t["executed"] and t["waiting"] == 0 and t["status"] in OPEN_TASK_STATUSES
+                and t["key"] > after and t.get("epoch", 0) != epoch][:limit]
 
     def mark_dispatched(self, epoch: int, keys: list[str], now: float) -> AdvanceResult:
         self._check_fence(epoch)
         result = AdvanceResult()
         for key in keys:
             task = self.tasks[key]
-            if not task["executed"] and task["status"] in (TaskStatus.PENDING, TaskStatus.DISPATCHED):
-                attempt = 1 if task["status"] == TaskStatus.PENDING else task["attempt"]
-                result.dispatches.append(self._dispatch(task, epoch, now, attempt, redispatch=True))
+            if (not task["executed"] and task["status"] in (TaskStatus.PENDING, TaskStatus.DISPATCHED)
+                    and task.get("epoch", 0) != epoch):
+                again = task["status"] == TaskStatus.DISPATCHED
+                result.dispatches.append(self._dispatch(task, epoch, now, task["attempt"] if again else 1, again))
         self._start_experiments(now, result)
         self.journal.append(f"neo4j.mark_dispatched {len(keys)}")
         return result

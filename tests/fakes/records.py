@@ -40,6 +40,10 @@ class FakeRecords:
                 self.states[experiment_id] = state
         self.journal.append(f"mariadb.write_batch {len(transitions)}")
 
+    def prune_applied_batches(self, limit: int) -> int:
+        self.journal.append("mariadb.prune_applied_batches")
+        return 0
+
     def missing_successes(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
         present = {(t[0], t[1]) for t in self.transitions if t[3] == TaskStatus.SUCCEEDED}
         return [k for k in dict.fromkeys(keys) if k not in present]

@@ -13,10 +13,13 @@ import time
 
 import pytest
 from ha_harness import finish, log_since, log_size, metric, number, restart_when_gone, restore_nodes, zk_member_of
+from kazoo.exceptions import NoAuthError
 from polling import wait_until
 
 from bench import probes
+from election import make_client
 from node import cluster
+from node.config import ZK_ROOT
 from node.model.states import TERMINAL_EXPERIMENT_STATES
 from node.stack import manager
 from node.stack.zookeeper import zk_mode
@@ -167,3 +170,24 @@ def test_no_two_nodes_ever_acted_in_the_same_epoch(ha) -> None:
     assert report.of_kinds(EXACTLY_ONCE_KINDS) == []
     print(f"checker over all {len(ha.ids)} experiments: {report.counters()}")
     assert report.ok, report.to_markdown()
+
+
+def test_a_client_without_haorch_credentials_cannot_touch_the_election(ha) -> None:
+    leader = _leader(ha.cfg)
+    outsider = make_client(ha.cfg.zk_hosts, 2.0, "outsider")  # any local process that reaches ZooKeeper
+    try:
+        locks = outsider.get_children(f"{ZK_ROOT}/election")
+        assert len(locks) == 3, locks
+        for lock in locks:
+            with pytest.raises(NoAuthError):
+                outsider.delete(f"{ZK_ROOT}/election/{lock}")
+        with pytest.raises(NoAuthError):
+            outsider.set(f"{ZK_ROOT}/epoch", b"0")
+        for znode in ("beacon", "epoch", "election"):
+            with pytest.raises(NoAuthError):
+                outsider.delete(f"{ZK_ROOT}/{znode}")
+        assert int(outsider.get(f"{ZK_ROOT}/epoch")[0]) >= leader["epoch"]
+    finally:
+        outsider.stop()
+        outsider.close()
+    assert _leader(ha.cfg)["epoch"] == leader["epoch"]

@@ -16,7 +16,7 @@ from fakes.ledger import FakeLedger
 from fakes.records import FakeRecords
 
 from node.config import Config
-from node.errors import FencedError
+from node.errors import DependencyError, FencedError
 from node.leader.term import LeaderTerm, PhaseClock
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
 from node.model.states import REDISPATCHED, ExperimentState, TaskStatus
@@ -126,6 +126,70 @@ def test_a_takeover_by_an_older_epoch_is_fenced_before_any_write(leader: Leader)
     with pytest.raises(FencedError):
         leader.term.take_over()
     assert not leader.journal.has("neo4j") and not leader.broker.bodies(REQUESTS)
+
+
+def _lost_backlog(leader: Leader, n: int, page_size: int) -> None:
+    """``n`` one-task experiments whose requests the previous leader lost; takeover pages of ``page_size``."""
+    leader.term.cfg = Config(home=Path("/nonexistent"), takeover_page_size=page_size)
+    for i in range(n):
+        leader.dags.add_experiment(f"e{i}", [TaskSpec("x", "job_submission")])
+        leader.dispatched(f"e{i}", ["x"])
+
+
+def _marked(journal: Journal) -> list[int]:
+    """Keys per takeover mark_dispatched call, in order."""
+    return [int(entry.split()[1]) for entry in journal if entry.startswith("neo4j.mark_dispatched")]
+
+
+def _lead_until_taken_over(leader: Leader) -> None:
+    """Run the loop until the takeover is done and every delivery acknowledged."""
+    leader.term.acting = lambda: not leader.term.progress.done or leader._acting()
+    leader.run()
+
+
+def test_the_takeover_redispatches_in_pages_and_batches_are_advanced_between_pages(leader: Leader) -> None:
+    _lost_backlog(leader, 5, page_size=2)
+    leader.term.take_over()
+    assert sorted(r.experiment_id for r in leader.requests()) == ["e0", "e1"]  # only the first page
+    leader.broker.put(RESPONSES, response("e0", "x"))
+
+    _lead_until_taken_over(leader)
+
+    j = leader.journal
+    assert _marked(j) == [2, 2, 1] and leader.term.progress.pages == 3
+    assert j.index_of("neo4j.advance") < [i for i, e in enumerate(j) if e.startswith("neo4j.mark_dispatched")][1]
+    assert leader.dags.experiments["e0"]["state"] == ExperimentState.COMPLETED
+    assert sorted(r.experiment_id for r in leader.requests()) == ["e0", "e1", "e2", "e3", "e4"]  # each once
+
+
+def test_a_retried_term_resumes_the_takeover_and_finishes_the_page_it_left_half_done(leader: Leader) -> None:
+    _lost_backlog(leader, 5, page_size=2)
+    leader.term.take_over()
+    publisher = leader.term.publisher
+    leader.term.publisher = failing = leader.broker.publisher()
+    failing.fail_with = DependencyError("rabbitmq", "127.0.0.1:5672", "connection reset")
+    with pytest.raises(DependencyError):
+        leader.term.redispatch_page()  # page 2: marked in Neo4j and written to MariaDB, not published
+
+    for _ in range(2):  # the replica runs the term again (same epoch, same progress); and once more after it
+        leader.term = LeaderTerm(leader.term.cfg, "node-1", EPOCH, dags=leader.dags, records=leader.records,
+                                 publisher=publisher, open_consumer=leader._open, fence_guard=leader._guard,
+                                 acting=leader._acting, clock=leader.term.clock,
+                                 ledger_progress=leader.ledger.in_progress, progress=leader.term.progress)
+        leader.term.take_over()
+
+    assert _marked(leader.journal) == [2, 2, 1]  # no page marked twice, nothing re-dispatched once done
+    assert sorted(r.experiment_id for r in leader.requests()) == ["e0", "e1", "e2", "e3", "e4"]  # each once
+    assert all(leader.records.to_states(f"e{i}", "x") == [REDISPATCHED] for i in range(5))  # each row once
+
+
+def test_the_takeover_leaves_tasks_this_epoch_dispatched_meanwhile(leader: Leader) -> None:
+    _lost_backlog(leader, 3, page_size=2)
+    leader.dags.add_experiment("new", [TaskSpec("x", "job_submission")])  # after the first page's keys
+    leader.term.take_over()
+    leader.broker.put(SUBMISSIONS, SubmissionNotice(experiment_id="new").encode())
+    _lead_until_taken_over(leader)  # the notice dispatches new/x before the takeover's page 2 reaches it
+    assert sorted(r.experiment_id for r in leader.requests()) == ["e0", "e1", "e2", "new"]
 
 
 # --- one batch -----------------------------------------------------------------------------------------
@@ -259,10 +323,24 @@ def test_the_sweep_dispatches_due_retries_lost_roots_and_overdue_tasks(leader: L
 
     j = leader.journal
     assert j.index_of("neo4j.due_work") < j.index_of("mariadb.write_batch") < j.index_of(f"publish {REQUESTS}")
+    assert j.index_of("mariadb.prune_applied_batches") < j.index_of("neo4j.due_work")  # not in the fence raise
     sent = {(r.experiment_id, r.task, r.attempt) for r in leader.requests()}
     assert sent == {("retry", "r", 2), ("root", "x", 1), ("late", "o", 1)}
     assert leader.records.to_states("late", "o") == [REDISPATCHED]
     assert leader.records.to_states("retry", "r") == [TaskStatus.DISPATCHED]
+
+
+def test_the_sweep_resends_no_overdue_attempt_while_a_backlog_waits_in_the_queues(leader: Leader) -> None:
+    leader.dags.add_experiment("late", [TaskSpec("o", "job_submission", timeout_s=1.0)])
+    leader.dispatched("late", ["o"])
+    leader.dags.set_task("late/o", dispatched_at=time.time() - 60)
+    depths = {REQUESTS: 0, RESPONSES: 5000}  # its answer may be among the responses waiting for the leader
+    leader.term.waiting = depths.__getitem__
+    leader.term.sweep()
+    assert not leader.requests()
+    depths[RESPONSES] = 0
+    leader.term.sweep()
+    assert [(r.task, r.attempt) for r in leader.requests()] == [("o", 1)]
 
 
 def test_the_sweep_does_nothing_once_the_term_is_over(leader: Leader) -> None:

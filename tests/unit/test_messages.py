@@ -158,7 +158,7 @@ def test_malformed_envelope(raw: bytes, reason: str) -> None:
         ({"attempt": "2"}, "field 'attempt' must be an integer, got a string"),
         ({"attempt": 2.0}, "field 'attempt' must be an integer, got a number"),
         ({"attempt": True}, "field 'attempt' must be an integer, got a boolean"),
-        ({"attempt": 0}, "attempt must be >= 1, got 0"),
+        ({"attempt": 0}, "attempt must be within 1..2147483647, got 0"),
         ({"epoch": None}, "field 'epoch' must be an integer, got null"),
         ({"params": []}, "field 'params' must be an object, got an array"),
         ({"timeout_s": "9"}, "field 'timeout_s' must be a number, got a string"),
@@ -181,7 +181,7 @@ def test_malformed_request(changes: dict[str, Any], reason: str) -> None:
         (FAILURE, {"error": 3}, "field 'error' must be a string or null, got a number"),
         (FAILURE, {"replayed": 1}, "field 'replayed' must be a boolean, got a number"),
         (FAILURE, {"worker": ...}, "missing field 'worker'"),
-        (FAILURE, {"attempt": -1}, "attempt must be >= 1, got -1"),
+        (FAILURE, {"attempt": -1}, "attempt must be within 1..2147483647, got -1"),
     ],
 )
 def test_malformed_response(message: TaskResponse, changes: dict[str, Any], reason: str) -> None:

@@ -110,7 +110,8 @@ def test_malformed_requests_are_dead_lettered_and_the_worker_goes_on(stack, bus:
     assert resp.experiment_id == good.experiment_id and resp.outcome == "success"
     dead = bus.take("haorch.dead", 3, extra_s=0.2)
     reasons = sorted(props.headers["x-haorch-reason"] for props, _body in dead)
-    assert reasons == ["field 'experiment_id' is longer than 64 characters", "missing field 'task'", "not UTF-8"]
+    assert reasons == [f"invalid experiment_id {'x' * 65!r}: 1-64 printable characters, no '/'",
+                       "missing field 'task'", "not UTF-8"]
     assert {body for _props, body in dead} == {b"\xff not json", b'{"v":1,"experiment_id":"e"}', too_long}
     assert worker.dead_lettered == 3
     assert [r["experiment_id"] for r in ledger_rows(stack)] == [good.experiment_id]
