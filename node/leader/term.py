@@ -2,12 +2,14 @@
 
 Per batch (docs/ARCHITECTURE.md, "The leader loop")::
 
-    consume responses + submissions  →  Neo4j tx (fence, flag, find ready)  →  MariaDB tx (fence, transitions)
-    →  publish ready tasks (persistent, confirmed)  →  ack the batch
+    consume responses + submissions  →  Neo4j tx (fence, flag, find ready, outbox)  →  MariaDB tx (fence,
+    transitions)  →  publish ready tasks (persistent, confirmed)  →  ack the batch
 
 Nothing is acknowledged before its effects are durable, so a leader that dies anywhere in this sequence
 leaves the batch in the queue for the next one; the next leader's Neo4j check (``status``/``attempt``) turns the
-replays into counted duplicates. A :class:`FencedError` from either store ends the term at once.
+replays into counted duplicates, and its takeover writes the transition rows of a Neo4j commit that never reached
+MariaDB from the Neo4j outbox (``node/stores/dags.py``) before it advances anything. A :class:`FencedError` from
+either store ends the term at once.
 
 The takeover re-dispatches what the previous leader lost in bounded pages (``takeover_page_size`` ready tasks:
 rescan page → ledger check → one small fenced Neo4j transaction → MariaDB → publish), the first before the loop
@@ -26,13 +28,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from node import metrics
+from node import failpoints, metrics
 from node.errors import MalformedMessage
 from node.isolation import handle_isolated
 from node.leader.ports import Dags, Records
-from node.model.advance import AdvanceResult, Dispatch, Outcome
+from node.model.advance import AdvanceResult, Dispatch, Outcome, transition_rows
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
-from node.model.states import REDISPATCHED, TERMINAL_EXPERIMENT_STATES, TaskStatus
+from node.model.states import TaskStatus
 from node.stores.ports import Consumer, Publisher
 from node.stores.queues import REQUESTS, RESPONSES, SUBMISSIONS
 from node.stores.rabbit import Delivery, dead_letter
@@ -84,6 +86,7 @@ class PhaseClock:
         return out
 
 
+OUTBOX_PAGE = 100  # Outbox nodes read at a time by the takeover (normally there are a few)
 PAGE_BUDGET_S = 1.0  # a takeover page this slow halves the next (the loop and the AMQP connection wait for it)
 MIN_PAGE = 100
 
@@ -111,22 +114,6 @@ class TermProgress:
     unsent: AdvanceResult | None = None
     unsent_at: float = 0.0
     written: bool = False
-
-
-def _transitions_for(result: AdvanceResult) -> list[tuple]:
-    """Transition rows ``(experiment_id, task, from, to, attempt, detail)`` of one batch."""
-    S = TaskStatus
-    rows: list[tuple] = []
-    rows += [(f["experiment_id"], f["name"], S.DISPATCHED, S.SUCCEEDED, f["attempt"], None) for f in result.flagged]
-    rows += [(r["experiment_id"], r["name"], S.DISPATCHED, S.RETRY_WAIT, r["attempt"], (r["error"] or "")[:255])
-             for r in result.retries]
-    rows += [(f["experiment_id"], f["name"], S.DISPATCHED, S.FAILED, f["attempt"], (f["error"] or "")[:255])
-             for f in result.failed]
-    rows += [(c["experiment_id"], c["name"], None, S.CANCELLED, c["attempt"], None) for c in result.cancelled]
-    rows += [(d.experiment_id, d.name, None, REDISPATCHED if d.redispatch else S.DISPATCHED, d.attempt, None)
-             for d in result.dispatches]
-    rows += [(exp, None, None, state, 0, None) for exp, state in result.experiments.items()]
-    return rows
 
 
 class LeaderTerm:
@@ -168,19 +155,41 @@ class LeaderTerm:
         self.waiting = waiting
         self.consumer: Consumer | None = None
         self.advanced = 0
+        self._settled: list[str] = []  # Outbox ids MariaDB has; deleted by the next sweep
         self._next_sweep = 0.0
         self._next_page = 0.0
 
     # --- takeover ----------------------------------------------------------------------------------------
     def take_over(self) -> None:
-        """Raise both fences, finish what a failed attempt of this term left half-done, then re-dispatch the first
-        page of lost work; :meth:`run` re-dispatches the other pages between batches."""
+        """Raise both fences, write the transition rows a previous leader committed in Neo4j only, finish what a
+        failed attempt of this term left half-done, then re-dispatch the first page of lost work; :meth:`run`
+        re-dispatches the other pages between batches."""
         self.records.raise_fence(self.epoch, self.node_id, self.clock.marks.get("elected", time.time()))
         with self.fence_guard(self.epoch):  # an older leader frozen mid-transaction may hold the lock
             self.dags.raise_fence(self.epoch, self.node_id)
         self.clock.mark("fence")
+        self._write_outbox()
         self._finish_unsent()
         self.redispatch_page()
+
+    def _write_outbox(self) -> None:
+        """Write to MariaDB the transition rows of every leader write that committed in Neo4j only (its Outbox
+        node is still there: a leader died between its two commits), oldest first, as that leader wrote them (its
+        epoch, node id and time), before anything is advanced; a batch MariaDB has already is not written again."""
+        written = boxes = 0
+        while True:
+            page = self.dags.outbox(OUTBOX_PAGE)
+            for box in page:
+                written += self.records.write_batch(self.epoch, self.node_id, box["rows"], box["states"], box["at"],
+                                                    batch_id=box["id"], written_by=(box["epoch"], box["node"]))
+                self.pump()
+            self.dags.forget_outbox([box["id"] for box in page])
+            boxes += len(page)
+            if len(page) < OUTBOX_PAGE:
+                break
+        if written:
+            log.warning("leader: epoch=%d wrote %d of %d batch(es) a previous leader committed in Neo4j only",
+                        self.epoch, written, boxes)
 
     def redispatch_page(self) -> bool:
         """One takeover page: rescan up to ``takeover_page_size`` ready tasks after the last page, leave those a
@@ -236,11 +245,15 @@ class LeaderTerm:
         self._finish_unsent()
         p = self.progress
         p.unsent, p.unsent_at, p.written = result, now, False
+        failpoints.hit(self.cfg, self.node_id, "leader.between_commits")
         self._write(result, now)
         p.written = True
 
     def _write(self, result: AdvanceResult, now: float) -> None:
-        self.records.write_batch(self.epoch, self.node_id, _transitions_for(result), result.experiments, now)
+        self.records.write_batch(self.epoch, self.node_id, transition_rows(result), result.experiments, now,
+                                 batch_id=result.outbox_id)
+        if result.outbox_id is not None:
+            self._settled.append(result.outbox_id)
 
     def _send(self, result: AdvanceResult) -> None:
         self._publish(result.dispatches)
@@ -321,7 +334,7 @@ class LeaderTerm:
                 else:
                     r = TaskResponse.decode(d.body)
                     key = f"{r.experiment_id}/{r.task}"
-                    outcomes.append(Outcome(key, r.attempt, r.outcome == "success", r.error))
+                    outcomes.append(Outcome(key, r.attempt, r.outcome == "success", r.error, r.lost))
                     by_key.setdefault(key, []).append(d)
             except MalformedMessage as exc:
                 dead.append((d, exc.reason))
@@ -334,8 +347,6 @@ class LeaderTerm:
         dead += [(d, f"response for unknown task {key}")
                  for key in dict.fromkeys(result.unknown) for d in by_key[key]]
         self._record(result, now)
-        if result.duplicates:
-            self._repair_duplicates(result.duplicates)
         if not self.acting():
             return
         self._send(result)
@@ -349,33 +360,16 @@ class LeaderTerm:
             log.debug("leader: batch size=%d flagged=%d dispatched=%d neo4j_ms=%.1f rest_ms=%.1f", len(batch),
                       len(result.flagged), len(result.dispatches), (t1 - t0) * 1000, (t2 - t1) * 1000)
 
-    def _repair_duplicates(self, keys: list[str]) -> None:
-        """A duplicate of a flagged task may mean the previous leader died between its Neo4j and MariaDB
-        commits: write the SUCCEEDED transition it could not."""
-        pairs = [(experiment_id, task) for experiment_id, task in (k.split("/", 1) for k in keys)]
-        missing = self.records.missing_successes(pairs)
-        if not missing:
-            return
-        flagged = {(t["experiment_id"], t["name"]) for exp in {m[0] for m in missing}
-                   for t in [{**x, "experiment_id": exp} for x in self.dags.experiment_tasks(exp)] if t["executed"]}
-        rows = [(e, t, TaskStatus.DISPATCHED, TaskStatus.SUCCEEDED, 0, "recorded on takeover")
-                for e, t in missing if (e, t) in flagged]
-        states = {e: s for e, s in self.dags.experiment_states(sorted({m[0] for m in missing})).items()
-                  if s in TERMINAL_EXPERIMENT_STATES}
-        if states:  # only what MariaDB lacks: a late response must not rewrite a finished experiment's row
-            recorded = self.records.experiment_states(list(states))
-            states = {e: s for e, s in states.items() if recorded.get(e) != s}
-        if rows or states:
-            self.records.write_batch(self.epoch, self.node_id, rows, states, time.time())
-            log.warning("leader: repaired %d transitions lost by a previous leader", len(rows))
-
     def sweep(self) -> None:
-        """Complete submits that died halfway (``repair_submits``), dispatch retries whose backoff passed and
-        re-dispatch tasks whose response is overdue (each bounded); prune old ``applied_batches`` rows, a bounded
-        DELETE of its own."""
+        """Delete the Outbox nodes of batches MariaDB has; complete submits that died halfway (``repair_submits``),
+        dispatch retries whose backoff passed and re-dispatch tasks whose response is overdue (each bounded); prune
+        old ``applied_batches`` rows, a bounded DELETE of its own."""
         self._next_sweep = time.monotonic() + self.cfg.sweep_interval_s
         if not self.acting():
             return
+        if self._settled:
+            self.dags.forget_outbox(self._settled)
+            self._settled = []
         self.records.prune_applied_batches(limit=self.cfg.batch_size * 5)
         now = time.time()
         if self.repair_submits is not None:  # first: the roots of the DAGs it builds are due work
@@ -399,6 +393,7 @@ class LeaderTerm:
     def _publish(self, dispatches: list[Dispatch]) -> None:
         if not dispatches:
             return
+        failpoints.hit(self.cfg, self.node_id, "leader.before_publish")
         now = time.time()
         self.publisher.publish_batch(REQUESTS, (
             TaskRequest.wire_from_static(d.request, d.attempt, self.epoch, now) for d in dispatches))

@@ -7,7 +7,9 @@
 A response is *unknown* when no task has its key, a *duplicate* when its task is not DISPATCHED, its attempt is not
 the task's current attempt (stale: a re-sent attempt answered twice, a takeover's replay) or it is the second
 response to the same task in the batch. Otherwise it is a *success*, a *retry* while attempts remain, or a *fail*
-on the last attempt. No I/O here: :class:`~node.stores.dags.DagStore` and the in-memory fake share this code.
+on the last attempt. A *lost* attempt (its worker died or froze holding it) is retried at once without counting
+against the task's attempts, up to MAX_LOST_ATTEMPTS lost ones. No I/O here: :class:`~node.stores.dags.DagStore`
+and the in-memory fake share this code.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.model.states import TaskStatus
+from node.model.states import REDISPATCHED, TaskStatus
+
+#: attempts of one task that may be lost (worker died or froze holding it) before the task fails: such attempts are
+#: retried at once and not counted against the template's ``retries``; the bound stops a task that kills its workers
+MAX_LOST_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Outcome:
     attempt: int
     success: bool
     error: str | None = None
+    lost: bool = False  # the attempt's worker died or froze holding it: not the task's failure
 
 
 @dataclass
@@ -55,6 +62,23 @@ class AdvanceResult:
     experiments: dict[str, str] = field(default_factory=dict)         # experiment_id -> new state
     duplicates: list[str] = field(default_factory=list)               # keys of ignored (duplicate/stale) responses
     unknown: list[str] = field(default_factory=list)                  # keys of responses for no known task
+    outbox_id: str | None = None  # the Outbox node holding transition_rows(self), committed with these changes
+
+
+def transition_rows(result: AdvanceResult) -> list[tuple]:
+    """The transition-log rows ``(experiment_id, task, from, to, attempt, detail)`` of what ``result`` changed."""
+    S = TaskStatus
+    rows: list[tuple] = []
+    rows += [(f["experiment_id"], f["name"], S.DISPATCHED, S.SUCCEEDED, f["attempt"], None) for f in result.flagged]
+    rows += [(r["experiment_id"], r["name"], S.DISPATCHED, S.RETRY_WAIT, r["attempt"], (r["error"] or "")[:255])
+             for r in result.retries]
+    rows += [(f["experiment_id"], f["name"], S.DISPATCHED, S.FAILED, f["attempt"], (f["error"] or "")[:255])
+             for f in result.failed]
+    rows += [(c["experiment_id"], c["name"], None, S.CANCELLED, c["attempt"], None) for c in result.cancelled]
+    rows += [(d.experiment_id, d.name, None, REDISPATCHED if d.redispatch else S.DISPATCHED, d.attempt, None)
+             for d in result.dispatches]
+    rows += [(exp, None, None, state, 0, None) for exp, state in result.experiments.items()]
+    return rows
 
 
 @dataclass
@@ -71,7 +95,8 @@ class Classification:
 
 def classify(outcomes: Iterable[Outcome], tasks: Mapping[str, Mapping[str, Any]]) -> Classification:
     """Classify ``outcomes`` against ``tasks`` (key → row with ``experiment_id, name, kind, status, attempt,
-    max_attempts, dispatched_at``; a missing key is an unknown task)."""
+    max_attempts, dispatched_at`` and ``lost``, the attempts lost so far; a missing key is an unknown task).
+    Retries carry ``lost``: whether to retry at once and count the attempt as lost."""
     verdict = Classification()
     seen: set[str] = set()
     for o in outcomes:
@@ -85,10 +110,16 @@ def classify(outcomes: Iterable[Outcome], tasks: Mapping[str, Mapping[str, Any]]
         seen.add(o.key)
         info = {"key": o.key, "experiment_id": task["experiment_id"], "name": task["name"], "kind": task["kind"],
                 "attempt": o.attempt, "dispatched_at": task["dispatched_at"]}
+        lost_before = task.get("lost") or 0
         if o.success:
             verdict.successes.append(info)
-        elif o.attempt < task["max_attempts"]:
-            verdict.retries.append({**info, "error": o.error})
+        elif o.lost and lost_before < MAX_LOST_ATTEMPTS:
+            verdict.retries.append({**info, "error": o.error, "lost": True})
+        elif o.lost:
+            verdict.fails.append({**info, "error": f"lost {lost_before + 1} attempts to workers that died or froze; "
+                                                   f"last: {o.error}"})
+        elif o.attempt - lost_before < task["max_attempts"]:
+            verdict.retries.append({**info, "error": o.error, "lost": False})
         else:
             verdict.fails.append({**info, "error": o.error})
     return verdict

@@ -138,7 +138,9 @@ class TaskResponse(_Message):
     """The outcome of one attempt, as a worker publishes it to ``haorch.responses``.
 
     A success has no ``error``; a failure has one (and ``result`` is what the executor returned, if anything).
-    ``replayed`` marks a response rebuilt from the execution ledger for a redelivered request.
+    ``replayed`` marks a response rebuilt from the execution ledger for a redelivered request; ``lost`` a failure
+    that is no fault of the task: its worker died or froze while holding it, and another worker abandoned the
+    claim (``node/stores/ledger.py``).
     """
 
     experiment_id: str
@@ -151,10 +153,13 @@ class TaskResponse(_Message):
     started_at: float
     ended_at: float
     replayed: bool = False
+    lost: bool = False
 
     def _problem(self) -> str | None:
         if self.outcome == "success" and self.error is not None:
             return "a success carries no error"
+        if self.outcome == "success" and self.lost:
+            return "a success is not lost"
         if self.outcome == "failure" and self.error is None:
             return "a failure needs an error"
         if self.error is not None and len(self.error) > MAX_ERROR_CHARS:

@@ -81,13 +81,13 @@ class MariaDB(Service):
         self._bootstrap_worker_user()
 
     def _bootstrap_worker_user(self) -> None:
-        """The workers' user: what a worker does to the ledger table (read attempts, insert starts, update ends)
-        and nothing else — no other table, no DDL, no DELETE. Its password follows the secrets file. Runs after
-        the schema: a table grant needs the table."""
+        """The workers' user: what a worker does to the ledger table (read claims, insert claims, update ends,
+        delete the claims it releases) and nothing else — no other table, no DDL. Its password follows the
+        secrets file. Runs after the schema: a table grant needs the table."""
         pw = self.cfg.secrets.worker_mysql_password.replace("'", "")
         who = f"'{MYSQL_WORKER_USER}'@'{self.cfg.host}'"
         self.root_sql(
             f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY '{pw}';"
             f"ALTER USER {who} IDENTIFIED BY '{pw}';"
-            f"GRANT SELECT, INSERT, UPDATE ON {MYSQL_DATABASE}.ledger TO {who};")
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {MYSQL_DATABASE}.ledger TO {who};")
 

@@ -7,6 +7,7 @@ Graph shape::
     (:Task {key: "<experiment>/<name>", experiment_id, name, kind, request: bytes, executed, status, attempt,
             max_attempts, waiting, epoch, dispatched_at, finished_at, ...})
     (successor:Task)-[:DEPENDS_ON]->(predecessor:Task)
+    (:Outbox {id, at, epoch, node, rows})  # a leader write's transition-log rows, until MariaDB has them
 
 ``waiting`` counts predecessors not yet executed, so "ready" is ``executed = false AND waiting = 0`` — an index
 seek, which makes the takeover rescan cheap. Task ``status`` and experiment ``state`` are the names of
@@ -16,6 +17,13 @@ Every transaction that advances a DAG first writes the ``(:Fence {name: 'leader'
 aborts with :class:`FencedError` if the fence holds a newer epoch than the writer's. ``cancel()`` takes the same
 lock, so DAG mutations are serialized through one node: cheap (one leader, cancels are rare) and free of lost
 updates without locking every task.
+
+**The outbox.** Each leader write (``advance``, ``due_work``, ``mark_dispatched``) also creates, in the same
+transaction, an ``Outbox`` node holding the transition-log rows and experiment states of what it changed
+(:func:`node.model.advance.transition_rows`); its id becomes the MariaDB batch id. So a leader that dies between
+its Neo4j and MariaDB commits leaves its rows here, and the next leader writes them during its takeover, before
+it advances anything, with their original time (``applied_batches`` makes the write once-only). Once MariaDB has
+a batch, the leader deletes its node (:meth:`DagStore.forget_outbox`, each sweep).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,7 +39,7 @@ from neo4j import Driver, ManagedTransaction, Record, unit_of_work
 from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, FencedError, NotFoundError, UnknownTypeError
-from node.model.advance import AdvanceResult, Dispatch, Outcome, classify
+from node.model.advance import AdvanceResult, Dispatch, Outcome, classify, transition_rows
 from node.model.executors import KNOWN_EXECUTORS
 from node.model.messages import static_request_bytes
 from node.model.states import (
@@ -74,6 +83,18 @@ def _start_experiments(tx: ManagedTransaction, now: float, result: AdvanceResult
 def _dispatch_rows(rows: list, redispatch: bool = False) -> list[Dispatch]:
     return [Dispatch(r["key"], r["experiment_id"], r["name"], r["kind"], r["request"], r["attempt"], redispatch)
             for r in rows]
+
+
+def _outbox(tx: ManagedTransaction, epoch: int, now: float, result: AdvanceResult) -> AdvanceResult:
+    """Keep ``result``'s transition rows in an Outbox node of this transaction (none when it changed nothing)."""
+    rows = transition_rows(result)
+    if rows or result.experiments:
+        result.outbox_id = uuid.uuid4().hex
+        tx.run("MATCH (f:Fence {name: 'leader'}) "
+               "CREATE (:Outbox {id: $id, at: $now, epoch: $epoch, node: f.holder, rows: $rows})",
+               id=result.outbox_id, now=now, epoch=epoch,
+               rows=json.dumps({"rows": rows, "states": result.experiments}, separators=(",", ":")))
+    return result
 
 
 _RETURN_DISPATCH = ("RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
@@ -280,7 +301,7 @@ class DagStore:
             _start_experiments(tx, now, roots)  # successors' experiments are RUNNING already
             result.dispatches += roots.dispatches
             result.experiments.update({k: v for k, v in roots.experiments.items() if k not in result.experiments})
-        return result
+        return _outbox(tx, epoch, now, result)
 
     def _apply_outcomes(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], now: float,
                         result: AdvanceResult) -> None:
@@ -290,7 +311,7 @@ class DagStore:
             "MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
             "WITH f UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
             "RETURN f.epoch AS fence, k AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
-            "t.status AS status, t.attempt AS attempt, t.max_attempts AS max_attempts, "
+            "t.status AS status, t.attempt AS attempt, t.max_attempts AS max_attempts, t.lost AS lost, "
             "t.dispatched_at AS dispatched_at", keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
         if rows and rows[0]["fence"] > epoch:
             raise FencedError("neo4j", epoch, rows[0]["fence"])
@@ -300,10 +321,13 @@ class DagStore:
         if verdict.successes:
             self._flag(tx, epoch, verdict.successes, now, result)
         if verdict.retries:
-            # the template's backoff: backoff_s * backoff_factor ^ (attempt - 1), at most max_backoff_s
+            # the template's backoff: backoff_s * backoff_factor ^ (attempt - 1), at most max_backoff_s; a lost
+            # attempt is retried at once and counted in t.lost
             tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = $retry_wait, "
-                   "t.not_before = $now + CASE WHEN t.backoff_s * t.backoff_factor ^ (r.attempt - 1) > t.max_backoff_s "
+                   "t.not_before = $now + CASE WHEN r.lost THEN 0 "
+                   "WHEN t.backoff_s * t.backoff_factor ^ (r.attempt - 1) > t.max_backoff_s "
                    "THEN t.max_backoff_s ELSE t.backoff_s * t.backoff_factor ^ (r.attempt - 1) END, "
+                   "t.lost = coalesce(t.lost, 0) + CASE WHEN r.lost THEN 1 ELSE 0 END, "
                    "t.last_error = r.error, t.epoch = $epoch", rows=verdict.retries, epoch=epoch, now=now,
                    retry_wait=TaskStatus.RETRY_WAIT)
             result.retries += verdict.retries
@@ -410,7 +434,7 @@ class DagStore:
                           dispatched=TaskStatus.DISPATCHED)
             result = AdvanceResult(dispatches=found + _dispatch_rows(list(late), redispatch=True))
             _start_experiments(tx, now, result)
-            return result
+            return _outbox(tx, epoch, now, result)
 
         with self.driver.session() as session:
             return session.execute_write(self._timed(work))
@@ -452,10 +476,30 @@ class DagStore:
                 Dispatch(r["key"], r["experiment_id"], r["name"], r["kind"], r["request"], r["attempt"], r["again"])
                 for r in rows])
             _start_experiments(tx, now, result)
-            return result
+            return _outbox(tx, epoch, now, result)
 
         with self.driver.session() as session:
             return session.execute_write(self._timed(work))
+
+    @at_boundary
+    def outbox(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` Outbox nodes, oldest first: ``{id, at, epoch, node, rows, states}`` (``node``: the fence's
+        holder when it was written, i.e. the leader that wrote it)."""
+        records, _, _ = self.driver.execute_query(
+            "MATCH (o:Outbox) RETURN o.id AS id, o.at AS at, o.epoch AS epoch, o.node AS node, o.rows AS rows "
+            "ORDER BY o.at, o.id LIMIT $limit", limit=limit)
+        out = []
+        for r in records:
+            body = json.loads(r["rows"])
+            out.append({"id": r["id"], "at": r["at"], "epoch": r["epoch"], "node": r["node"] or "unknown",
+                        "rows": [tuple(row) for row in body["rows"]], "states": body["states"]})
+        return out
+
+    @at_boundary
+    def forget_outbox(self, ids: list[str]) -> None:
+        """Delete the Outbox nodes of ``ids`` (MariaDB has their rows)."""
+        if ids:
+            self.driver.execute_query("UNWIND $ids AS id MATCH (o:Outbox {id: id}) DELETE o", ids=ids)
 
     @at_boundary
     def experiment_states(self, ids: list[str]) -> dict[str, str]:

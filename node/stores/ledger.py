@@ -1,16 +1,33 @@
-"""The execution ledger in MariaDB: one row per execution attempt by a worker, written a batch at a time.
+"""The execution ledger in MariaDB: one row per execution attempt, which is also the attempt's claim.
 
     ledger = Ledger(cfg)
-    done = ledger.completed([("exp-1", "stage_in", 1)])      # {key: LedgerRow} of attempts that already ended
-    ids = ledger.begin([Start("exp-1", "stage_in", 1, worker="worker-1", epoch=7, started_at=time.time())])
-    ledger.finish([Finish(ids[0], ended_at=time.time(), outcome="success", result={}, error=None)])
+    won = ledger.claim([Start("exp-1", "stage_in", 1, worker="worker-1", epoch=7, started_at=time.time())])
+                                                             # {key: id} of the attempts this call claimed
+    rows = ledger.rows([("exp-1", "stage_in", 1)])           # {key: LedgerRow} of claims (ended or not)
+    ledger.finish([Finish(won[key], ended_at=time.time(), outcome="success", result={}, error=None)])
+    ledger.renew(ids)                                        # the holder is alive: push the deadlines ahead
+    ledger.abandon([row.id], "why")                          # end claims whose holder let their deadline pass
+    ledger.release([row.id])                                 # give back claims whose execution never started
     ledger.mark_replayed(ids)                                # a redelivered request was answered from the ledger
     ledger.in_progress([("exp-1", "stage_in", 1)])            # {key: started_at} of attempts begun, not ended
 
-Each method is one statement in one transaction whatever the batch size. A lost connection (MariaDB restarted,
-a deadlock, a dropped socket) is reopened with exponential backoff and the statement retried for up to
-``retry_for_s``, then :class:`~node.errors.DependencyError`. Several rows for one key are allowed on purpose: they
-are the duplicate executions (at-least-once delivery) that the chaos checker counts.
+**Exactly once per attempt.** The table's unique key (experiment_id, task, attempt) is the claim: a worker runs an
+attempt only after its own ``INSERT IGNORE`` created that row, so however many copies of a request exist
+(takeover re-sends, overdue re-sends, a deposed leader's late publish, a redelivery) at most one worker ever
+executes an attempt. A claim carries a ``deadline`` on MariaDB's clock (no clock skew between workers),
+CLAIM_LEASE_S ahead, which its holder renews while it is alive (the task queued in its batch or running). A copy
+that finds the claim ended replays its response; one that finds it open before its deadline is dropped (its
+holder answers); one that finds it open after its deadline *abandons* it: the attempt is ended as failed with an
+error starting ``abandoned:`` (its holder died or froze mid-run), and that is the response, which the leader
+treats as a lost attempt (retried, not counted against the task's attempts). A holder that comes back late finds
+its row ended and publishes nothing. A worker whose channel is lost releases (deletes) the claims it has not
+started: their redelivered copies can be claimed again.
+
+Each method is one transaction whatever the batch size. A lost connection (MariaDB restarted, a deadlock, a
+dropped socket) is reopened with exponential backoff and the transaction retried for up to ``retry_for_s``, then
+:class:`~node.errors.DependencyError`. A retried ``claim`` whose first commit did go through finds its rows taken
+(by itself): they are open before their deadline, so the batch drops them and the overdue sweep re-sends them
+once the deadline has passed — a delay, never a second execution.
 """
 
 from __future__ import annotations
@@ -30,11 +47,12 @@ from node.stores.connect import Role, mysql_connect_args
 from node.stores.failures import mariadb_boundary
 
 Key = tuple[str, str, int]  # (experiment_id, task, attempt)
+CLAIM_LEASE_S = 30.0  # a claim's deadline is this far ahead; its live holder renews it (Ledger.renew) meanwhile
 T = TypeVar("T")
 
 
 class Start(NamedTuple):
-    """A row to insert when an attempt starts."""
+    """A claim to insert: the attempt, its worker, and how long it may hold the claim (``hold_s``, from now)."""
 
     experiment_id: str
     task: str
@@ -42,6 +60,7 @@ class Start(NamedTuple):
     worker: str
     epoch: int
     started_at: float
+    hold_s: float = CLAIM_LEASE_S
 
 
 class Finish(NamedTuple):
@@ -57,8 +76,8 @@ class Finish(NamedTuple):
 
 
 class LedgerRow(NamedTuple):
-    """A ledger row as read back, columns in table order: the id, the :class:`Start` columns, the end (``result``
-    decoded from JSON) and how often it was replayed."""
+    """A ledger row as read back: the id, the :class:`Start` columns, the end (``result`` decoded from JSON), how
+    often it was replayed and whether its claim's deadline has passed (on MariaDB's clock)."""
 
     id: int
     experiment_id: str
@@ -72,13 +91,17 @@ class LedgerRow(NamedTuple):
     result: dict[str, Any] | None
     error: str | None
     replayed_count: int
+    expired: bool = False
 
     @property
     def key(self) -> Key:
         return (self.experiment_id, self.task, self.attempt)
 
 
-_COLUMNS = ", ".join(LedgerRow._fields)
+_COLUMNS = ", ".join(LedgerRow._fields[:-1])
+_NOW = "UNIX_TIMESTAMP(NOW(6))"  # MariaDB's clock: every worker compares claim deadlines with the same one
+_EXPIRED = f"COALESCE(deadline, started_at + 3600) < {_NOW}"  # rows claimed before deadlines: an hour
+ABANDONED = "abandoned"  # first word of the error of an attempt ended by abandon()
 
 
 class Ledger:
@@ -101,15 +124,42 @@ class Ledger:
         self._conn: pymysql.connections.Connection | None = None
 
     # --- the operations ------------------------------------------------------------------
-    def completed(self, keys: Iterable[Key]) -> dict[Key, LedgerRow]:
-        """The ended attempts among ``keys`` (one SELECT); the earliest row wins when there are several."""
-        found: dict[Key, LedgerRow] = {}
-        for row in self._rows(keys, "ended_at IS NOT NULL"):
-            found.setdefault(row.key, row)
-        return found
+    def claim(self, starts: list[Start]) -> dict[Key, int]:
+        """Claim each attempt (one INSERT IGNORE): ``{key: id}`` of those this call claimed; an attempt already
+        claimed (ended or not) is not in it. ``started_at`` is the claim time until :meth:`finish` gives the real
+        start; the deadline is MariaDB's now plus ``hold_s``."""
+        unique: dict[Key, Start] = {}
+        for start in starts:
+            unique.setdefault((start.experiment_id, start.task, start.attempt), start)
+        if not unique:
+            return {}
+        sql = ("INSERT IGNORE INTO ledger (experiment_id, task, attempt, worker, epoch, started_at, deadline) VALUES "
+               + ",".join([f"(%s,%s,%s,%s,%s,%s,{_NOW} + %s)"] * len(unique))
+               + " RETURNING id, experiment_id, task, attempt")
+        args = [value for start in unique.values() for value in start]
+
+        def insert(cur: Cursor) -> dict[Key, int]:
+            cur.execute(sql, args)
+            won = {(r[1], r[2], int(r[3])): int(r[0]) for r in cur.fetchall()}
+            taken = [key for key in unique if key not in won]
+            if taken:  # a retry whose first commit went through finds its own rows: same worker, same claim time
+                cur.execute("SELECT id, experiment_id, task, attempt, worker, started_at FROM ledger WHERE "
+                            "(experiment_id, task, attempt) IN (" + ",".join(["(%s,%s,%s)"] * len(taken))
+                            + ") AND ended_at IS NULL", [v for key in taken for v in key])
+                for row_id, experiment_id, task, attempt, worker, started_at in cur.fetchall():
+                    mine = unique[(experiment_id, task, int(attempt))]
+                    if (worker, started_at) == (mine.worker, mine.started_at):
+                        won[(experiment_id, task, int(attempt))] = int(row_id)
+            return won
+
+        return self._transaction(insert)
+
+    def rows(self, keys: Iterable[Key]) -> dict[Key, LedgerRow]:
+        """The claim of each of ``keys`` that has one (one SELECT), ended or not, with ``expired`` set."""
+        return {row.key: row for row in self._rows(keys, "TRUE")}
 
     def in_progress(self, keys: Iterable[Key]) -> dict[Key, float]:
-        """The latest start of each attempt among ``keys`` that a worker began and has not ended (one SELECT)."""
+        """The start of each attempt among ``keys`` that a worker claimed and has not ended (one SELECT)."""
         return {row.key: row.started_at for row in self._rows(keys, "ended_at IS NULL")}
 
     def _rows(self, keys: Iterable[Key], condition: str) -> list[LedgerRow]:
@@ -117,7 +167,7 @@ class Ledger:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return []
-        sql = (f"SELECT {_COLUMNS} FROM ledger WHERE (experiment_id, task, attempt) IN ("
+        sql = (f"SELECT {_COLUMNS}, {_EXPIRED} FROM ledger WHERE (experiment_id, task, attempt) IN ("
                + ",".join(["(%s,%s,%s)"] * len(wanted)) + f") AND {condition} ORDER BY id")
         args = [value for key in wanted for value in key]
 
@@ -125,26 +175,15 @@ class Ledger:
             cur.execute(sql, args)
             return list(cur.fetchall())
 
-        return [LedgerRow._make((*raw[:9], _load_json(raw[9]), *raw[10:])) for raw in self._transaction(select)]
+        return [LedgerRow._make((*raw[:9], _load_json(raw[9]), raw[10], raw[11], bool(raw[12])))
+                for raw in self._transaction(select)]
 
-    def begin(self, rows: list[Start]) -> list[int]:
-        """Insert one start row per attempt in one transaction; the new ids, in the order of ``rows``."""
-        if not rows:
-            return []
-        sql = ("INSERT INTO ledger (experiment_id, task, attempt, worker, epoch, started_at) VALUES "
-               + ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(rows)) + " RETURNING id")
-        args = [value for row in rows for value in row]
-
-        def insert(cur: Cursor) -> list[int]:
-            cur.execute(sql, args)
-            return [int(r[0]) for r in cur.fetchall()]
-
-        return self._transaction(insert)
-
-    def finish(self, updates: list[Finish]) -> None:
-        """Record the end, outcome, result and error (and the real start) of many attempts in one UPDATE."""
+    def finish(self, updates: list[Finish]) -> set[int]:
+        """Record the end, outcome, result and error (and the real start) of many attempts in one UPDATE; returns
+        the ids it ended. A row already ended (abandoned by another worker while this one was frozen) keeps its
+        end: its id is not returned, and its holder must not publish a response."""
         if not updates:
-            return
+            return set()
         columns: dict[str, list[object]] = {
             "started_at": [u.started_at for u in updates],
             "ended_at": [u.ended_at for u in updates],
@@ -153,16 +192,65 @@ class Ledger:
             "error": [u.error for u in updates],
         }
         ids = [u.id for u in updates]
+        marks = ",".join(["%s"] * len(ids))
         cases = "CASE id " + " ".join(["WHEN %s THEN %s"] * len(ids)) + " END"
         assignments = [f"{col} = {cases}" for col in columns]
-        assignments[0] = f"started_at = COALESCE({cases}, started_at)"  # keep begin's start when none is given
-        sql = f"UPDATE ledger SET {', '.join(assignments)} WHERE id IN ({','.join(['%s'] * len(ids))})"
+        assignments[0] = f"started_at = COALESCE({cases}, started_at)"  # keep the claim time when none is given
+        sql = f"UPDATE ledger SET {', '.join(assignments)} WHERE id IN ({marks}) AND ended_at IS NULL"
         args: list[object] = []
         for values in columns.values():
             for row_id, value in zip(ids, values, strict=True):
                 args += [row_id, value]
         args += ids
-        self._transaction(lambda cur: cur.execute(sql, args))
+
+        def update(cur: Cursor) -> set[int]:
+            cur.execute(f"SELECT id FROM ledger WHERE id IN ({marks}) AND ended_at IS NULL FOR UPDATE", ids)
+            open_ids = {int(r[0]) for r in cur.fetchall()}
+            if open_ids:
+                cur.execute(sql, args)
+            return open_ids
+
+        return self._transaction(update)
+
+    def abandon(self, ids: list[int], reason: str) -> dict[int, LedgerRow]:
+        """End, as failed with ``"abandoned: <reason>"``, each claim of ``ids`` still open after its deadline (one
+        transaction, rows locked); returns the rows it ended, as they now are."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        marks = ",".join(["%s"] * len(ids))
+        error = f"{ABANDONED}: {reason}"[:512]
+
+        def work(cur: Cursor) -> dict[int, LedgerRow]:
+            cur.execute(f"SELECT id FROM ledger WHERE id IN ({marks}) AND ended_at IS NULL AND {_EXPIRED} "
+                        "FOR UPDATE", ids)
+            taken = [int(r[0]) for r in cur.fetchall()]
+            if not taken:
+                return {}
+            tmarks = ",".join(["%s"] * len(taken))
+            cur.execute(f"UPDATE ledger SET ended_at = {_NOW}, outcome = 'failure', error = %s "
+                        f"WHERE id IN ({tmarks})", [error, *taken])
+            cur.execute(f"SELECT {_COLUMNS}, TRUE FROM ledger WHERE id IN ({tmarks})", taken)
+            return {int(raw[0]): LedgerRow._make((*raw[:9], _load_json(raw[9]), raw[10], raw[11], True))
+                    for raw in cur.fetchall()}
+
+        return self._transaction(work)
+
+    def renew(self, ids: list[int], lease_s: float = CLAIM_LEASE_S, within_s: float = 2.0) -> int:
+        """Move the deadline of the open claims of ``ids`` to MariaDB's now plus ``lease_s`` (one UPDATE; retried
+        for ``within_s`` only: the holder's loop waits for it); returns how many it moved."""
+        if not ids:
+            return 0
+        sql = (f"UPDATE ledger SET deadline = {_NOW} + %s WHERE id IN ({','.join(['%s'] * len(ids))}) "
+               "AND ended_at IS NULL")
+        return self._transaction(lambda cur: cur.execute(sql, [lease_s, *ids]), within_s=within_s)
+
+    def release(self, ids: list[int]) -> None:
+        """Delete the open claims of ``ids`` (executions that never started): their copies can be claimed again."""
+        if not ids:
+            return
+        sql = f"DELETE FROM ledger WHERE id IN ({','.join(['%s'] * len(ids))}) AND ended_at IS NULL"
+        self._transaction(lambda cur: cur.execute(sql, ids))
 
     def mark_replayed(self, ids: Iterable[int]) -> None:
         """Add one to ``replayed_count`` of each id, once per occurrence in ``ids`` (one UPDATE)."""
@@ -179,8 +267,9 @@ class Ledger:
         self._drop()
 
     # --- connection handling ------------------------------------------------------------------
-    def _transaction(self, work: Callable[[Cursor], T]) -> T:
-        """Run ``work`` in a transaction and commit; on a lost connection reconnect and run it again."""
+    def _transaction(self, work: Callable[[Cursor], T], within_s: float | None = None) -> T:
+        """Run ``work`` in a transaction and commit; on a lost connection reconnect and run it again (for up to
+        ``within_s``, default ``retry_for_s``)."""
         def once() -> T:
             with self._boundary:
                 conn = self._connection()
@@ -190,7 +279,8 @@ class Ledger:
                 return value
 
         try:
-            return call(self._policy, once, what="ledger: mariadb", stop=self.stop, idle=self.idle,
+            policy = self._policy if within_s is None else STORE_OPERATION.within(within_s)
+            return call(policy, once, what="ledger: mariadb", stop=self.stop, idle=self.idle,
                         on_failure=lambda _exc: self._drop())
         except BaseException:  # nothing half-done may stay open on the connection
             self._drop()

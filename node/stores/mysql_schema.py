@@ -41,7 +41,7 @@ SCHEMA = [
         KEY idx_exp_task (experiment_id, task),
         KEY idx_epoch (epoch)
     ) ENGINE=InnoDB""",
-    # one row per execution attempt by a worker
+    # one row per execution attempt: the worker's claim on it (unique: at most one execution per attempt)
     """CREATE TABLE IF NOT EXISTS ledger (
         id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
         experiment_id VARCHAR(64) NOT NULL,
@@ -55,8 +55,18 @@ SCHEMA = [
         result TEXT NULL,
         error VARCHAR(512) NULL,
         replayed_count INT NOT NULL DEFAULT 0,
-        KEY idx_task_attempt (experiment_id, task, attempt)
+        deadline DOUBLE NULL,
+        UNIQUE KEY attempt_once (experiment_id, task, attempt)
     ) ENGINE=InnoDB""",
+    # ledgers made before claims: the deadline column, and the unique key once the duplicate executions of the
+    # at-least-once era are gone (the earliest row of an attempt is the one its replays always answered from)
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS deadline DOUBLE NULL",
+    """DELETE later FROM ledger later JOIN ledger first ON later.experiment_id = first.experiment_id
+        AND later.task = first.task AND later.attempt = first.attempt AND later.id > first.id
+        WHERE NOT EXISTS (SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE()
+                          AND table_name = 'ledger' AND index_name = 'attempt_once')""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS attempt_once ON ledger (experiment_id, task, attempt)",
+    "DROP INDEX IF EXISTS idx_task_attempt ON ledger",
     # the leader fence: a DAG-advancing transaction locks this row and rejects itself if epoch > its own
     """CREATE TABLE IF NOT EXISTS fence (
         name VARCHAR(32) NOT NULL PRIMARY KEY,

@@ -21,6 +21,8 @@ SCHEMA = [
     "CREATE INDEX task_status IF NOT EXISTS FOR (t:Task) ON (t.status)",
     # the sweep's never-dispatched roots: a seek, not a scan of every PENDING successor of a large backlog
     "CREATE INDEX task_status_waiting IF NOT EXISTS FOR (t:Task) ON (t.status, t.waiting)",
+    "CREATE CONSTRAINT outbox_id IF NOT EXISTS FOR (o:Outbox) REQUIRE o.id IS UNIQUE",
+    "CREATE INDEX outbox_at IF NOT EXISTS FOR (o:Outbox) ON (o.at)",
     "CREATE CONSTRAINT fence_name IF NOT EXISTS FOR (f:Fence) REQUIRE f.name IS UNIQUE",
     "MERGE (f:Fence {name: 'leader'}) ON CREATE SET f.epoch = 0",
 ]

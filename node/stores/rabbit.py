@@ -167,6 +167,7 @@ class BatchConsumer:
             self.channel: BlockingChannel = conn.channel()
             self.channel.basic_qos(prefetch_count=prefetch)
         self.queues = queues
+        self.prefetch = prefetch
         self._buffer: list[Delivery] = []
         self._tags: list[str] = []
 
@@ -183,6 +184,19 @@ class BatchConsumer:
             self._buffer.append(Delivery(queue, method.delivery_tag, body, method.redelivered,
                                          dict(props.headers or {})))
         return on_message
+
+    def set_prefetch(self, prefetch: int) -> None:
+        """Consume with a new prefetch limit from now on. RabbitMQ applies a consumer's limit when it subscribes,
+        so the consumers are cancelled and subscribed again: deliveries already handed out stay this channel's
+        (acknowledged as usual); ones pika had not dispatched yet are requeued by it."""
+        if prefetch == self.prefetch:
+            return
+        with self._boundary:
+            self.channel.basic_qos(prefetch_count=prefetch)
+        self.prefetch = prefetch
+        if self._tags:
+            self.stop()
+            self.start()
 
     def stop(self) -> None:
         """Cancel the consumers; unacked deliveries go back to their queues when the channel closes."""

@@ -21,7 +21,7 @@ import pymysql.cursors
 from node.config import Config
 from node.errors import ConflictError, FencedError, NotFoundError
 from node.model.api_limits import encode_params
-from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState, TaskStatus
+from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
 from node.periodic import Periodic
 from node.retry import STORE_OPERATION, call
 from node.stores.connect import mysql_connect_args
@@ -88,11 +88,15 @@ class Records:
 
     # --- fence -------------------------------------------------------------------------------------------
     @staticmethod
-    def _check_fence(cur: pymysql.cursors.Cursor, epoch: int) -> None:
-        cur.execute("SELECT epoch FROM fence WHERE name = 'leader' FOR UPDATE")
+    def _check_fence(cur: pymysql.cursors.Cursor, epoch: int, node_id: str | None = None) -> None:
+        """Lock the fence row; FencedError if it is above ``epoch`` or, given ``node_id``, if another node holds
+        this very epoch (one epoch belongs to one node: ZooKeeper hands each out once, so a tie means the fence
+        was raised by hand or ZooKeeper's data was replaced, and the later claimant steps down and is re-elected
+        with a higher epoch)."""
+        cur.execute("SELECT epoch, holder FROM fence WHERE name = 'leader' FOR UPDATE")
         row = cur.fetchone()
-        fence = row[0] if row else 0
-        if fence > epoch:
+        fence, holder = (row[0], row[1]) if row else (0, None)
+        if fence > epoch or (node_id is not None and fence == epoch and holder not in (None, node_id)):
             raise FencedError("mariadb", epoch, fence)
 
     def _unblocked_raise(self, epoch: int):
@@ -106,7 +110,7 @@ class Records:
         lock is held until this commits: anything slow here delays the takeover and every fenced write)."""
         def work(cur: pymysql.cursors.Cursor) -> None:
             with self._unblocked_raise(epoch):
-                self._check_fence(cur, epoch)
+                self._check_fence(cur, epoch, node_id)
             cur.execute("UPDATE fence SET epoch = %s, holder = %s, raised_at = %s WHERE name = 'leader'",
                         (epoch, node_id, time.time()))
             cur.execute("INSERT INTO leader_terms (epoch, node_id, elected_at) VALUES (%s, %s, %s) "
@@ -136,22 +140,27 @@ class Records:
 
     # --- the leader's batch ------------------------------------------------------------------------------
     def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
-                    now: float) -> None:
+                    now: float, batch_id: str | None = None, written_by: tuple[int, str] | None = None) -> bool:
         """One fenced transaction: transition rows ``(experiment_id, task, from, to, attempt, detail)`` and
-        experiment state changes. Idempotent across retries: the batch id is recorded in the same transaction."""
-        batch_id = uuid.uuid4().hex
+        experiment state changes, all at time ``now``, under ``epoch`` and ``node_id`` — or under ``written_by``
+        (epoch, node) when a takeover writes what an older leader did (the fence is checked with ``epoch``).
+        Once-only per ``batch_id`` (the Neo4j outbox id; a fresh one when None): the id is recorded in the same
+        transaction, so a retry whose commit went through, or a takeover writing a dead leader's outbox, writes
+        nothing twice. Returns whether it wrote the batch."""
+        row_epoch, row_node = written_by or (epoch, node_id)
+        batch_id = batch_id or uuid.uuid4().hex
 
-        def work(cur: pymysql.cursors.Cursor) -> None:
+        def work(cur: pymysql.cursors.Cursor) -> bool:
             self._check_fence(cur, epoch)
             cur.execute("INSERT IGNORE INTO applied_batches (batch_id, at) VALUES (%s, %s)", (batch_id, now))
             if cur.rowcount == 0:
-                log.info("records: batch %s was committed before its acknowledgement got lost", batch_id)
-                return
+                log.info("records: batch %s was written before", batch_id)
+                return False
             if transitions:
                 cur.executemany(
                     "INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, epoch, node_id, "
                     "at, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(e, t, f, to, a, epoch, node_id, now, d) for (e, t, f, to, a, d) in transitions])
+                    [(e, t, f, to, a, row_epoch, row_node, now, d) for (e, t, f, to, a, d) in transitions])
             by_state: dict[str, list[str]] = {}
             for experiment_id, state in states.items():
                 by_state.setdefault(state, []).append(experiment_id)
@@ -161,22 +170,7 @@ class Records:
                     f"WHERE experiment_id IN ({','.join(['%s'] * len(ids))}) "
                     f"AND state NOT IN (%s, %s, %s)",  # terminal is final (a racing cancel)
                     (state, now, state in TERMINAL_EXPERIMENT_STATES, now, *ids, *TERMINAL_EXPERIMENT_STATES))
-        self.transaction(work)
-
-    def missing_successes(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Of (experiment_id, task) pairs flagged in Neo4j, those without a SUCCEEDED transition (crash repair);
-        each pair once, however often it is given (a batch can hold several duplicates of one task)."""
-        keys = list(dict.fromkeys(keys))
-        if not keys:
-            return []
-
-        def work(cur: pymysql.cursors.Cursor) -> list[tuple[str, str]]:
-            marks = ",".join(["(%s, %s)"] * len(keys))
-            cur.execute(f"SELECT experiment_id, task FROM transitions WHERE to_state = %s "
-                        f"AND (experiment_id, task) IN ({marks})",
-                        [TaskStatus.SUCCEEDED, *(v for k in keys for v in k)])
-            present = {(r[0], r[1]) for r in cur.fetchall()}
-            return [k for k in keys if k not in present]
+            return True
         return self.transaction(work)
 
     # --- experiments -------------------------------------------------------------------------------------

@@ -1,22 +1,30 @@
-"""The worker loop: a batch of requests in, one ledger read, one insert, one update, one publish, one ack.
+"""The worker loop: a batch of requests in, one claim, the executions, one update, one publish, one ack.
 
     stop = threading.Event()
     Worker(cfg, "worker-1", concurrency=4).run(stop)      # until stop is set; survives broker/database restarts
 
-Per batch taken from ``haorch.requests`` (up to ``cfg.batch_size``):
+Per batch taken from ``haorch.requests`` (at most ``cfg.batch_size``, fewer while tasks are slow: see
+:meth:`Worker.batch_limit`):
 
 1. decode each message; a malformed one goes to ``haorch.dead`` with its reason;
-2. one ledger SELECT: an attempt that already ended is *replayed* — its recorded response is published again
-   with ``replayed=True`` and its ``replayed_count`` raised, without running it again (the same attempt twice in
-   one batch runs once and the copy is a replay);
-3. one transaction inserts a start row per remaining attempt; they run concurrently on ``concurrency`` threads,
-   each within its request's ``timeout_s`` counted from its own start (a late task is reported as failed and its
-   thread abandoned: Python cannot kill a thread, so the pool is replaced and the straggler finishes alone);
-4. one transaction records every end; one publish (confirmed by the broker) sends every response;
+2. one transaction *claims* every attempt of the batch in the ledger (``node/stores/ledger.py``: a unique key per
+   experiment/task/attempt, so at most one worker ever executes an attempt). For an attempt claimed before: if it
+   ended, its recorded response is published again with ``replayed=True`` (without running it); if its holder
+   let the claim's deadline pass (a live holder renews it: it died or froze), the attempt is *abandoned* (ended as
+   failed and lost, that is the response: the leader runs a new attempt); if its holder holds it, this copy gets
+   no response — the holder answers;
+3. the claimed attempts run concurrently on ``concurrency`` threads, each within its request's ``timeout_s``
+   counted from its own start (a late task is reported as failed and its thread abandoned: Python cannot kill a
+   thread, so the pool is replaced and the straggler finishes alone);
+4. one transaction records every end (an attempt abandoned meanwhile by another worker keeps that end, and its
+   result is dropped); one publish (confirmed by the broker) sends every response;
 5. then the batch is acknowledged up to its last delivery tag.
 
-A crash anywhere before step 5 leaves the batch unacknowledged: the broker redelivers it, and the ledger replays
-what ended and re-runs what did not (those re-runs are the duplicate executions the chaos checker counts). A lost
+A crash anywhere before step 5 leaves the batch unacknowledged: the broker redelivers it, and the claims replay
+what ended and hold what did not until its deadline (then a copy — the leader re-sends overdue attempts —
+abandons it, and the leader retries it as a new attempt). If the
+AMQP connection is lost while tasks run, nothing more of the batch starts: the claims of what had not started are
+released (deleted) so that the redelivered copies can be claimed, and what runs finishes and is recorded. A lost
 RabbitMQ or MariaDB connection is logged in one line and reopened with backoff for as long as the worker is not
 stopped; AMQP heartbeats keep flowing while tasks run or the database is retried.
 """
@@ -30,8 +38,7 @@ import time
 import zlib
 from collections import Counter
 from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, replace
 
 from pika.adapters.blocking_connection import BlockingConnection
 
@@ -50,7 +57,7 @@ from node.model.limits import MAX_ERROR_CHARS, name_problem, value_problem
 from node.model.messages import Outcome as OutcomeName
 from node.model.messages import TaskRequest, TaskResponse
 from node.retry import RECONNECT, RESUME, call
-from node.stores.ledger import Finish, Key, Ledger, LedgerRow, Start
+from node.stores.ledger import ABANDONED, CLAIM_LEASE_S, Finish, Key, Ledger, LedgerRow, Start
 from node.stores.ports import Consumer, Publisher
 from node.stores.queues import REQUESTS, RESPONSES, WORKER_EXCHANGE
 from node.stores.rabbit import (
@@ -67,6 +74,8 @@ from node.worker.ports import ExecutionLedger
 log = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 60_000  # ledger column result (TEXT: 65,535 bytes)
+RENEW_S = CLAIM_LEASE_S / 6  # how often a worker renews the claims it holds while their tasks run or wait
+TARGET_BATCH_S = 1.0  # a batch of slow tasks is cut to about this much work per thread (see batch_limit)
 POLL_S = 0.05  # longest wait without pumping AMQP events (heartbeats) or checking timeouts
 DEPENDENCIES = ("rabbitmq", "mariadb")  # the services of the worker's haorch_dependency_up
 
@@ -125,6 +134,8 @@ class Worker:
         self._publisher: BatchPublisher | None = None
         self._lost: BaseException | None = None  # the AMQP connection failed while tasks were running
         self._abandoned: list[Future] = []  # executions that outlived their timeout
+        self._mean_s: float | None = None  # moving mean of one execution's seconds (None: nothing ran yet)
+        self.skipped = 0  # copies of attempts another worker held
 
     def stragglers(self) -> int:
         """Executions abandoned at their timeout that are still running (their threads cannot be stopped)."""
@@ -174,12 +185,25 @@ class Worker:
         self._open()
         assert self._consumer is not None
         while not self._stop.is_set():
-            batch = self._consumer.next_batch(max_n=self.cfg.batch_size, max_wait_s=0.1,
-                                              linger_s=self.cfg.batch_wait_ms / 1000)
+            limit = self.batch_limit()
+            prefetch = min(self.cfg.worker_prefetch, 2 * limit)
+            if not prefetch <= self._consumer.prefetch < 2 * prefetch:  # a change of less than 2x is not worth it
+                self._consumer.set_prefetch(prefetch)
+            batch = self._consumer.next_batch(max_n=limit, max_wait_s=0.1, linger_s=self.cfg.batch_wait_ms / 1000)
             if batch:
                 assert self._publisher is not None
                 self.handle_batch(batch, self._publisher, self._consumer)
         self._consumer.stop()
+
+    def batch_limit(self) -> int:
+        """How many requests to take at once: ``batch_size`` while tasks are quick (round trips amortized), down to
+        ``concurrency`` once a batch would keep each thread busy for more than TARGET_BATCH_S — requests of slow
+        tasks would otherwise wait here, claimed, while other workers idle. The prefetch follows at twice this.
+        Until a task has run, ``concurrency``."""
+        if self._mean_s is None:
+            return min(self.concurrency, self.cfg.batch_size)
+        fits = int(self.concurrency * TARGET_BATCH_S / max(self._mean_s, 1e-6))
+        return max(1, min(self.cfg.batch_size, max(self.concurrency, fits)))
 
     def _close(self) -> None:
         """Drop the AMQP connection: deliveries not acknowledged go back to the queue."""
@@ -228,41 +252,71 @@ class Worker:
         consumer.ack_through(batch[-1].tag)
 
     def _answer(self, requests: list[TaskRequest]) -> list[TaskResponse]:
-        """The response to each request, in order: replayed from the ledger or executed now."""
-        done = self.ledger.completed(request_key(r) for r in requests)
+        """The responses to publish, in request order: executed now, replayed from the ledger or ended as abandoned.
+        A copy of an attempt another worker holds gets none (its holder answers)."""
         fresh: dict[Key, TaskRequest] = {}
         for request in requests:
-            key = request_key(request)
-            if key not in done:
-                fresh.setdefault(key, request)
+            fresh.setdefault(request_key(request), request)
         runs = list(fresh.values())
         now = time.time()
-        ids = self.ledger.begin([Start(r.experiment_id, r.task, r.attempt, self.worker_id, r.epoch, now)
+        won = self.ledger.claim([Start(r.experiment_id, r.task, r.attempt, self.worker_id, r.epoch, now)
                                  for r in runs])
-        outcomes = self._execute(runs)
-        self.ledger.finish([Finish(row_id, o.ended_at, o.outcome, o.result, o.error, o.started_at)
-                            for row_id, o in zip(ids, outcomes, strict=True)])
-        self._account(runs, outcomes)
+        held = self.ledger.rows([key for key in fresh if key not in won]) if len(won) < len(fresh) else {}
+        answers = {key: row for key, row in held.items() if row.ended_at is not None}
+        expired = [row.id for row in held.values() if row.ended_at is None and row.expired]
+        abandoned = self.ledger.abandon(expired, "its worker did not end it by its claim's deadline "
+                                                 "(it died or froze while running it)") if expired else {}
+        answers.update({row.key: row for row in abandoned.values()})
+        for key, row in held.items():
+            if key not in answers:
+                self.skipped += 1
+                log.info("worker: exp=%s task=%s attempt=%d is claimed by %s; this copy is not run", *key,
+                         row.worker)
+        for row in abandoned.values():
+            log.warning("worker: abandoned exp=%s task=%s attempt=%d claimed by %s at %.3f", *row.key, row.worker,
+                        row.started_at)
+
+        claimed = [request for key, request in fresh.items() if key in won]
+        outcomes = self._execute(claimed, [won[request_key(r)] for r in claimed])
+        ran = [(r, o) for r, o in zip(claimed, outcomes, strict=True) if o is not None]
+        unstarted = [won[request_key(r)] for r, o in zip(claimed, outcomes, strict=True) if o is None]
+        ended = self.ledger.finish([Finish(won[request_key(r)], o.ended_at, o.outcome, o.result, o.error,
+                                           o.started_at) for r, o in ran])
+        self._account([r for r, _ in ran], [o for _, o in ran])
+        if unstarted:
+            self.ledger.release(unstarted)
+            log.info("worker: %s released %d claim(s) it had not started", self.worker_id, len(unstarted))
         if self._lost is not None:
             lost, self._lost = self._lost, None
             raise lost
-        executed = {request_key(r): (row_id, o) for r, row_id, o in zip(runs, ids, outcomes, strict=True)}
+        executed = {}
+        for request, outcome in ran:
+            key = request_key(request)
+            if won[key] in ended:
+                executed[key] = outcome
+            else:
+                log.warning("worker: exp=%s task=%s attempt=%d was abandoned while it ran here; result dropped",
+                            *key)
 
         responses, replayed_ids, answered = [], [], set()
         for request in requests:
             key = request_key(request)
             if key in executed and key not in answered:
                 answered.add(key)
-                responses.append(self._response(request, executed[key][1]))
-                continue
-            row = done.get(key)
-            if row is None:  # the same attempt twice in this batch: ran once, the copy is a replay
-                row_id, outcome = executed[key]
-                row = LedgerRow(row_id, *key, self.worker_id, request.epoch, outcome.started_at, outcome.ended_at,
-                                outcome.outcome, outcome.result, outcome.error, 0)
-            responses.append(replay_response(row))
-            replayed_ids.append(row.id)
-            log.info("worker: replayed exp=%s task=%s attempt=%d outcome=%s", *key, row.outcome)
+                responses.append(self._response(request, executed[key]))
+            elif key in executed:  # the same attempt twice in this batch: ran once, the copy is a replay
+                outcome = executed[key]
+                responses.append(replay_response(LedgerRow(
+                    won[key], *key, self.worker_id, request.epoch, outcome.started_at, outcome.ended_at,
+                    outcome.outcome, outcome.result, outcome.error, 0)))
+                replayed_ids.append(won[key])
+            elif key in answers and key not in answered and answers[key].id in abandoned:
+                answered.add(key)
+                responses.append(replace(replay_response(answers[key]), replayed=False, lost=True))
+            elif key in answers:
+                responses.append(replay_response(answers[key]))
+                replayed_ids.append(answers[key].id)
+                log.info("worker: replayed exp=%s task=%s attempt=%d outcome=%s", *key, answers[key].outcome)
         if replayed_ids:
             self.ledger.mark_replayed(replayed_ids)
             self.replayed += len(replayed_ids)
@@ -289,12 +343,18 @@ class Worker:
         for (kind, outcome_name), n in counts.items():
             WORKER_EXECUTIONS.labels(kind=kind, outcome=outcome_name).inc(n)
         self.executed += len(runs)
+        if outcomes:
+            mean = sum(o.seconds for o in outcomes) / len(outcomes)
+            self._mean_s = mean if self._mean_s is None else 0.5 * self._mean_s + 0.5 * mean
 
     # --- execution ----------------------------------------------------------------------------
-    def _execute(self, runs: list[TaskRequest]) -> list[Outcome]:
-        """Run every request on the pool, each within its timeout; pump AMQP events while waiting."""
+    def _execute(self, runs: list[TaskRequest], claims: list[int]) -> list[Outcome | None]:
+        """Run every request on the pool, each within its timeout; pump AMQP events while waiting and renew the
+        claims (ledger ids ``claims``, in the order of ``runs``) of what has not ended every RENEW_S. Once the AMQP
+        connection is lost, what has not started does not start: its slot is None."""
         if not runs:
             return []
+        renew_at = time.monotonic() + RENEW_S
         began: list[float | None] = [None] * len(runs)  # monotonic start, set by the executing thread
         futures = [self._pool.submit(self._run_one, request, began, i) for i, request in enumerate(runs)]
         outcomes: list[Outcome | None] = [None] * len(runs)
@@ -314,12 +374,19 @@ class Worker:
                     else:
                         continue
                     pending.discard(i)
+                if self._lost is not None:
+                    for i in list(pending):
+                        if began[i] is None and futures[i].cancel():
+                            pending.discard(i)  # its slot stays None: never started
                 if not pending:
                     break
                 deadlines = [start + runs[i].timeout_s for i in pending if (start := began[i]) is not None]
                 limit = min([POLL_S] + [d - now for d in deadlines])
                 wait([futures[i] for i in pending], timeout=max(limit, 0.0), return_when=ALL_COMPLETED)
                 self._pump()
+                if time.monotonic() >= renew_at:
+                    self._renew([claims[i] for i in pending])
+                    renew_at = time.monotonic() + RENEW_S
         finally:  # when the connection failed under us, what has not started yet will not start
             for future in futures:
                 future.cancel()
@@ -328,7 +395,17 @@ class Worker:
                      abandoned)
             self._pool.shutdown(wait=False)
             self._pool = self._new_pool()
-        return cast(list[Outcome], outcomes)  # the loop ends only once every slot is filled
+        return outcomes
+
+    def _renew(self, ids: list[int]) -> None:
+        """Push the deadlines of claims this worker still holds ahead. If MariaDB does not answer within a moment,
+        the tasks go on: a claim whose deadline passes may be abandoned by another worker, and then this worker's
+        result of it is dropped (the attempt still ran only here)."""
+        try:
+            self.ledger.renew(ids)
+        except DependencyError as exc:
+            log.warning("worker: %s could not renew %d claim(s): %s", self.worker_id, len(ids),
+                        one_line(str(exc), 200))
 
     def _pump(self) -> None:
         """Serve AMQP heartbeats while tasks run. A lost connection is remembered, not raised: the tasks in hand
@@ -379,10 +456,11 @@ def timed_out(timeout_s: float, elapsed_s: float) -> Outcome:
 
 
 def replay_response(row: LedgerRow) -> TaskResponse:
-    """The response recorded in a ledger row, marked as a replay."""
+    """The response recorded in a ledger row, marked as a replay (a replay of an abandoned claim is lost)."""
     failed = row.outcome != "success"
     return TaskResponse(experiment_id=row.experiment_id, task=row.task, attempt=row.attempt,
                         outcome="failure" if failed else "success", result=row.result,
                         error=(row.error or "failed (no error recorded)") if failed else None, worker=row.worker,
-                        started_at=row.started_at, ended_at=row.ended_at or row.started_at, replayed=True)
+                        started_at=row.started_at, ended_at=row.ended_at or row.started_at, replayed=True,
+                        lost=failed and (row.error or "").startswith(f"{ABANDONED}:"))
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fakes.journal import Journal
 from node.errors import FencedError
-from node.model.advance import AdvanceResult, Dispatch, Outcome, classify
+from node.model.advance import AdvanceResult, Dispatch, Outcome, classify, transition_rows
 from node.model.messages import static_request_bytes
 from node.model.states import (
     LIVE_EXPERIMENT_STATES,
@@ -35,6 +35,7 @@ class FakeDagStore:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.experiments: dict[str, dict[str, Any]] = {}
         self.successors: dict[str, list[str]] = {}
+        self.boxes: dict[str, dict[str, Any]] = {}  # the outbox: id -> {id, at, epoch, rows, states}
 
     # --- setting up ---------------------------------------------------------------------------
     def add_experiment(self, experiment_id: str, specs: list[TaskSpec], params: dict[str, Any] | None = None) -> None:
@@ -47,7 +48,8 @@ class FakeDagStore:
                 "request": static_request_bytes(experiment_id, spec, params or {}), "executed": False,
                 "status": TaskStatus.PENDING, "attempt": 0, "waiting": len(spec.depends_on),
                 "max_attempts": spec.retry.max_attempts, "retry": spec.retry, "timeout_s": spec.timeout_s,
-                "dispatched_at": None, "finished_at": None, "not_before": None, "last_error": None, "flags": 0}
+                "dispatched_at": None, "finished_at": None, "not_before": None, "last_error": None, "flags": 0,
+                "lost": 0}
             for dep in spec.depends_on:
                 self.successors.setdefault(f"{experiment_id}/{dep}", []).append(key)
 
@@ -88,8 +90,9 @@ class FakeDagStore:
             self._flag(epoch, info, now, result)
         for info in verdict.retries:
             task = self.tasks[info["key"]]
-            self._move(task, TaskStatus.RETRY_WAIT, not_before=now + task["retry"].delay(info["attempt"]),
-                        last_error=info["error"], epoch=epoch)
+            self._move(task, TaskStatus.RETRY_WAIT,
+                       not_before=now if info["lost"] else now + task["retry"].delay(info["attempt"]),
+                       last_error=info["error"], epoch=epoch, lost=task["lost"] + info["lost"])
             result.retries.append(info)
         for info in verdict.fails:
             self._fail(epoch, info, now, result)
@@ -99,7 +102,23 @@ class FakeDagStore:
                     result.dispatches.append(self._dispatch(task, epoch, now, attempt=1))
         self._start_experiments(now, result)
         self.journal.append(f"neo4j.advance {len(outcomes)} {len(submitted)}")
+        return self._outbox(epoch, now, result)
+
+    def _outbox(self, epoch: int, now: float, result: AdvanceResult) -> AdvanceResult:
+        rows = transition_rows(result)
+        if rows or result.experiments:
+            result.outbox_id = f"box-{len(self.boxes) + 1}-{now}"
+            self.boxes[result.outbox_id] = {"id": result.outbox_id, "at": now, "epoch": epoch, "node": self.holder,
+                                            "rows": rows, "states": dict(result.experiments)}
         return result
+
+    def outbox(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self.boxes.values(), key=lambda b: (b["at"], b["id"]))[:limit]
+
+    def forget_outbox(self, ids: list[str]) -> None:
+        for box_id in ids:
+            self.boxes.pop(box_id, None)
+        self.journal.append(f"neo4j.forget_outbox {len(ids)}")
 
     def _flag(self, epoch: int, info: dict[str, Any], now: float, result: AdvanceResult) -> None:
         task = self.tasks[info["key"]]
@@ -159,7 +178,7 @@ class FakeDagStore:
                                + [self._dispatch(t, epoch, now, t["attempt"], redispatch=True) for t in overdue])
         self._start_experiments(now, result)
         self.journal.append("neo4j.due_work")
-        return result
+        return self._outbox(epoch, now, result)
 
     def rescan(self, epoch: int, after: str, limit: int) -> list[dict[str, Any]]:
         self.journal.append(f"neo4j.rescan {after}")
@@ -178,7 +197,7 @@ class FakeDagStore:
                 result.dispatches.append(self._dispatch(task, epoch, now, task["attempt"] if again else 1, again))
         self._start_experiments(now, result)
         self.journal.append(f"neo4j.mark_dispatched {len(keys)}")
-        return result
+        return self._outbox(epoch, now, result)
 
     def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
         return [dict(t) for t in self._tasks_of(experiment_id)]

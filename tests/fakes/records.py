@@ -7,7 +7,7 @@ from typing import Any
 
 from fakes.journal import Journal
 from node.errors import FencedError
-from node.model.states import TERMINAL_EXPERIMENT_STATES, TaskStatus
+from node.model.states import TERMINAL_EXPERIMENT_STATES
 
 
 class FakeRecords:
@@ -20,6 +20,7 @@ class FakeRecords:
         self.terms: dict[int, str] = {}
         self.transitions: list[tuple[Any, ...]] = []
         self.states: dict[str, str] = {}
+        self.applied: set[str] = set()  # applied_batches
 
     def _check_fence(self, epoch: int) -> None:
         if self.fence > epoch:
@@ -32,21 +33,22 @@ class FakeRecords:
         self.journal.append(f"mariadb.raise_fence {epoch}")
 
     def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
-                    now: float) -> None:
+                    now: float, batch_id: str | None = None, written_by: tuple[int, str] | None = None) -> bool:
         self._check_fence(epoch)
-        self.transitions += [(*t, epoch) for t in transitions]
+        if batch_id is not None and batch_id in self.applied:
+            return False
+        if batch_id is not None:
+            self.applied.add(batch_id)
+        self.transitions += [(*t, written_by[0] if written_by else epoch) for t in transitions]
         for experiment_id, state in states.items():
             if self.states.get(experiment_id) not in TERMINAL_EXPERIMENT_STATES:
                 self.states[experiment_id] = state
         self.journal.append(f"mariadb.write_batch {len(transitions)}")
+        return True
 
     def prune_applied_batches(self, limit: int) -> int:
         self.journal.append("mariadb.prune_applied_batches")
         return 0
-
-    def missing_successes(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        present = {(t[0], t[1]) for t in self.transitions if t[3] == TaskStatus.SUCCEEDED}
-        return [k for k in dict.fromkeys(keys) if k not in present]
 
     def experiment_states(self, ids: list[str]) -> dict[str, str]:
         return {i: self.states[i] for i in ids if i in self.states}

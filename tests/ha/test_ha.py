@@ -18,7 +18,7 @@ from polling import wait_until
 
 from bench import probes
 from election import make_client
-from node import cluster
+from node import cluster, failpoints
 from node.config import ZK_ROOT
 from node.model.states import TERMINAL_EXPERIMENT_STATES
 from node.stack import manager
@@ -159,6 +159,28 @@ def test_restarting_a_store_under_load_loses_nothing(ha, service: str) -> None:
           f"{load.errors} submission retries; nodes: {[(r['node_id'], r['role']) for r in rows]}")
     assert all(r["role"] in ("leader", "standby") for r in rows), rows
     restore_nodes(ha.cfg)
+
+
+def test_a_leader_killed_between_its_neo4j_and_mariadb_commits_loses_no_transition_row(ha) -> None:
+    """The leader stops (failpoint) right after a Neo4j commit, before its MariaDB write, and is SIGKILLed there;
+    the next leader writes the dead leader's rows from the Neo4j outbox during its takeover, so every
+    experiment's log is complete and ordered (the verifier's dispatch_unrecorded, log_order, success_mismatch)."""
+    load = ha.load(RATE, 60).start()
+    wait_until(lambda: load.done >= 16, 30, "load did not start")
+    row = cluster.leader(ha.cfg)
+    assert row is not None
+    n = number(row["node_id"])
+    process = cluster.node_process(ha.cfg, n)
+    failpoints.arm(ha.cfg, row["node_id"], "leader.between_commits")
+    try:
+        wait_until(process.frozen, 20, "the leader never reached the failpoint")
+        process.signal(signal.SIGKILL)
+    finally:
+        failpoints.disarm(ha.cfg, row["node_id"], "leader.between_commits")
+    new = _leader(ha.cfg, row["epoch"])
+    restart_when_gone(ha.cfg, row)
+    finish(ha.cfg, ha.exps, load)
+    assert "committed in Neo4j only" in log_since(ha.cfg, number(new["node_id"]), 0)
 
 
 def test_no_two_nodes_ever_acted_in_the_same_epoch(ha) -> None:

@@ -39,10 +39,14 @@ def test_a_leader_frozen_inside_a_fenced_transaction_does_not_block_the_next_rai
     records.close()
 
 
-def test_missing_successes_names_each_pair_once(stack):
-    """The takeover repair writes what this returns: a pair given twice (duplicates in one batch) must come
-    back once, or its SUCCEEDED row would be written twice (found by the chaos campaign)."""
+def test_an_epoch_raised_by_one_node_is_not_taken_by_another(stack):
+    """ZooKeeper hands each epoch out once; a fence raised by hand (as these tests do) must not let a second node
+    act in the same epoch: it steps down and is re-elected with a higher one. The holder may raise it again (a
+    retried takeover)."""
     records = Records(stack)
-    pair = (f"repair-{time.time_ns()}", "stage_in")
-    assert records.missing_successes([pair, pair, pair]) == [pair]
+    epoch = records.fence_epoch() + 1
+    records.raise_fence(epoch, "holder", time.time())
+    records.raise_fence(epoch, "holder", time.time())
+    with pytest.raises(FencedError):
+        records.raise_fence(epoch, "other", time.time())
     records.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.model.advance import Outcome, classify
+from node.model.advance import MAX_LOST_ATTEMPTS, Outcome, classify
 from node.model.states import TaskStatus
 
 
@@ -62,3 +62,22 @@ def test_a_mixed_batch_keeps_the_order_of_the_responses() -> None:
     assert [r["key"] for r in verdict.retries] == ["e/b"]
     assert [f["key"] for f in verdict.fails] == ["e/c"]
     assert verdict.unknown == ["f/z"] and verdict.duplicates == []
+
+
+def test_a_lost_attempt_is_retried_without_counting_against_the_task_s_attempts() -> None:
+    one_try = {**task("e/a", max_attempts=1), "lost": 0}
+    verdict = classify([Outcome("e/a", 1, False, "abandoned: worker died", lost=True)], {"e/a": one_try})
+    assert [(r["key"], r["lost"]) for r in verdict.retries] == [("e/a", True)] and not verdict.fails
+    after_loss = {**one_try, "attempt": 2, "lost": 1}  # attempt 2 is the task's first real try
+    verdict = classify([Outcome("e/a", 2, False, "boom")], {"e/a": after_loss})
+    assert [f["error"] for f in verdict.fails] == ["boom"] and not verdict.retries
+    verdict = classify([Outcome("e/a", 2, False, "boom")], {"e/a": {**after_loss, "max_attempts": 2}})
+    assert [(r["key"], r["lost"]) for r in verdict.retries] == [("e/a", False)]
+
+
+def test_a_task_that_keeps_losing_its_workers_fails_after_max_lost_attempts() -> None:
+    row = {**task("e/a", attempt=MAX_LOST_ATTEMPTS + 1), "lost": MAX_LOST_ATTEMPTS}
+    verdict = classify([Outcome("e/a", MAX_LOST_ATTEMPTS + 1, False, "abandoned: x", lost=True)], {"e/a": row})
+    assert not verdict.retries
+    assert [f["error"] for f in verdict.fails] == [
+        f"lost {MAX_LOST_ATTEMPTS + 1} attempts to workers that died or froze; last: abandoned: x"]

@@ -117,7 +117,7 @@ def _request(experiment_id: str, task: str) -> bytes:
 
 
 def test_the_worker_dead_letters_only_the_request_the_ledger_rejects(bench: WorkerBench) -> None:
-    bench.ledger.begin = _store_rejects("poison", bench.ledger.begin)  # type: ignore[method-assign]
+    bench.ledger.claim = _store_rejects("poison", bench.ledger.claim)  # type: ignore[method-assign]
     responses = bench.answer(_request("e", "a"), _request("poison", "a"), b"{not json", _request("e", "b"))
     assert sorted((r.experiment_id, r.task, r.outcome) for r in responses) == [("e", "a", "success"),
                                                                                ("e", "b", "success")]

@@ -18,6 +18,7 @@ from fakes.records import FakeRecords
 from node.config import Config
 from node.errors import DependencyError, FencedError
 from node.leader.term import LeaderTerm, PhaseClock
+from node.model.advance import Outcome, transition_rows
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
 from node.model.states import REDISPATCHED, ExperimentState, TaskStatus
 from node.model.template import RetryPolicy, TaskSpec
@@ -280,15 +281,33 @@ def test_a_duplicate_response_is_ignored(leader: Leader) -> None:
     assert leader.dags.tasks["e/a"]["flags"] == 1 and len(leader.requests()) == 1
 
 
-def test_a_duplicate_of_a_success_the_previous_leader_did_not_record_is_repaired(leader: Leader) -> None:
-    leader.dags.add_experiment("e", [TaskSpec("a", "data_staging")])
-    leader.dags.set_task("e/a", status=TaskStatus.SUCCEEDED, executed=True, attempt=1)  # Neo4j committed ...
-    leader.dags.experiments["e"].update(state=ExperimentState.COMPLETED, remaining=0)  # ... MariaDB did not
-    leader.records.states["e"] = ExperimentState.RUNNING
-    leader.broker.put(RESPONSES, response("e", "a"))  # the redelivered response
-    leader.run()
-    assert leader.records.to_states("e", "a") == [TaskStatus.SUCCEEDED]
+def test_the_takeover_writes_what_a_previous_leader_committed_in_neo4j_only_first_in_order_and_once(
+        leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    written = leader.dags.advance(EPOCH - 1, [Outcome("e/a", 1, True)], [], now=100.0)  # MariaDB got this one ...
+    leader.records.write_batch(EPOCH - 1, "node-0", transition_rows(written), written.experiments, 100.0,
+                               batch_id=written.outbox_id)
+    leader.dags.advance(EPOCH - 1, [Outcome("e/b", 1, True)], [], now=101.0)  # ... and died before this one's
+    leader.term.take_over()
+    assert leader.records.to_states("e", "a") == [TaskStatus.SUCCEEDED]  # not twice
+    assert leader.records.to_states("e", "b") == [TaskStatus.DISPATCHED, TaskStatus.SUCCEEDED]
+    assert {t[-1] for t in leader.records.transitions} == {EPOCH - 1}  # as the previous leader wrote them
     assert leader.records.states == {"e": ExperimentState.COMPLETED}
+    assert leader.dags.boxes == {}
+    j = leader.journal
+    assert j.index_of("neo4j.raise_fence 2") < j.index_of("neo4j.forget_outbox") < j.index_of("neo4j.rescan")
+
+
+def test_a_batch_s_outbox_is_deleted_by_the_next_sweep_once_mariadb_has_it(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.broker.put(RESPONSES, response("e", "a"))
+    leader.run()
+    assert len(leader.dags.boxes) == 1 and leader.records.applied == set(leader.dags.boxes)
+    leader.consumer = None  # acting again
+    leader.term.sweep()
+    assert leader.dags.boxes == {}
 
 
 def test_a_failure_with_attempts_left_waits_and_the_last_one_fails_the_experiment(leader: Leader) -> None:
@@ -348,3 +367,21 @@ def test_the_sweep_does_nothing_once_the_term_is_over(leader: Leader) -> None:
     leader.term.acting = lambda: False
     leader.term.sweep()
     assert not leader.journal and not leader.broker.bodies(REQUESTS)
+
+
+def test_a_lost_attempt_is_retried_at_once_as_a_new_attempt_and_the_task_keeps_its_tries(leader: Leader) -> None:
+    leader.dags.add_experiment("e", [TaskSpec("a", "job_submission")])  # one attempt allowed
+    leader.dispatched("e", ["a"])
+    now = time.time()
+    leader.broker.put(RESPONSES, TaskResponse(
+        experiment_id="e", task="a", attempt=1, outcome="failure", result=None, error="abandoned: worker died",
+        worker="worker-1", started_at=now, ended_at=now, lost=True).encode())
+    leader.run()
+    task = leader.dags.tasks["e/a"]
+    assert (task["status"], task["lost"]) == (TaskStatus.RETRY_WAIT, 1) and task["not_before"] <= time.time()
+    leader.consumer = None  # acting again
+    leader.term.sweep()
+    assert [(r.task, r.attempt) for r in leader.requests()] == [("a", 2)]
+    leader.broker.put(RESPONSES, response("e", "a", 2))
+    leader.run()
+    assert leader.records.states == {"e": ExperimentState.COMPLETED}

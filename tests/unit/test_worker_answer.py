@@ -1,5 +1,6 @@
-"""The worker's answer path (Worker.handle_batch) on an in-memory ledger and a stub broker: replays, the same
-attempt twice in one batch, dead letters, and the order ledger → publish → ack — no server."""
+"""The worker's answer path (Worker.handle_batch) on an in-memory ledger and a stub broker: claims, replays, the
+same attempt twice in one batch, copies of attempts held elsewhere, abandoned claims, a lost channel, dead
+letters, and the order ledger → publish → ack — no server."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from fakes.journal import Journal
 from fakes.ledger import FakeLedger
 
 from node.config import Config
+from node.errors import DependencyError
 from node.model.messages import TaskRequest, TaskResponse
-from node.stores.ledger import Start
+from node.stores.ledger import Finish, Start
 from node.stores.queues import DEAD, REQUESTS, RESPONSES
+from node.worker import worker as worker_module
 from node.worker.worker import Worker
 
 
@@ -52,7 +55,7 @@ def test_a_request_is_executed_recorded_published_then_acked(bench: Bench) -> No
     assert (response.task, response.attempt, response.outcome, response.replayed) == ("a", 1, "success", False)
     assert bench.ledger.executions(("e", "a", 1)) == 1
     j = bench.journal
-    assert j.index_of("ledger.begin") < j.index_of("ledger.finish") < j.index_of(f"publish {RESPONSES}") \
+    assert j.index_of("ledger.claim") < j.index_of("ledger.finish") < j.index_of(f"publish {RESPONSES}") \
         < j.index_of("ack 1")
     assert bench.consumer.idle()
 
@@ -64,8 +67,8 @@ def test_a_replayed_request_of_an_ended_attempt_is_answered_from_the_ledger_with
     (response,) = bench.answer(request())
     assert response.replayed and response.outcome == "failure" and response.error == "disk full"
     assert (response.worker, response.started_at, response.ended_at) == ("worker-0", t0, t0 + 1)
-    assert bench.ledger.executions(("e", "a", 1)) == 1 and bench.ledger.rows[row_id].replayed_count == 1
-    assert not bench.journal.has("ledger.begin") and bench.worker.replayed == 1
+    assert bench.ledger.executions(("e", "a", 1)) == 1 and bench.ledger.rows_by_id[row_id].replayed_count == 1
+    assert bench.worker.executed == 0 and bench.worker.replayed == 1
 
 
 def test_the_same_attempt_twice_in_one_batch_runs_once_and_the_copy_is_a_replay(bench: Bench) -> None:
@@ -97,3 +100,59 @@ def test_a_batch_of_only_malformed_requests_touches_no_ledger(bench: Bench) -> N
 def test_an_executor_failure_is_a_failure_response(bench: Bench) -> None:
     (response,) = bench.answer(request(executor="no_such_executor"))
     assert response.outcome == "failure" and "unknown executor" in (response.error or "")
+
+
+def test_a_copy_of_an_attempt_another_worker_holds_is_not_run_and_gets_no_response(bench: Bench) -> None:
+    bench.ledger.add(Start("e", "a", 1, "worker-0", 1, time.time(), hold_s=60))
+    assert bench.answer(request()) == []
+    assert bench.ledger.executions(("e", "a", 1)) == 1 and bench.worker.executed == 0 and bench.worker.skipped == 1
+    assert bench.journal.has("ack 1") and bench.consumer.idle()
+
+
+def test_a_claim_past_its_deadline_is_abandoned_as_a_failure_and_its_late_holder_publishes_nothing(
+        bench: Bench) -> None:
+    held = bench.ledger.add(Start("e", "a", 1, "worker-0", 1, time.time() - 100, hold_s=-1))
+    (response,) = bench.answer(request())
+    assert (response.outcome, response.replayed, response.worker) == ("failure", False, "worker-0")
+    assert (response.error or "").startswith("abandoned:") and bench.worker.executed == 0
+    assert bench.ledger.finish([Finish(held, time.time(), "success", {}, None)]) == set()  # the holder wakes up
+    assert bench.ledger.rows_by_id[held].outcome == "failure"
+
+
+def test_a_lost_channel_starts_nothing_more_of_the_batch_and_releases_those_claims(bench: Bench) -> None:
+    bodies = [TaskRequest(experiment_id="e", task=f"t{i}", kind="k", executor="sleep", params={"ms": 300},
+                          timeout_s=5.0, attempt=1, epoch=2, dispatched_at=time.time()).encode() for i in range(6)]
+    bench.broker.put(REQUESTS, *bodies)
+    # as _pump() finds it while the tasks run
+    bench.worker._lost = DependencyError("rabbitmq", "127.0.0.1:5672", "connection lost")
+    with pytest.raises(DependencyError):
+        bench.worker.handle_batch(bench.consumer.next_batch(max_n=100), bench.publisher, bench.consumer)
+    rows = list(bench.ledger.rows_by_id.values())
+    assert len(rows) == 2 and all(r.outcome == "success" for r in rows)  # concurrency 2: two had started
+    assert bench.journal.has("ledger.release 4") and not bench.journal.has("ack")
+    assert bench.broker.bodies(RESPONSES) == []
+
+
+def test_the_batch_shrinks_to_the_concurrency_for_slow_tasks_and_grows_for_quick_ones(bench: Bench) -> None:
+    assert bench.worker.batch_limit() == 2  # nothing ran yet
+    bench.worker._mean_s = 5.0
+    assert bench.worker.batch_limit() == 2
+    bench.worker._mean_s = 0.0001
+    assert bench.worker.batch_limit() == Config(home=Path("/nonexistent")).batch_size
+
+
+def test_claims_are_renewed_while_their_tasks_run(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "RENEW_S", 0.05)
+    (response,) = bench.answer(TaskRequest(experiment_id="e", task="a", kind="k", executor="sleep",
+                                           params={"ms": 300}, timeout_s=5.0, attempt=1, epoch=2,
+                                           dispatched_at=time.time()).encode())
+    assert response.outcome == "success", response.error
+    assert bench.journal.has("ledger.renew 1")
+
+
+def test_a_replay_of_an_abandoned_attempt_is_lost_too(bench: Bench) -> None:
+    t0 = time.time() - 10
+    bench.ledger.add(Start("e", "a", 1, "worker-0", 1, t0), ended_at=t0 + 1, outcome="failure",
+                     error="abandoned: its worker did not end it")
+    (response,) = bench.answer(request())
+    assert response.replayed and response.lost and response.outcome == "failure"
