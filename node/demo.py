@@ -268,7 +268,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(f"  double-advanced  {summary['double_advanced']}"
                   + (f"  {summary['double_advanced_tasks']}" if summary["double_advanced"] else ""))
     console.print(f"  checker          {len(summary['violations'])} violation(s); "
-                  f"{summary['duplicate_executions']} duplicate execution(s) (at-least-once delivery, allowed)")
+                  f"{summary['duplicate_executions']} attempt(s) executed more than once (each a violation)")
     for line in summary["violations"][:10]:
         console.print(f"    {line}")
     for i, f in enumerate(summary["failovers"], 1):

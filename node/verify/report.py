@@ -14,7 +14,7 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     experiments: int = 0
     tasks: int = 0
-    duplicate_executions: int = 0   # ledger keys (experiment, task, attempt) with more than one row
+    duplicate_executions: int = 0   # ledger keys (experiment, task, attempt) with more than one row (violations)
     duplicate_rows: int = 0         # rows beyond the first for those keys
     replays: int = 0                # sum of ledger.replayed_count
     epochs: int = 0                 # leader epochs that wrote transitions of the checked experiments
@@ -62,7 +62,7 @@ class Report:
             lines.append("| states | " + ", ".join(f"{s} {n}" for s, n in sorted(self.states.items())) + " |")
         lines.append("")
         if self.ok:
-            lines.append("Every invariant holds (duplicate executions are counted, not violations).")
+            lines.append("Every invariant holds.")
             return "\n".join(lines) + "\n"
         lines += ["| invariant | kind | violations |", "| --- | --- | --- |"]
         lines += [f"| {KINDS.get(k, '?')} | `{k}` | {n} |" for k, n in sorted(self.by_kind().items())]

@@ -19,6 +19,10 @@ carry the same ``now``.
      REDISPATCHED rows (re-sends after a takeover or a timeout) are allowed any number of times.
    - ``success_mismatch``: the two stores disagree on a success: a task executed in Neo4j has no SUCCEEDED
      transition or ``flags`` below 1, or a task Neo4j does not show executed has a SUCCEEDED transition.
+   - ``double_execution``: more than one ledger row for one (experiment, task, attempt). A row is a worker's claim
+     on the attempt and the ledger's unique key ``attempt_once`` admits one, so this only happens in a store
+     without that key (a migration gone wrong); however many copies of a request exist, an attempt runs once.
+     The report also counts these keys and their extra rows (``duplicate_executions``, ``duplicate_rows``).
 3. Order — for every edge ``(successor)-[:DEPENDS_ON]->(predecessor)``, let P be the time the predecessor's success
    became durable: the earlier of its SUCCEEDED transition ``at`` and, when the Neo4j task is executed, its
    ``finished_at`` (the flag and the successor's dispatch commit in one Neo4j transaction; a leader that dies
@@ -39,8 +43,18 @@ carry the same ``now``.
      have read the raised fence and been rejected. Strictly later only.
    - ``one_leader_per_epoch``: the transitions rows of one epoch come from more than one node_id, or from a
      node other than the ``leader_terms`` row of that epoch.
+5. Log — the transition log is complete and causally ordered
+   - ``dispatch_unrecorded``: a task Neo4j shows at attempt n >= 1 has no DISPATCHED transition for some attempt
+     k in 1..n. REDISPATCHED rows are re-sends of an attempt already dispatched, not its dispatch; a task
+     cancelled before its first dispatch is at attempt 0 and needs none. (A leader that dies between its Neo4j
+     and MariaDB commits leaves such a gap unless the next leader writes the lost rows during its takeover.)
+   - ``log_order``: an experiment's earliest terminal transition (task NULL, to COMPLETED, FAILED or CANCELLED)
+     is earlier than a SUCCEEDED or FAILED transition of one of its tasks; or a task's first SUCCEEDED or
+     FAILED transition of attempt k is earlier than its first DISPATCHED transition of attempt k. Equal times
+     are fine: one batch writes all its rows with one ``now``.
 
-Duplicate executions (a ledger key run twice, at-least-once delivery) are counted by the report, not violations.
+Replays (``ledger.replayed_count``: a copy of a request answered from the ledger, not run) are counted by the
+report; they are not executions.
 """
 
 from __future__ import annotations
@@ -123,6 +137,12 @@ def _success_mismatch(s: Snapshot) -> Found:
                    experiment_id)
 
 
+def _double_execution(s: Snapshot) -> Found:
+    for r in sorted(s.repeated_executions, key=lambda r: (r.experiment_id, r.task, r.attempt)):
+        yield (f"{r.experiment_id}/{r.task} attempt {r.attempt} was executed {r.count} times ({r.by})",
+               r.experiment_id)
+
+
 def _success_at(s: Snapshot, experiment_id: str, task: str) -> float | None:
     """When the task's success became durable: its SUCCEEDED transition or its Neo4j flag, the earlier."""
     log = s.log.get((experiment_id, task))
@@ -183,6 +203,29 @@ def _one_leader_per_epoch(s: Snapshot) -> Found:
             yield f"epoch {epoch} was acted on by {len(owners[epoch])} nodes (transitions by {who})", None
 
 
+def _dispatch_unrecorded(s: Snapshot) -> Found:
+    for (experiment_id, task), t in sorted(s.tasks.items()):
+        if t.attempt < 1:
+            continue
+        log = s.log.get((experiment_id, task))
+        missing = sorted(set(range(1, t.attempt + 1)) - (log.dispatched_attempts if log else frozenset()))
+        if missing:
+            yield (f"{experiment_id}/{task} is at attempt {t.attempt} in Neo4j but attempt(s) "
+                   f"{', '.join(map(str, missing))} have no DISPATCHED transition", experiment_id)
+
+
+def _log_order(s: Snapshot) -> Found:
+    for (experiment_id, task), log in sorted(s.log.items()):
+        terminal = s.terminal_at.get(experiment_id)
+        if terminal is not None and log.last_ended_at is not None and log.last_ended_at > terminal:
+            yield (f"experiment {experiment_id} has its terminal transition at {terminal}, before task {task} "
+                   f"ended (SUCCEEDED/FAILED) at {log.last_ended_at}", experiment_id)
+    for e in sorted(s.early_ends, key=lambda e: (e.experiment_id, e.task, e.attempt)):
+        if e.ended_at < e.dispatched_at:
+            yield (f"{e.experiment_id}/{e.task} attempt {e.attempt} ended (SUCCEEDED/FAILED) at {e.ended_at}, "
+                   f"before its DISPATCHED transition at {e.dispatched_at}", e.experiment_id)
+
+
 RULES: tuple[Rule, ...] = (
     Rule("lost_work", "1 no lost work: experiment not terminal", _lost_work),
     Rule("state_mismatch", "1 no lost work: MariaDB and Neo4j disagree on the experiment state", _state_mismatch),
@@ -193,11 +236,16 @@ RULES: tuple[Rule, ...] = (
          _double_dispatch),
     Rule("success_mismatch", "2 no double advancement: executed task without one SUCCEEDED transition and flag, "
          "or a SUCCEEDED transition for a task not executed", _success_mismatch),
+    Rule("double_execution", "2 no double advancement: an attempt executed more than once", _double_execution),
     Rule("order_dispatch", "3 order: successor dispatched before its predecessor's success was durable",
          _order_dispatch),
     Rule("order_start", "3 order: successor started before its predecessor's success was durable", _order_start),
     Rule("fencing", "4 fencing: write with an epoch lower than one that had already acted", _fencing),
     Rule("one_leader_per_epoch", "4 fencing: more than one node acted in one epoch", _one_leader_per_epoch),
+    Rule("dispatch_unrecorded", "5 log: an attempt Neo4j shows dispatched has no DISPATCHED transition",
+         _dispatch_unrecorded),
+    Rule("log_order", "5 log: a terminal transition before a task's end, or an attempt's end before its dispatch",
+         _log_order),
 )
 
 #: every violation kind, with the invariant it breaks

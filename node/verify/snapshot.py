@@ -3,7 +3,7 @@
     snapshot = read(cfg, Scope(experiment_ids=ids))    # or Scope(since=started_at); Scope() is everything
 
 I/O only, no verdict. MariaDB is read in ONE transaction (``START TRANSACTION WITH CONSISTENT SNAPSHOT``): about
-ten aggregate statements whatever the number of experiments; Neo4j in one query per ``NEO4J_CHUNK`` experiments;
+a dozen aggregate statements whatever the number of experiments; Neo4j in one query per ``NEO4J_CHUNK`` experiments;
 the per-task work happens in the rules. A crash mid-read leaves nothing behind (the transaction is read only and
 rolled back). Neo4j is read after MariaDB, so a run still in progress can look inconsistent; check after a run.
 
@@ -19,7 +19,7 @@ from typing import Any
 import pymysql
 
 from node.config import Config
-from node.model.states import REDISPATCHED, TaskStatus
+from node.model.states import REDISPATCHED, TERMINAL_EXPERIMENT_STATES, TaskStatus
 from node.stores.connect import mysql_connect_args, neo4j_driver
 
 NEO4J_CHUNK = 5000
@@ -68,6 +68,7 @@ class Task:
     flags: int | None = 1
     finished_at: float | None = None
     predecessors: tuple[str, ...] = ()       # names of the tasks it DEPENDS_ON
+    attempt: int = 0                         # its latest attempt (0: never dispatched)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class TaskLog:
     first_succeeded_at: float | None = None
     first_dispatched_at: float | None = None  # DISPATCHED or REDISPATCHED
     succeeded_by: str = ""                    # "attempt A epoch E by NODE at T; ..." of the SUCCEEDED rows
+    dispatched_attempts: frozenset[int] = frozenset()  # attempts with a DISPATCHED row (REDISPATCHED not counted)
+    last_ended_at: float | None = None        # the latest SUCCEEDED or FAILED row
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,28 @@ class RepeatedDispatch:
 
 
 @dataclass(frozen=True)
+class RepeatedExecution:
+    """More than one ledger row for one (experiment, task, attempt): possible only without the unique key."""
+
+    experiment_id: str
+    task: str
+    attempt: int
+    count: int
+    by: str                                   # "WORKER at STARTED_AT; ..."
+
+
+@dataclass(frozen=True)
+class AttemptOrder:
+    """When one attempt was first dispatched and first ended (SUCCEEDED or FAILED) in the transition log."""
+
+    experiment_id: str
+    task: str
+    attempt: int
+    dispatched_at: float
+    ended_at: float
+
+
+@dataclass(frozen=True)
 class TransitionRow:
     experiment_id: str
     task: str | None
@@ -121,6 +146,8 @@ class Snapshot:
     tasks: dict[Key, Task] = field(default_factory=dict)               # Neo4j
     log: dict[Key, TaskLog] = field(default_factory=dict)              # transitions, per task
     repeated_dispatches: list[RepeatedDispatch] = field(default_factory=list)
+    terminal_at: dict[str, float] = field(default_factory=dict)        # earliest terminal experiment row
+    early_ends: list[AttemptOrder] = field(default_factory=list)      # read: only attempts ended before dispatched
     first_starts: dict[Key, Start] = field(default_factory=dict)       # ledger
     epoch_first_at: dict[int, float] = field(default_factory=dict)     # earliest act of each epoch, whole table
     epoch_nodes: dict[int, tuple[str, ...]] = field(default_factory=dict)  # node ids per epoch, scoped rows
@@ -129,9 +156,18 @@ class Snapshot:
     late_more: dict[int, int] = field(default_factory=dict)            # late rows beyond LATE_ROWS_PER_EPOCH
     transitions: int = 0
     executions: int = 0                                                # ledger rows
-    duplicate_keys: int = 0   # ledger keys (experiment, task, attempt) with more than one row
-    duplicate_rows: int = 0   # rows beyond the first for those keys
-    replays: int = 0          # sum of ledger.replayed_count
+    repeated_executions: list[RepeatedExecution] = field(default_factory=list)
+    replays: int = 0                                                   # sum of ledger.replayed_count
+
+    @property
+    def duplicate_keys(self) -> int:
+        """Ledger keys (experiment, task, attempt) with more than one row."""
+        return len(self.repeated_executions)
+
+    @property
+    def duplicate_rows(self) -> int:
+        """Rows beyond the first for those keys."""
+        return sum(r.count - 1 for r in self.repeated_executions)
 
     def newer_epoch_acted_at(self) -> dict[int, float]:
         """F(e) = the earliest first act of any epoch above e, for every epoch that has a higher one."""
@@ -161,6 +197,7 @@ def _read_mariadb(cfg: Config, out: Snapshot) -> None:
     exp_where, exp_args = out.scope.experiments()
     where, args = out.scope.rows()
     dispatches = (TaskStatus.DISPATCHED, REDISPATCHED)
+    ends = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
     conn = pymysql.connect(**{**mysql_connect_args(cfg), "read_timeout": 300})
     try:
         with conn.cursor() as cur:
@@ -172,16 +209,20 @@ def _read_mariadb(cfg: Config, out: Snapshot) -> None:
                 "SELECT experiment_id, task, SUM(to_state = %s), MIN(IF(to_state = %s, at, NULL)), "
                 "MIN(IF(to_state IN (%s, %s), at, NULL)), "
                 "GROUP_CONCAT(IF(to_state = %s, CONCAT('attempt ', attempt, ' epoch ', epoch, ' by ', "
-                "node_id, ' at ', at), NULL) ORDER BY id SEPARATOR '; ') "
+                "node_id, ' at ', at), NULL) ORDER BY id SEPARATOR '; '), "
+                "GROUP_CONCAT(DISTINCT IF(to_state = %s, attempt, NULL)), MAX(IF(to_state IN (%s, %s), at, NULL)) "
                 f"FROM transitions WHERE task IS NOT NULL AND {where} GROUP BY experiment_id, task",
-                [TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED, *dispatches, TaskStatus.SUCCEEDED, *args])
-            out.log = {(r[0], r[1]): TaskLog(int(r[2] or 0), r[3], r[4], r[5] or "") for r in cur.fetchall()}
+                [TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED, *dispatches, TaskStatus.SUCCEEDED, TaskStatus.DISPATCHED,
+                 *ends, *args])
+            out.log = {(r[0], r[1]): TaskLog(int(r[2] or 0), r[3], r[4], r[5] or "", _ints(r[6]), r[7])
+                       for r in cur.fetchall()}
             cur.execute(
                 "SELECT experiment_id, task, attempt, COUNT(*), GROUP_CONCAT(CONCAT('epoch ', epoch, ' by ', node_id, "
                 "' at ', at) ORDER BY id SEPARATOR '; ') FROM transitions "
                 f"WHERE to_state = %s AND task IS NOT NULL AND {where} "
                 "GROUP BY experiment_id, task, attempt HAVING COUNT(*) > 1", [TaskStatus.DISPATCHED, *args])
             out.repeated_dispatches = [RepeatedDispatch(*r) for r in cur.fetchall()]
+            _read_order(cur, out, where, args)
             cur.execute(f"SELECT COUNT(*) FROM transitions WHERE {where}", args)
             out.transitions = int(cur.fetchone()[0])
             cur.execute(
@@ -192,10 +233,10 @@ def _read_mariadb(cfg: Config, out: Snapshot) -> None:
             for r in cur.fetchall():
                 out.first_starts.setdefault((r[0], r[1]), Start(r[2], r[3], r[4]))
             cur.execute(
-                "SELECT COUNT(*), COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM ledger "
-                f"WHERE {where} GROUP BY experiment_id, task, attempt HAVING COUNT(*) > 1) d", args)
-            row = cur.fetchone()
-            out.duplicate_keys, out.duplicate_rows = int(row[0]), int(row[1])
+                "SELECT experiment_id, task, attempt, COUNT(*), GROUP_CONCAT(CONCAT(worker, ' at ', started_at) "
+                f"ORDER BY id SEPARATOR '; ') FROM ledger WHERE {where} "
+                "GROUP BY experiment_id, task, attempt HAVING COUNT(*) > 1", args)
+            out.repeated_executions = [RepeatedExecution(*r) for r in cur.fetchall()]
             cur.execute(f"SELECT COUNT(*), COALESCE(SUM(replayed_count), 0) FROM ledger WHERE {where}", args)
             row = cur.fetchone()
             out.executions, out.replays = int(row[0]), int(row[1])
@@ -203,6 +244,28 @@ def _read_mariadb(cfg: Config, out: Snapshot) -> None:
         conn.rollback()
     finally:
         conn.close()
+
+
+def _read_order(cur: pymysql.cursors.Cursor, out: Snapshot, where: str, args: list[Any]) -> None:
+    """For the causal order of the log: each experiment's earliest terminal row, and the attempts whose first
+    SUCCEEDED or FAILED row is earlier than their first DISPATCHED row (normally none: only those are fetched)."""
+    terminal = ",".join(["%s"] * len(TERMINAL_EXPERIMENT_STATES))
+    cur.execute(f"SELECT experiment_id, MIN(at) FROM transitions WHERE task IS NULL AND to_state IN ({terminal}) "
+                f"AND {where} GROUP BY experiment_id", [*TERMINAL_EXPERIMENT_STATES, *args])
+    out.terminal_at = {r[0]: r[1] for r in cur.fetchall()}
+    cur.execute(
+        "SELECT experiment_id, task, attempt, MIN(IF(to_state = %s, at, NULL)) AS d, "
+        "MIN(IF(to_state IN (%s, %s), at, NULL)) AS f FROM transitions "
+        f"WHERE task IS NOT NULL AND to_state IN (%s, %s, %s) AND {where} "
+        "GROUP BY experiment_id, task, attempt HAVING f < d",
+        [TaskStatus.DISPATCHED, TaskStatus.SUCCEEDED, TaskStatus.FAILED,
+         TaskStatus.DISPATCHED, TaskStatus.SUCCEEDED, TaskStatus.FAILED, *args])
+    out.early_ends = [AttemptOrder(*r) for r in cur.fetchall()]
+
+
+def _ints(csv: str | None) -> frozenset[int]:
+    """The integers of a GROUP_CONCAT (None: none)."""
+    return frozenset(int(x) for x in csv.split(",")) if csv else frozenset()
 
 
 def _read_epochs(cur: pymysql.cursors.Cursor, out: Snapshot, where: str, args: list[Any]) -> None:
@@ -241,17 +304,18 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _read_neo4j(cfg: Config, out: Snapshot) -> None:
-    """One query per chunk of experiments: its state, and each task's flags, flag time and predecessors."""
+    """One query per chunk of experiments: its state, and each task's flags, flag time, predecessors and
+    latest attempt."""
     with neo4j_driver(cfg) as driver:
         for chunk in _chunks(list(out.experiments), NEO4J_CHUNK):
             records, _, _ = driver.execute_query(
                 "UNWIND $ids AS id OPTIONAL MATCH (e:Experiment {experiment_id: id}) "
                 "OPTIONAL MATCH (t:Task {experiment_id: id}) "
                 "RETURN id, e.state AS state, collect([t.name, t.flags, t.executed, t.finished_at, "
-                "[(t)-[:DEPENDS_ON]->(p:Task) | p.name]]) AS tasks", ids=chunk, routing_="r")
+                "[(t)-[:DEPENDS_ON]->(p:Task) | p.name], t.attempt]) AS tasks", ids=chunk, routing_="r")
             for r in records:
                 out.graph_states[r["id"]] = r["state"]
-                for name, flags, executed, finished_at, predecessors in r["tasks"]:
+                for name, flags, executed, finished_at, predecessors, attempt in r["tasks"]:
                     if name is not None:
                         out.tasks[(r["id"], name)] = Task(bool(executed), flags, finished_at,
-                                                          tuple(predecessors or ()))
+                                                          tuple(predecessors or ()), int(attempt or 0))

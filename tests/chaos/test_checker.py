@@ -54,9 +54,9 @@ class Planter:
                    tasks: tuple[str, ...] = ("a", "b"), edges: tuple[tuple[str, str], ...] = (("b", "a"),),
                    finished: dict[str, float] | None = None, flags: dict[str, int] | None = None,
                    successes: bool = True) -> str:
-        """An experiment in both stores; tasks SUCCEEDED (flags 1) with ``finished`` times; edges (succ, pred).
-        ``successes``: also each task's SUCCEEDED transition at its finished time (the stores agree on every
-        success); :meth:`chain` writes a whole history instead."""
+        """An experiment in both stores; tasks SUCCEEDED (flags 1, attempt 1) with ``finished`` times; edges
+        (succ, pred). ``successes``: also each task's DISPATCHED and SUCCEEDED transitions, both at its finished
+        time (the stores agree on every success and dispatch); :meth:`chain` writes a whole history instead."""
         experiment_id = f"plant-{uuid.uuid4().hex[:12]}"
         self.ids.append(experiment_id)
         self.sql("INSERT INTO experiments (experiment_id, type, template_version, state, params, created_at, "
@@ -75,8 +75,8 @@ class Planter:
             "UNWIND $edges AS e MATCH (s:Task {key: $id + '/' + e[0]}), (p:Task {key: $id + '/' + e[1]}) "
             "CREATE (s)-[:DEPENDS_ON]->(p)", id=experiment_id, edges=[list(e) for e in edges])
         if successes:
-            self.transitions([(experiment_id, n, "SUCCEEDED", 1, self.epoch, self.node, finished.get(n, T0))
-                              for n in tasks])
+            self.transitions([(experiment_id, n, to_state, 1, self.epoch, self.node, finished.get(n, T0))
+                              for n in tasks for to_state in ("DISPATCHED", "SUCCEEDED")])
         return experiment_id
 
     def transitions(self, rows: list[tuple]) -> None:
@@ -192,16 +192,25 @@ def test_clean_run_of_every_type_passes(running_cluster: Config) -> None:
 # --- planted violations --------------------------------------------------------------------------------------
 def test_planted_baseline_is_clean(plant: Planter, stack: Config) -> None:
     ids = [plant.chain()]
-    # a legitimate failover (after the first chain ended): epoch+1 takes over after a's dispatch, the old leader
-    # never writes again
+    # a legitimate failover (after the first chain ended): epoch+1 takes over after a's dispatch and re-sends it,
+    # the old leader never writes again
     new, t0 = plant.epoch + 1, T0 + 10
     ids.append(plant.chain(t0, a_succeeded=("a", "SUCCEEDED", 1, new, "plant-new", t0 + 1),
-                           b_dispatched=("b", "REDISPATCHED", 1, new, "plant-new", t0 + 1),
+                           b_dispatched=("b", "DISPATCHED", 1, new, "plant-new", t0 + 1),
                            b_succeeded=("b", "SUCCEEDED", 1, new, "plant-new", t0 + 2),
                            done=(None, "COMPLETED", 0, new, "plant-new", t0 + 2)))
+    plant.transitions([(ids[1], "a", "REDISPATCHED", 1, new, "plant-new", t0 + 0.5)])
+    # a cancelled experiment (before the failover): a ran, b was cancelled before its dispatch (attempt 0, no
+    # DISPATCHED row needed)
+    ids.append(plant.chain(T0 + 5, b_dispatched=None, b_succeeded=None, b_start=None,
+                           done=(None, "CANCELLED", 0, 0, "cancel", T0 + 6.5)))
+    plant.driver.execute_query("MATCH (e:Experiment {experiment_id: $id}) SET e.state = 'CANCELLED'", id=ids[2])
+    plant.driver.execute_query("MATCH (t:Task {key: $key}) SET t.executed = false, t.status = 'CANCELLED', "
+                               "t.attempt = 0, t.flags = 0", key=f"{ids[2]}/b")
+    plant.sql("UPDATE experiments SET state = 'CANCELLED' WHERE experiment_id = %s", [(ids[2],)])
     report = check(stack, Scope(experiment_ids=ids))
     assert report.ok, report.to_markdown()
-    assert report.experiments == 2 and report.tasks == 4 and report.epochs == 2 and report.executions == 4
+    assert report.experiments == 3 and report.tasks == 6 and report.epochs == 2 and report.executions == 5
 
 
 def test_lost_work_is_named(plant: Planter, stack: Config) -> None:
@@ -295,20 +304,64 @@ def test_transitions_by_another_node_than_the_leader_term_is_named(plant: Plante
     assert "leader_terms says plant-elected" in report.violations[0].detail
 
 
-def test_duplicate_executions_are_counted_not_violations(plant: Planter, stack: Config) -> None:
+def test_the_ledger_refuses_a_second_row_of_one_attempt(plant: Planter, stack: Config) -> None:
+    """The unique key attempt_once makes double_execution impossible on a store built by the schema (the rule's own
+    test is tests/unit/test_verify_rules.py); replays are counted."""
     experiment_id = plant.chain()
-    plant.ledger([(experiment_id, "b", 1, "worker-2", T0 + 1.2), (experiment_id, "b", 1, "worker-3", T0 + 1.3)])
+    with pytest.raises(pymysql.err.IntegrityError, match="attempt_once"):
+        plant.ledger([(experiment_id, "b", 1, "worker-2", T0 + 1.2)])
+    plant.db.rollback()
     plant.sql("UPDATE ledger SET replayed_count = 2 WHERE experiment_id = %s AND task = 'a'", [(experiment_id,)])
     report = check(stack, Scope(experiment_ids=[experiment_id]))
     assert report.ok, report.to_markdown()
-    assert (report.duplicate_executions, report.duplicate_rows, report.replays) == (1, 2, 2)
-    assert report.to_dict()["duplicate_executions"] == 1
+    assert (report.executions, report.duplicate_executions, report.duplicate_rows, report.replays) == (2, 0, 0, 2)
+
+
+def test_attempt_without_a_dispatched_row_is_dispatch_unrecorded(plant: Planter, stack: Config) -> None:
+    # b's dispatch was lost (a leader died between its Neo4j and MariaDB commits); the next one re-sent it
+    experiment_id = plant.chain(b_dispatched=("b", "REDISPATCHED", 1, plant.epoch, plant.node, T0 + 1))
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
+    assert kinds(report) == {"dispatch_unrecorded"} and len(report.violations) == 1
+    assert report.violations[0].detail == (f"{experiment_id}/b is at attempt 1 in Neo4j but attempt(s) 1 have no "
+                                           "DISPATCHED transition")
+
+
+def test_retry_without_its_dispatched_row_is_dispatch_unrecorded(plant: Planter, stack: Config) -> None:
+    e, n = plant.epoch, plant.node
+    experiment_id = plant.chain(b_succeeded=("b", "SUCCEEDED", 3, e, n, T0 + 4),
+                                done=(None, "COMPLETED", 0, e, n, T0 + 4))
+    plant.transitions([(experiment_id, "b", "RETRY_WAIT", 1, e, n, T0 + 2),
+                       (experiment_id, "b", "RETRY_WAIT", 2, e, n, T0 + 2.5),
+                       (experiment_id, "b", "DISPATCHED", 3, e, n, T0 + 3)])
+    plant.driver.execute_query("MATCH (t:Task {key: $key}) SET t.attempt = 3", key=f"{experiment_id}/b")
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
+    assert kinds(report) == {"dispatch_unrecorded"}
+    assert "attempt(s) 2 have no DISPATCHED" in report.violations[0].detail
+
+
+def test_terminal_row_before_a_task_ended_is_log_order(plant: Planter, stack: Config) -> None:
+    experiment_id = plant.chain(done=(None, "COMPLETED", 0, plant.epoch, plant.node, T0 + 1.5))
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
+    assert kinds(report) == {"log_order"} and len(report.violations) == 1
+    assert report.violations[0].detail == (f"experiment {experiment_id} has its terminal transition at {T0 + 1.5}, "
+                                           f"before task b ended (SUCCEEDED/FAILED) at {T0 + 2}")
+
+
+def test_attempt_ended_before_its_dispatch_is_log_order(plant: Planter, stack: Config) -> None:
+    e, n = plant.epoch, plant.node
+    # b's attempt 1 SUCCEEDED at T0+2 but was DISPATCHED at T0+2.5; a re-send at T0+1 is not its dispatch
+    experiment_id = plant.chain(b_dispatched=("b", "DISPATCHED", 1, e, n, T0 + 2.5))
+    plant.transitions([(experiment_id, "b", "REDISPATCHED", 1, e, n, T0 + 1)])
+    report = check(stack, Scope(experiment_ids=[experiment_id]))
+    assert kinds(report) == {"log_order"} and len(report.violations) == 1
+    assert report.violations[0].detail == (f"{experiment_id}/b attempt 1 ended (SUCCEEDED/FAILED) at {T0 + 2}, "
+                                           f"before its DISPATCHED transition at {T0 + 2.5}")
 
 
 def test_cli_exits_1_and_names_each_violation(plant: Planter, stack: Config) -> None:
     lost = plant.experiment(state="RUNNING", finished={"a": T0 + 1, "b": T0 + 2})
     twice = plant.chain()
-    plant.transitions([(twice, "b", "SUCCEEDED", 1, plant.epoch, plant.node, T0 + 3)])
+    plant.transitions([(twice, "b", "SUCCEEDED", 1, plant.epoch, plant.node, T0 + 2)])   # not after COMPLETED
     done = run_cli(stack, "--id", lost, "--id", twice)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("violation ")]
