@@ -188,3 +188,27 @@ def test_mariadb_restart_is_waited_out(stack, bus: Bus, worker: Worker) -> None:
     assert sorted(r.task for r in responses) == sorted(r.task for r in later)
     assert all(r.outcome == "success" for r in responses)
     assert len(ledger_rows(stack)) == 21
+
+
+def test_two_workers_share_a_backlog_of_slow_tasks_and_run_each_attempt_once(stack, bus: Bus) -> None:
+    """A backlog larger than the prefetch, of tasks slower than a batch may take, each request published twice
+    (as takeover re-sends do): the first worker to run a task shrinks its batch and prefetch to its
+    concurrency, so the second gets work too; each attempt runs exactly once; every copy gets a response or is
+    dropped as held."""
+    reqs = [request(f"share-{time.time_ns()}-{i}", executor="sleep", params={"ms": 150}) for i in range(40)]
+    with running_worker(stack, "worker-a", concurrency=2) as a, running_worker(stack, "worker-b", concurrency=2) as b:
+        bus.publish(*[r.encode() for r in reqs], *[r.encode() for r in reqs])
+        responses = []
+        deadline = time.monotonic() + 60
+        while sum(not r.replayed for r in responses) < 40 and time.monotonic() < deadline:
+            responses += bus.responses(1, timeout_s=5)
+        responses += bus.responses(0, extra_s=1.0)  # the copies: answered as replays, or dropped while held
+    assert {r.experiment_id for r in responses} == {r.experiment_id for r in reqs}
+    assert all(r.outcome == "success" for r in responses)
+    fresh = [r for r in responses if not r.replayed]
+    assert len({r.experiment_id for r in fresh}) == len(fresh) == 40  # each attempt executed once
+    print(f"\nexecuted: worker-a {a.executed}, worker-b {b.executed}; copies dropped while held: "
+          f"{a.skipped + b.skipped}; replays: {len(responses) - len(fresh)}")
+    assert a.executed + b.executed == 40 and a.executed >= 5 and b.executed >= 5, (a.executed, b.executed)
+    for r in reqs:
+        assert len(ledger_rows(stack, r.experiment_id)) == 1
