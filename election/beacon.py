@@ -76,7 +76,12 @@ class LeaderBeacon:
             try:
                 self.client.create(self.path, data, ephemeral=True, makepath=True)
             except NodeExistsError:
-                self.client.set(self.path, data)
+                _, stat = self.client.get(self.path)
+                if stat.ephemeralOwner == self.client.client_id[0]:
+                    self.client.set(self.path, data, version=stat.version)
+                else:  # a dead leader's, whose session lives on: the beacon would vanish when that session expires
+                    self.client.delete(self.path, version=stat.version)
+                    self.client.create(self.path, data, ephemeral=True, makepath=True)
         except KazooException as exc:  # the beacon only speeds failover up; the election does not need it
             log.warning("beacon: not published id=%s error=%r", self.identifier, exc)
 

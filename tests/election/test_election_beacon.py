@@ -83,3 +83,23 @@ def test_frozen_leader_keeps_its_beacon_so_only_session_expiry_replaces_it(beaco
     finally:
         for beacon in beacons:
             beacon.stop()
+
+
+def test_a_new_leader_owns_its_beacon_so_it_outlives_the_dead_leader_s_session(make_candidate, paths):
+    """The dead leader's beacon znode is ephemeral of ITS session, which lives on for the session timeout: a new
+    leader that only overwrote its data would lose its beacon when that session expired, and the next kill would
+    wait for session expiry (every third kill of `bench failover` did)."""
+    dead, new = make_candidate("dead", SESSION_TIMEOUT_S), make_candidate("new", SESSION_TIMEOUT_S)
+    beacon_path = paths[0] + "-owned"
+    dead.client.create(beacon_path, b'{"id": "dead", "addr": "127.0.0.1:1", "lock": "x"}', ephemeral=True,
+                       makepath=True)
+    beacon = LeaderBeacon(new.client, "new", ("127.0.0.1", free_port()), beacon_path).start()
+    try:
+        beacon.publish("/lock-of-new")
+        dead.client.stop()  # its session ends: its ephemeral znodes go
+        dead.client.close()
+        time.sleep(0.5)
+        data, stat = new.client.get(beacon_path)
+        assert b'"id": "new"' in data and stat.ephemeralOwner == new.client.client_id[0]
+    finally:
+        beacon.stop()
