@@ -14,6 +14,15 @@ through the programs' handles (``node/runtime/``), so the same fault drives proc
 start). ``random_mix(seed, count)`` gives a reproducible list of fault *specs* (name + fixed parameters);
 ``make_fault(cfg, spec)`` turns one into a fault.
 
+The adversarial faults (``random_mix(seed, count, ADVERSARIAL_KINDS)``) act with a run's
+:class:`~chaos_tests.workloads.Workload` (``make_fault(cfg, spec, workload)``): ``backlog-kill-leader`` submits a
+burst of more ready tasks than all workers prefetch and kills the leader while the backlog waits in
+``haorch.requests``; ``poison-kill-leader`` publishes poison on the three queues just before and just after it
+kills the leader; ``freeze-publish`` arms the failpoint ``leader.before_publish`` (``node/failpoints.py``) of the
+acting leader, which stops itself between its fenced store transactions and the publish of the requests they
+dispatched, lets a standby take over and advance a DAG, and then continues the old leader, which publishes
+its stale requests (the queue is not fenced).
+
 The partition (``PartitionLeader``) cuts the leader's ZooKeeper traffic and nothing else:
 
 - the leader node's process group is moved into a cgroup v2 group of its own,
@@ -37,20 +46,26 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from node import cluster
+from node import cluster, failpoints
 from node.config import ZK_MEMBERS, Config
-from node.errors import ServiceError
+from node.errors import ServiceError, UsageError
 from node.runtime.handle import Handle
 from node.runtime.process import wait_gone
 from node.runtime.programs import names, recorded
 from node.stack import manager
 
+if TYPE_CHECKING:
+    from chaos_tests.workloads import Workload
+
 log = logging.getLogger(__name__)
 
 COMMENT_PREFIX = "haorch-chaos"
 LEADER_FAULT_WAIT_S = 30.0      # bound on waiting for a new leader after a leader fault
+BACKLOG_WAIT_S = 20.0           # bound on waiting for a burst's requests to queue up beyond the prefetch
+FAILPOINT_WAIT_S = 30.0         # bound on waiting for the leader to reach the failpoint (it needs dispatches)
+FAILPOINT = "leader.before_publish"
 RECOVERY_WAIT_S = 90.0          # bound on waiting for a leader after any undo
 
 
@@ -224,6 +239,102 @@ class FreezeLeader(_TimedLeaderFault):
             cluster.start_node(self.cfg, self.victim)
 
 
+@dataclass
+class BacklogKillLeader(KillLeader):
+    """Submit a burst of more ready tasks than ``factor`` × all workers' prefetch, wait (bounded) until half of
+    the excess waits in ``haorch.requests`` (the workers hold the prefetched rest), then SIGKILL the leader: its
+    successor's takeover finds the backlog dispatched and not executed."""
+
+    name: str = "backlog-kill-leader"
+    workload: Workload | None = None
+    factor: float = 1.5
+
+    def _inject(self) -> None:
+        if self.workload is None:
+            raise UsageError(f"{self.name} needs a run's workload")
+        burst = self.workload.burst(self.factor)
+        self.detail.update(burst)
+        target = max(1, (burst["burst_ready_tasks"] - burst["prefetch_total"]) // 2)
+        deadline = time.monotonic() + BACKLOG_WAIT_S
+        depth = 0
+        while time.monotonic() < deadline:
+            depth = self.workload.queue_depth()
+            if depth >= target:
+                break
+            time.sleep(0.05)
+        self.detail["queued_at_kill"] = depth
+        super()._inject()
+
+
+@dataclass
+class PoisonKillLeader(KillLeader):
+    """SIGKILL the leader between two rounds of poison messages on the three queues (one just before the kill,
+    one just after it, while no leader acts yet); the rounds are the workload's to check afterwards."""
+
+    name: str = "poison-kill-leader"
+    workload: Workload | None = None
+    n: int = 0
+
+    def _inject(self) -> None:
+        if self.workload is None:
+            raise UsageError(f"{self.name} needs a run's workload")
+        self.detail["poison"] = self.workload.publish_poison(f"{self.n}a")
+        super()._inject()
+
+    def hold(self) -> None:
+        if self.workload is not None:
+            self.detail["poison"] += self.workload.publish_poison(f"{self.n}b")
+        super().hold()
+
+
+@dataclass
+class FreezeBeforePublish(_LeaderFault):
+    """The acting leader stops itself at the failpoint ``leader.before_publish`` (after its batch's fenced Neo4j and
+    MariaDB transactions, before publishing the requests they dispatched); held until a newer epoch leads (the
+    scenario then waits for that epoch's first advance); undo continues the old leader (SIGCONT), which publishes
+    its stale requests."""
+
+    name: str = "freeze-publish"
+
+    def _inject(self) -> None:
+        proc = self._victim()
+        node_id, pid = self.detail["victim"], self.victim_pid
+        if pid is None:
+            raise ServiceError(f"{self.name}: the leader has no pid")
+        failpoints.arm(self.cfg, node_id, FAILPOINT)
+        deadline = time.monotonic() + FAILPOINT_WAIT_S
+        while not process_stopped(pid):
+            if time.monotonic() > deadline or not proc.alive():
+                failpoints.disarm(self.cfg, node_id, FAILPOINT)
+                raise ServiceError(f"{self.name}: {node_id} did not reach {FAILPOINT} within {FAILPOINT_WAIT_S:g} s")
+            time.sleep(0.01)
+        self.detail["stopped_at"] = _now()
+
+    def hold(self) -> None:
+        self.wait_new_leader(_session_s(self.cfg) + LEADER_FAULT_WAIT_S)
+
+    def _undo(self) -> None:
+        if self.victim is None:
+            return
+        failpoints.disarm(self.cfg, f"node-{self.victim}", FAILPOINT)
+        proc = cluster.node_process(self.cfg, self.victim)
+        pid = proc.pid()
+        if pid is None or pid != self.victim_pid:
+            cluster.start_node(self.cfg, self.victim)
+        elif process_stopped(pid):
+            proc.thaw()
+            self.detail.setdefault("resumed_at", _now())
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped by a signal (state T in /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].startswith(("T", "t"))
+
+
 # --- the partition ------------------------------------------------------------------------------------------
 def _cgroup2_root() -> Path:
     """Mount point of the cgroup v2 hierarchy (pure v2 at /sys/fs/cgroup, or hybrid at .../unified)."""
@@ -287,8 +398,10 @@ def established_sockets(pids: list[int], zk_ports: set[int]) -> list[tuple[int, 
 
 
 def cleanup(cfg: Config) -> int:
-    """Delete every iptables rule with this stack's chaos comment, empty and remove its cgroup; returns the
-    number of rules deleted. Safe to call any time (also when nothing was injected)."""
+    """Delete every iptables rule with this stack's chaos comment, empty and remove its cgroup, disarm every
+    failpoint of the state dir; returns the number of rules deleted. Safe to call any time (also when nothing was
+    injected)."""
+    failpoints.disarm_all(cfg)
     deleted = 0
     for _ in range(200):  # bounded: one rule per pass
         rules = chaos_rules(cfg)
@@ -442,15 +555,21 @@ def restart_service(cfg: Config, service: str) -> StopServices:
 # --- specs and the random mix ---------------------------------------------------------------------------------
 KINDS = ("kill-leader", "stop-leader", "freeze-leader", "partition-leader", "kill-worker", "zk-member",
          "zk-quorum", "restart-rabbitmq", "restart-mariadb", "restart-neo4j")
+#: faults only adversarial runs draw (backlog and poison need the run's workload; see the module docstring)
+ADVERSARIAL_ONLY = ("backlog-kill-leader", "poison-kill-leader", "freeze-publish")
+ADVERSARIAL_KINDS = ("kill-leader", "freeze-leader", "partition-leader", "kill-worker", *ADVERSARIAL_ONLY)
+#: the faults against the acting leader (each makes a new epoch: its failover is measured)
+LEADER_KINDS = ("kill-leader", "stop-leader", "freeze-leader", "partition-leader", *ADVERSARIAL_ONLY)
 #: relative weights of the mix: mostly leader faults, the slow service restarts seldom
 MIX_WEIGHTS = {"kill-leader": 6, "stop-leader": 3, "freeze-leader": 3, "partition-leader": 3, "kill-worker": 3,
-               "zk-member": 2, "zk-quorum": 1, "restart-rabbitmq": 1, "restart-mariadb": 1, "restart-neo4j": 1}
+               "zk-member": 2, "zk-quorum": 1, "restart-rabbitmq": 1, "restart-mariadb": 1, "restart-neo4j": 1,
+               "backlog-kill-leader": 3, "poison-kill-leader": 3, "freeze-publish": 4}
 
 
 def spec(kind: str, rng: random.Random, workers: int = 2) -> dict[str, Any]:
     """A fault spec: the kind plus the parameters chosen now (which worker, which ZooKeeper members)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown fault {kind!r}; one of {', '.join(KINDS)}")
+    if kind not in KINDS + ADVERSARIAL_ONLY:
+        raise ValueError(f"unknown fault {kind!r}; one of {', '.join(KINDS + ADVERSARIAL_ONLY)}")
     out: dict[str, Any] = {"kind": kind}
     if kind == "kill-worker":
         out["worker"] = rng.randint(1, workers)
@@ -468,8 +587,15 @@ def random_mix(seed: int, count: int, kinds: tuple[str, ...] = KINDS, workers: i
     return [spec(rng.choices(kinds, weights)[0], rng, workers) for _ in range(count)]
 
 
-def make_fault(cfg: Config, fault_spec: dict[str, Any]) -> Fault:
+def make_fault(cfg: Config, fault_spec: dict[str, Any], workload: Workload | None = None, n: int = 0) -> Fault:
+    """The fault of ``fault_spec``; ``workload`` is the run's (the adversarial kinds need it), ``n`` its number."""
     kind = fault_spec["kind"]
+    if kind == "backlog-kill-leader":
+        return BacklogKillLeader(cfg, workload=workload)
+    if kind == "poison-kill-leader":
+        return PoisonKillLeader(cfg, workload=workload, n=n)
+    if kind == "freeze-publish":
+        return FreezeBeforePublish(cfg)
     if kind == "kill-leader":
         return KillLeader(cfg)
     if kind == "stop-leader":

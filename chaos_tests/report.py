@@ -2,6 +2,12 @@
 
     paths = write(result, "docs/chaos")      # {"json": ..., "markdown": ..., "png": ...}
 
+An adversarial run's report adds its evidence (``result["adversarial"]``): attempts executed twice (marker
+files), successes without a marker, poison dead-lettered, processes that exited unexpectedly, the bursts.
+``combined`` renders several runs as the sections of one document (``docs/CHAOS.md``)::
+
+    python -m chaos_tests.report docs/CHAOS.md docs/chaos docs/chaos-adversarial
+
 The timeline (matplotlib, Agg backend) has two panels over the seconds since the run started: the role of each
 node as coloured bands (leader coloured by epoch, standby grey, down or unanswered red) with every fault as a
 shaded span (inject → undo) and its failover (fault → first SUCCEEDED transition of the next epoch) as a black
@@ -13,22 +19,38 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
-LEADER_FAULTS = ("kill-leader", "stop-leader", "freeze-leader", "partition-leader")
+from chaos_tests.faults import LEADER_KINDS as LEADER_FAULTS
+
 EPOCH_COLOURS = (0, 1, 2, 4, 5, 6, 8, 9)
 #: short labels of the faults on the timeline
 CODES = {"kill-leader": "K", "stop-leader": "T", "freeze-leader": "F", "partition-leader": "P", "kill-worker": "W",
          "zk-member": "Z1", "zk-quorum": "ZQ", "restart-rabbitmq": "Rmq", "restart-mariadb": "Rdb",
-         "restart-neo4j": "Rneo"}
+         "restart-neo4j": "Rneo", "backlog-kill-leader": "BK", "poison-kill-leader": "PK", "freeze-publish": "FP"}
+
+
+ADVERSARIAL_NOTE = (
+    "Adversarial evidence, independent of the ledger: every task ran the `mark` executor, which creates "
+    "`<experiment>.<task>.<attempt>` exclusively after its work (a `.twice` file if that attempt had run before), so "
+    "an attempt executed twice leaves two files whatever the ledger recorded, and a SUCCEEDED transition without "
+    "its marker is a success nobody executed. BK = a burst of more ready tasks than all workers prefetch, the "
+    "leader killed while it waits in `haorch.requests`; PK = poison on the responses, submissions and requests "
+    "queues just before and after a leader kill (each must reach `haorch.dead` with a reason, and no process may "
+    "exit that a fault did not kill); FP = the leader stopped at the failpoint `leader.before_publish` (after its "
+    "fenced writes, before publishing what they dispatched) until a standby's new epoch advanced a DAG, then "
+    "continued: its stale requests (its last batch's dispatches) reach the workers, and an attempt whose ledger row "
+    "carries the old epoch was executed by the stale copy (it won the attempt's claim; the other copy was not run).")
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 1000:.0f} ms"
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], timeline: str = "timeline.png") -> str:
     exp = result["experiments"]
     fo = result["failover"]
     verdict = "OK" if result["ok"] else "FAILED"
@@ -41,12 +63,13 @@ def markdown(result: dict[str, Any]) -> str:
              f"| experiments completed | {exp['completed']} / {exp['submitted']} (states: "
              + ", ".join(f"{k} {v}" for k, v in sorted(exp["states"].items())) + ") |",
              f"| not terminal / missing | {exp['not_terminal']} / {exp['missing']} |",
-             f"| duplicate executions (keys / extra rows / replays) | {result['duplicate_executions']} / "
+             f"| attempts executed more than once (keys / extra rows) / replays | {result['duplicate_executions']} / "
              f"{result['duplicate_rows']} / {result['replays']} |",
              f"| leader failovers measured | {fo['count']} |",
              f"| failover p50 / p99 / max | {_ms(fo['p50_s'])} / {_ms(fo['p99_s'])} / {_ms(fo['max_s'])} |",
              f"| frozen processes / chaos iptables rules left | {len(result['frozen_left'])} / "
              f"{result['rules_left']} |",
+             *_adversarial_rows(result.get("adversarial")),
              ""]
     if fo["by_fault"]:
         lines += ["| leader fault | count | failover p50 | max |", "| --- | ---: | ---: | ---: |"]
@@ -59,6 +82,7 @@ def markdown(result: dict[str, Any]) -> str:
         at = rec.get("injected_at")
         held = (rec["undone_at"] - at) if at and rec.get("undone_at") else None
         detail = rec.get("victim") or ",".join(rec.get("services", [])) or ""
+        detail += _fault_evidence(rec)
         if rec.get("error"):
             detail += f" error: {rec['error']}"
         leader = (rec.get("next_leader") or "-") + (f" e{rec['next_epoch']}" if rec.get("next_epoch") else "")
@@ -68,9 +92,64 @@ def markdown(result: dict[str, Any]) -> str:
     if result["errors"]:
         lines += ["", "Errors during the run:", ""] + [f"- {e}" for e in result["errors"]]
     lines += ["", "Failover = fault injected → first SUCCEEDED transition of the next epoch (from the stores). "
-                  "Duplicate executions are at-least-once redeliveries that a worker ran again (counted, not "
-                  "violations).", "", "![timeline](timeline.png)", "", result["check_markdown"]]
+                  "An attempt executed more than once is a violation (`double_execution`); a replay is a copy of an "
+                  "ended attempt answered from the ledger without running it."]
+    if result.get("adversarial"):
+        lines += ["", ADVERSARIAL_NOTE]
+    lines += ["", f"![timeline]({timeline})", "", result["check_markdown"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _adversarial_rows(adv: dict[str, Any] | None) -> list[str]:
+    """The evidence rows of an adversarial run (none for the others)."""
+    if adv is None:
+        return []
+    once, poison = adv["exactly_once"], adv["poison"]
+    rows = [f"| workload | {', '.join(adv['types'])}, every task leaving a marker file; {adv['bursts']} burst(s) of "
+            f"{adv['burst_experiments']} experiments |",
+            f"| **attempts executed twice** (marker files) | {once['attempts_executed_twice']}"
+            + (f" ({', '.join(once['twice_examples'][:3])} ...)" if once["twice_examples"] else "") + " |",
+            f"| markers / SUCCEEDED transitions without a marker | {once['markers']} / "
+            f"{once['succeeded_without_marker']} |",
+            f"| freeze-publish: stale requests published / executed by their stale copy | "
+            f"{adv.get('stale_requests', 0)} / {adv['stale_executions']} |",
+            f"| processes exited that no fault killed | {', '.join(adv['unexpected_exits']) or 'none'} |"]
+    if poison is not None:
+        rows.append(f"| poison messages in haorch.dead (with a reason) | {poison['dead_lettered']} / {poison['sent']} "
+                    f"({poison['dead_lettered'] - poison['without_reason']}) |")
+    return rows
+
+
+def _fault_evidence(rec: dict[str, Any]) -> str:
+    """What an adversarial fault did beyond its victim, for the faults table."""
+    if rec["fault"] == "backlog-kill-leader" and "burst_ready_tasks" in rec:
+        return (f" (burst {rec['burst_ready_tasks']} ready > prefetch {rec['prefetch_total']}; "
+                f"{rec.get('queued_at_kill', 0)} queued at the kill)")
+    if rec["fault"] == "poison-kill-leader" and "poison" in rec:
+        return f" ({rec['poison']} poison)"
+    if rec["fault"] == "freeze-publish" and "stale_requests" in rec:
+        return f" ({rec['stale_requests']} stale requests, {rec['stale_executions']} executed by them)"
+    return ""
+
+
+def _demoted(markdown_text: str) -> str:
+    """Every heading one level down (a run's report becomes a section)."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in markdown_text.splitlines()) + "\n"
+
+
+def combined(sections: list[tuple[dict[str, Any], str]]) -> str:
+    """One document of several runs: each ``(result, timeline path relative to the document)`` a section."""
+    verdict = "OK" if all(result["ok"] for result, _ in sections) else "FAILED"
+    lines = [f"# Chaos campaigns: {verdict}", "",
+             "Written by `make chaos`: each section is one `haorch chaos run` (its files in the directory of its "
+             "timeline).", ""]
+    lines += [f"- [`{result['scenario']}`](#chaos-run-{result['scenario']}-{'ok' if result['ok'] else 'failed'}): "
+              f"{'OK' if result['ok'] else 'FAILED'}, {len(result['faults'])} faults, "
+              f"{result['experiments']['submitted']} experiments" for result, _ in sections]
+    out = "\n".join(lines) + "\n"
+    for result, timeline in sections:
+        out += "\n" + _demoted(markdown(result, timeline))
+    return out
 
 
 def _segments(samples: list[dict[str, Any]], node: str, t0: float) -> list[tuple[float, float, str, Any]]:
@@ -97,6 +176,7 @@ def timeline_png(result: dict[str, Any], path: Path) -> Path:
 
     t0 = result["started_at"]
     samples = result["leader_timeline"]
+    present = {rec["fault"] for rec in result["faults"]}
     nodes = sorted({n for s in samples for n in s["nodes"]}, key=lambda n: int(n.split("-")[1]))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(10.0, min(22.0, result["duration_s"] / 30)), 7.0),
                                    sharex=True, gridspec_kw={"height_ratios": [1.2, 1]})
@@ -114,7 +194,7 @@ def timeline_png(result: dict[str, Any], path: Path) -> Path:
     ax1.set_yticks(range(len(nodes)), nodes)
     ax1.set_ylim(-0.8, len(nodes) - 0.2 + 0.6)
     ax1.set_title(f"chaos {result['scenario']} (seed {result['seed']}): leader per node, faults, failovers\n"
-                  + "  ".join(f"{c} {k}" for k, c in CODES.items()), fontsize=9)
+                  + "  ".join(f"{c} {k}" for k, c in CODES.items() if k in present), fontsize=9)
     many = len(result["faults"]) > 20
     top = len(nodes) - 0.2
     for rec in result["faults"]:
@@ -163,3 +243,22 @@ def write(result: dict[str, Any], directory: str | Path) -> dict[str, str]:
     md_path.write_text(markdown(result))
     png_path = timeline_png(result, out / "timeline.png")
     return {"json": str(json_path), "markdown": str(md_path), "png": str(png_path)}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m chaos_tests.report OUT DIR...``: the runs written into each DIR as sections of OUT."""
+    if len(argv) < 2:
+        sys.stderr.write("usage: python -m chaos_tests.report OUT.md REPORT_DIR...\n")
+        return 2
+    out = Path(argv[0])
+    sections = []
+    for directory in argv[1:]:
+        result = json.loads((Path(directory) / "result.json").read_text())
+        timeline = os.path.relpath(Path(directory) / "timeline.png", out.resolve().parent)
+        sections.append((result, timeline))
+    out.write_text(combined(sections))
+    return 0 if all(result["ok"] for result, _ in sections) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

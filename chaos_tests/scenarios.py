@@ -15,7 +15,15 @@ result keeps what the report needs).
 The result dict (what :mod:`chaos_tests.report` renders): the plan, each fault with its timestamps and the
 leader change it caused (failover = fault → the next epoch's first SUCCEEDED transition, as ``bench failover``
 measures it), the sampled leader per node over time, submissions / task successes / finished experiments per
-time bucket (from MariaDB), experiment states, the checker's report, violations and duplicate executions.
+time bucket (from MariaDB), experiment states, the checker's report, violations and attempts executed more than once.
+
+The adversarial scenarios (:data:`ADVERSITY`: ``slow-tasks``, ``backlog``, ``poison``, ``freeze-publish``,
+``adversarial``) run a :class:`~chaos_tests.workloads.Workload` instead of the built-in types: every task runs the
+``mark`` executor (real-duration tasks of 2-6 s for ``slow``), bursts of more ready tasks than all workers
+prefetch, poison on the queues, the failpoint freeze (see :mod:`chaos_tests.faults`). Their result has an
+``adversarial`` part, and it is OK only if, beyond the checker: no attempt left two marker files, every SUCCEEDED
+transition has its attempt's marker, every poison message is in ``haorch.dead`` with a reason, and no node or
+worker process exited that no fault made its victim. These runs need the process runtime.
 """
 
 from __future__ import annotations
@@ -25,17 +33,19 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bench.probes import first_success_at, query
 from bench.scratch import Scratch
 from chaos_tests import faults as fault_mod
+from chaos_tests.workloads import Workload, like_prefix
 from node import cluster
 from node.config import Config, with_overrides
 from node.errors import HaorchError, TimeoutExpired, UsageError
-from node.experiments import Experiments
+from node.experiments import BUILTIN_TYPES, Experiments
 from node.load import SteadyLoad
-from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState, TaskStatus
+from node.model.states import REDISPATCHED, TERMINAL_EXPERIMENT_STATES, ExperimentState, TaskStatus
 from node.stack import manager
 from node.verify import Scope, check
 
@@ -54,17 +64,43 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "zk-quorum": ("zk-quorum",),
     "restart-services": ("restart-rabbitmq", "restart-mariadb", "restart-neo4j"),
     "mixed": fault_mod.KINDS,
+    "slow-tasks": ("kill-leader", "kill-worker", "freeze-leader", "partition-leader"),
+    "backlog": ("backlog-kill-leader",),
+    "poison": ("poison-kill-leader",),
+    "freeze-publish": ("freeze-publish",),
+    "adversarial": fault_mod.ADVERSARIAL_KINDS,
 }
+#: scenarios drawing a random plan from their kinds (the others cycle through them)
+RANDOM = ("mixed", "adversarial")
 SAMPLE_PERIOD_S = 0.25
 FIRST_ADVANCE_WAIT_S = 20.0
+POISON_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Adversity:
+    """What an adversarial scenario runs: the workload's mix (:data:`chaos_tests.workloads.MIXES`) and a burst
+    before the first fault (``burst`` × workers × worker_prefetch ready tasks; 0: none)."""
+
+    mix: str
+    burst: float = 0.0
+
+
+ADVERSITY: dict[str, Adversity] = {
+    "slow-tasks": Adversity("slow"),
+    "backlog": Adversity("chain"),
+    "poison": Adversity("chain"),
+    "freeze-publish": Adversity("mixed"),  # stale copies of short tasks are replayed, of 2-6 s ones hit a claim
+    "adversarial": Adversity("mixed", burst=1.5),
+}
 
 
 def plan(scenario: str, kills: int, seed: int, workers: int = 2) -> list[dict[str, Any]]:
     """The reproducible list of fault specs of a run."""
     if scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
-    if scenario == "mixed":
-        return fault_mod.random_mix(seed, kills, workers=workers)
+    if scenario in RANDOM:
+        return fault_mod.random_mix(seed, kills, SCENARIOS[scenario], workers=workers)
     rng = random.Random(seed)
     kinds = SCENARIOS[scenario]
     return [fault_mod.spec(kinds[i % len(kinds)], rng, workers) for i in range(kills)]
@@ -164,8 +200,7 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def _failover_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    leader = [r for r in records if r.get("failover_s") is not None and r["fault"] in
-              ("kill-leader", "stop-leader", "freeze-leader", "partition-leader")]
+    leader = [r for r in records if r.get("failover_s") is not None and r["fault"] in fault_mod.LEADER_KINDS]
     by_kind: dict[str, list[float]] = {}
     for r in leader:
         by_kind.setdefault(r["fault"], []).append(r["failover_s"])
@@ -216,18 +251,28 @@ def _wait_terminal(cfg: Config, ids: list[str], timeout_s: float) -> dict[str, A
             "wait_s": round(time.monotonic() - started, 3)}
 
 
+def _pids(cfg: Config, nodes: int, workers: int) -> dict[str, int | None]:
+    """The pid of every node and worker process (None: not running)."""
+    pids = {f"node-{n}": cluster.node_process(cfg, n).pid() for n in range(1, nodes + 1)}
+    return pids | {f"worker-{n}": cluster.worker_process(cfg, n).pid() for n in range(1, workers + 1)}
+
+
 def _inject_all(run_cfg: Config, specs: list[dict[str, Any]], load: SteadyLoad, nodes: int, workers: int,
                 interval_s: float, load_bound_s: float, progress: Progress,
-                on_injected: Callable[[fault_mod.Fault], None] | None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Start the load, run every fault of the plan in turn; a ``finally`` undoes them all and cleans up."""
+                on_injected: Callable[[fault_mod.Fault], None] | None, workload: Workload | None = None,
+                burst: float = 0.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Start the load (and the workload's first burst), run every fault of the plan in turn; a ``finally`` undoes
+    them all and cleans up."""
     made: list[fault_mod.Fault] = []
     records: list[dict[str, Any]] = []
     errors: list[str] = []
     try:
         load.start()
+        if workload is not None and burst:
+            progress(f"burst: {workload.burst(burst)}")
         time.sleep(min(2.0, 4.0 / load.rate + 0.5))
         for i, fault_spec in enumerate(specs):
-            fault = fault_mod.make_fault(run_cfg, fault_spec)
+            fault = fault_mod.make_fault(run_cfg, fault_spec, workload, n=i + 1)
             made.append(fault)
             progress(f"fault {i + 1}/{len(specs)}: {fault_spec}")
             try:
@@ -254,6 +299,47 @@ def _inject_all(run_cfg: Config, specs: list[dict[str, Any]], load: SteadyLoad, 
     return records, errors
 
 
+def _stale_executions(cfg: Config, prefix: str, records: list[dict[str, Any]]) -> None:
+    """Per freeze-publish fault: the requests the frozen leader had in hand (the dispatches of its last batch, whose
+    transitions are the newest of its epoch: fenced, it writes nothing after) and how many of those attempts its
+    stale copy executed (the ledger row, the attempt's claim, carries the epoch of the copy that won it)."""
+    like = like_prefix(prefix)
+    for rec in records:
+        epoch = rec.get("epoch")
+        if rec["fault"] != "freeze-publish" or not rec.get("resumed_at") or epoch is None:
+            continue
+        keys = query(cfg, "SELECT experiment_id, task, attempt FROM transitions WHERE epoch = %s AND to_state IN "
+                     "(%s, %s) AND experiment_id LIKE %s AND at = (SELECT MAX(at) FROM transitions WHERE epoch = %s)",
+                     (epoch, TaskStatus.DISPATCHED, REDISPATCHED, like, epoch))
+        rec["stale_requests"] = len(keys)
+        rec["stale_executions"] = 0
+        if keys:
+            won = query(cfg, "SELECT COUNT(*) FROM ledger WHERE epoch = %s AND (experiment_id, task, attempt) IN ("
+                        + ",".join(["(%s,%s,%s)"] * len(keys)) + ")", (epoch, *[v for key in keys for v in key]))
+            rec["stale_executions"] = int(won[0][0])
+
+
+def _adversarial_outcome(cfg: Config, workload: Workload, records: list[dict[str, Any]],
+                         pids_before: dict[str, int | None], pids_after: dict[str, int | None]) -> dict[str, Any]:
+    """Markers, poison in haorch.dead, stale executions and unexpected exits of an adversarial run."""
+    _stale_executions(cfg, workload.prefix, records)
+    victims = {rec.get("victim") for rec in records}
+    exits = sorted(name for name, pid in pids_before.items() if pids_after.get(name) != pid and name not in victims)
+    poison = workload.poison_outcome(POISON_WAIT_S) if workload.poison_sent else None
+    return {"mix": workload.mix, "types": list(workload.types), "bursts": workload.bursts,
+            "burst_experiments": len(workload.extra_ids), "exactly_once": workload.exactly_once(),
+            "poison": poison, "unexpected_exits": exits, "pids_before": pids_before, "pids_after": pids_after,
+            "stale_requests": sum(r.get("stale_requests", 0) for r in records),
+            "stale_executions": sum(r.get("stale_executions", 0) for r in records)}
+
+
+def _adversarial_ok(adv: dict[str, Any]) -> bool:
+    once, poison = adv["exactly_once"], adv["poison"]
+    return (once["attempts_executed_twice"] == 0 and once["succeeded_without_marker"] == 0
+            and not adv["unexpected_exits"]
+            and (poison is None or (poison["missing_count"] == 0 and poison["without_reason"] == 0)))
+
+
 def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed: int = 1,
         rate: float | None = None, interval_s: float = 2.0, nodes: int = 3, workers: int = 2,
         session_timeout_s: float | None = None, quiesce_s: float = 300.0, fresh_cluster: bool = True,
@@ -264,14 +350,21 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
     if experiments < 1 or kills < 0:
         raise UsageError("--experiments must be at least 1 and --kills at least 0")
     specs = plan(scenario, kills, seed, workers)
+    adversity = ADVERSITY.get(scenario)
+    if adversity is not None and cfg.runtime != "process":
+        raise UsageError(f"scenario {scenario} needs the process runtime (its marker files and failpoints are "
+                         "paths of this machine's state dir)")
     run_cfg = with_overrides(cfg, zk_session_timeout_s=session_timeout_s) if session_timeout_s else cfg
+    scratch = Scratch(run_cfg, f"chaos-{scenario}")
+    run_id, prefix = scratch.run_id, scratch.prefix
+    workload = Workload(run_cfg, prefix, adversity.mix, workers) if adversity is not None else None
     if rate is None:
         planned_s = 4.0 + kills * (interval_s + 2 * run_cfg.zk_session_timeout_s + 3.0)
         rate = min(50.0, max(2.0, experiments / planned_s))
-    scratch = Scratch(run_cfg, f"chaos-{scenario}")
-    run_id, prefix = scratch.run_id, scratch.prefix
+        if workload is not None:
+            rate = min(rate, workload.max_rate(run_cfg.worker_concurrency))
     started = time.time()
-    progress(f"scenario {scenario}: {kills} fault(s), {experiments} experiments at {rate:.1f}/s, seed {seed}")
+    progress(f"scenario {scenario}: {kills} fault(s), {experiments} experiments at {rate:.2f}/s, seed {seed}")
 
     fault_mod.cleanup(run_cfg)
     _stack_up(run_cfg, progress)
@@ -279,18 +372,23 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
         cluster.down(run_cfg)
     cluster.up(run_cfg, nodes=nodes, workers=workers, progress=lambda m: progress(f"cluster: {m}"))
     load_bound_s = experiments / rate + kills * 120.0 + 60.0
+    if workload is not None:
+        workload.install()
     load = SteadyLoad(run_cfg, prefix, per_tick=4 if rate >= 8 else 1, rate=rate, limit=experiments,
-                      max_s=load_bound_s)
+                      max_s=load_bound_s, types=workload.types if workload else BUILTIN_TYPES,
+                      params=workload.params if workload else None)
     sampler = LeaderSampler(run_cfg, max_s=load_bound_s + quiesce_s + 600.0).start()
+    pids_before = _pids(run_cfg, nodes, workers)
     try:
         records, errors = _inject_all(run_cfg, specs, load, nodes, workers, interval_s, load_bound_s, progress,
-                                      on_injected)
+                                      on_injected, workload, adversity.burst if adversity else 0.0)
         fault_mod.wait_recovered(run_cfg, nodes, workers)
-        progress(f"{len(load.ids)} experiments submitted; waiting for all to finish")
-        exp = _wait_terminal(run_cfg, load.ids, quiesce_s)
+        ids = load.ids + (workload.extra_ids if workload is not None else [])
+        progress(f"{len(ids)} experiments submitted; waiting for all to finish")
+        exp = _wait_terminal(run_cfg, ids, quiesce_s)
         sampler.stop()
         ended = time.time()
-        report = check(run_cfg, Scope(experiment_ids=load.ids))
+        report = check(run_cfg, Scope(experiment_ids=ids))
         _leader_changes(run_cfg, records, ended)
         result: dict[str, Any] = {
             "scenario": scenario, "seed": seed, "kills": kills, "run_id": run_id, "prefix": prefix,
@@ -309,12 +407,24 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
         }
         result["ok"] = (report.ok and exp["not_terminal"] == 0 and exp["missing"] == 0
                         and not result["frozen_left"] and not result["rules_left"])
+        if workload is not None:
+            adv = _adversarial_outcome(run_cfg, workload, records, pids_before, _pids(run_cfg, nodes, workers))
+            result["adversarial"] = adv
+            result["ok"] = result["ok"] and _adversarial_ok(adv)
+            poison = adv["poison"] or {"dead_lettered": 0, "sent": 0}
+            progress(f"scenario {scenario}: {adv['exactly_once']['attempts_executed_twice']} attempt(s) executed "
+                     f"twice, {adv['exactly_once']['succeeded_without_marker']} success(es) without a marker, "
+                     f"poison {poison['dead_lettered']}/{poison['sent']} dead-lettered, unexpected exits "
+                     f"{adv['unexpected_exits'] or 'none'}")
         progress(f"scenario {scenario}: {'OK' if result['ok'] else 'FAILED'}: {len(report.violations)} "
                  f"violation(s), {exp['completed']}/{exp['submitted']} completed, "
-                 f"{report.duplicate_executions} duplicate execution(s), failover p50 {result['failover']['p50_s']}")
+                 f"{report.duplicate_executions} attempt(s) executed more than once, "
+                 f"failover p50 {result['failover']['p50_s']}")
         return result
     finally:
         sampler.stop()
         if not keep_cluster:
             cluster.down(run_cfg)
         scratch.purge()
+        if workload is not None:
+            workload.remove()

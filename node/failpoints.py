@@ -45,6 +45,18 @@ def arm(cfg: Config, node_id: str, name: str) -> Path:
     return armed
 
 
+def disarm_all(cfg: Config) -> int:
+    """Remove every arming of the state dir (what a crashed chaos run left); returns how many."""
+    removed = 0
+    for armed in sorted((cfg.home / ROOT).glob("*/*")):
+        try:
+            armed.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass  # hit meanwhile
+    return removed
+
+
 def disarm(cfg: Config, node_id: str, name: str) -> bool:
     """Remove the arming of ``name`` for ``node_id``; True if it was armed (not hit yet)."""
     try:

@@ -10,7 +10,8 @@ A batch that fails (a store restarting, a lost connection) is retried with the s
 — submitting is idempotent on the id — so ``ids`` is exactly the set of experiments that must complete.
 
 :class:`SteadyLoad` is the load of chaos runs and the failover benchmark: ids that all start with ``prefix`` (so
-SQL can select a run with ``LIKE 'prefix%'``), bounded in count and in time, the built-in types installed first::
+SQL can select a run with ``LIKE 'prefix%'``), bounded in count and in time, the built-in types installed first
+(other types are registered by the caller; ``params`` go with every submission)::
 
     load = SteadyLoad(cfg, "chaos-ab12-", rate=10, limit=400, max_s=120).start()
     ...                          # inject faults
@@ -34,15 +35,18 @@ log = logging.getLogger(__name__)
 
 class Load:
     """``total`` experiments at about ``rate`` per second (at most), types taken in turn, ``threads`` submitters;
-    no new batch after ``max_s`` seconds when given."""
+    no new batch after ``max_s`` seconds when given. Every experiment is submitted with ``params`` (each type
+    must declare them)."""
 
     def __init__(self, cfg: Config, rate: float, total: int, types: tuple[str, ...] = BUILTIN_TYPES,
                  batch: int = 4, threads: int = 1, prefix: str | None = None,
-                 gate: Callable[[], bool] | None = None, max_s: float | None = None) -> None:
+                 gate: Callable[[], bool] | None = None, max_s: float | None = None,
+                 params: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self.rate = rate
         self.total = total
         self.types = types
+        self.params = dict(params or {})
         self.batch = batch
         self.prefix = prefix or uuid.uuid4().hex[:6]
         self.gate = gate                  # when given, a batch waits until gate() is true (back-pressure)
@@ -126,7 +130,7 @@ class Load:
                     try:
                         if exps is None:
                             exps = Experiments(self.cfg)
-                        exps.submit_many(type_, ids)
+                        exps.submit_many(type_, ids, params=self.params)
                         break
                     except Exception as exc:  # noqa: BLE001 - any outage: retry the same ids (idempotent)
                         with self._lock:
@@ -151,9 +155,9 @@ class SteadyLoad(Load):
 
     def __init__(self, cfg: Config, prefix: str, per_tick: int = 2, period_s: float = 0.25, limit: int = 5000,
                  rate: float | None = None, max_s: float | None = None,
-                 types: tuple[str, ...] = BUILTIN_TYPES) -> None:
+                 types: tuple[str, ...] = BUILTIN_TYPES, params: dict[str, str] | None = None) -> None:
         super().__init__(cfg, rate=rate or per_tick / period_s, total=limit, types=types, batch=per_tick,
-                         prefix=prefix, max_s=max_s)
+                         prefix=prefix, max_s=max_s, params=params)
 
     def _id(self, type_: str, index: int) -> str:
         return f"{self.prefix}{index:05d}"

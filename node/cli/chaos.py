@@ -85,6 +85,10 @@ def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | No
     \b
     Scenarios: kill-leader, stop-leader, freeze-leader, partition-leader, kill-worker, zk-member,
     zk-quorum, restart-services, mixed. Exit 1 if any invariant is violated or an experiment did not finish.
+    Adversarial (process runtime; every task leaves a marker file, so an attempt executed twice fails the run):
+    slow-tasks (2-6 s tasks), backlog (bursts beyond all workers' prefetch), poison (on every queue, during
+    leader kills), freeze-publish (a leader stopped between its fenced writes and its publish), adversarial
+    (all of them mixed).
     """
     from chaos_tests import report as chaos_report
     from chaos_tests import scenarios
@@ -103,7 +107,14 @@ def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | No
         exp, fo = data["experiments"], data["failover"]
         click.echo(f"chaos run {scenario}: {'OK' if data['ok'] else 'FAILED'}: {data['violations']} violation(s), "
                    f"{exp['completed']}/{exp['submitted']} experiments completed, {len(data['faults'])} fault(s), "
-                   f"{data['duplicate_executions']} duplicate execution(s)")
+                   f"{data['duplicate_executions']} attempt(s) executed more than once")
+        adv = data.get("adversarial")
+        if adv:
+            poison = adv["poison"] or {"dead_lettered": 0, "sent": 0}
+            click.echo(f"attempts executed twice (marker files): {adv['exactly_once']['attempts_executed_twice']}, "
+                       f"successes without a marker: {adv['exactly_once']['succeeded_without_marker']}, poison "
+                       f"dead-lettered: {poison['dead_lettered']}/{poison['sent']}, unexpected exits: "
+                       f"{', '.join(adv['unexpected_exits']) or 'none'}")
         if fo["count"]:
             click.echo(f"failover ({fo['count']}): p50 {fo['p50_s'] * 1000:.0f} ms, p99 {fo['p99_s'] * 1000:.0f} ms, "
                        f"max {fo['max_s'] * 1000:.0f} ms")

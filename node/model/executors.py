@@ -8,4 +8,4 @@ store or a command validates a template against the names alone, without importi
 
 from __future__ import annotations
 
-KNOWN_EXECUTORS: tuple[str, ...] = ("noop", "sleep", "fail", "shell")
+KNOWN_EXECUTORS: tuple[str, ...] = ("noop", "sleep", "fail", "shell", "mark")

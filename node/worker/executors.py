@@ -18,12 +18,21 @@ Built-ins:
   run as argv; a string is split like a shell would and run directly, unless it uses shell syntax (pipes,
   redirections, ``$``, globs, ``~``, ``;``, ``&&``, newlines), then it runs under ``/bin/sh -c``. Off unless
   ``shell_executor_enabled = true``, because it runs anything a template says.
+- ``mark``: evidence of exactly-once execution for chaos runs. Sleeps ``seconds`` (default 0), then creates the
+  marker file ``<mark_dir>/<experiment_id>.<task>.<attempt>`` exclusively (``O_CREAT | O_EXCL``); if that attempt
+  left its marker already, it creates ``<marker>.twice.<pid>.<time_ns>`` instead, and succeeds either way: the
+  files count the executions, whatever the ledger says. ``mark_dir`` must be an absolute path of an existing
+  directory under the worker's haorch home (``ExecutionContext.home``), so a template cannot make a worker write
+  anywhere else. A worker killed during the sleep leaves no marker; one
+  killed after it leaves a marker whose ledger row may have no end (a re-run then leaves a ``.twice`` file).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 import shlex
 import subprocess
 import time
@@ -47,6 +56,7 @@ class ExecutionContext:
     task: str
     attempt: int
     seed: int
+    home: str = ""  # the worker's haorch home (state dir); empty: none (``mark`` refuses to run)
 
 
 class ExecutorFailure(Exception):
@@ -111,7 +121,50 @@ def run_shell(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any]:
     return {"exit_code": done.returncode, "stdout_tail": done.stdout[-STDOUT_TAIL_CHARS:]}
 
 
-EXECUTORS: dict[str, Executor] = {"noop": run_noop, "sleep": run_sleep, "fail": run_fail, "shell": run_shell}
+def run_mark(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any]:
+    """Sleep ``params["seconds"]``, then leave this attempt's marker file (or a ``.twice`` file) in ``mark_dir``."""
+    seconds = _param(params, "seconds", float, 0.0)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ExecutorFailure(f"param 'seconds' must be a finite number >= 0, got {seconds}")
+    directory = _mark_dir(params.get("mark_dir"), ctx.home)
+    if os.sep in ctx.experiment_id:
+        raise ExecutorFailure(f"experiment id {ctx.experiment_id!r} cannot name a marker file")
+    time.sleep(seconds)
+    marker = os.path.join(directory, f"{ctx.experiment_id}.{ctx.task}.{ctx.attempt}")
+    twice = False
+    try:
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            twice = True
+            marker = f"{marker}.twice.{os.getpid()}.{time.time_ns()}"
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, f"pid={os.getpid()} at={time.time():.6f}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ExecutorFailure(f"cannot create marker {marker!r}: {exc.strerror}") from None
+    if twice:
+        log.warning("%s/%s attempt %d executed again: %s", ctx.experiment_id, ctx.task, ctx.attempt, marker)
+    return {"marker": os.path.basename(marker), "twice": twice, "slept_s": seconds}
+
+
+def _mark_dir(raw: object, home: str) -> str:
+    """``raw`` resolved (symlinks, ``..``) if it is an absolute path strictly under the worker's haorch home."""
+    if not isinstance(raw, str) or not os.path.isabs(raw):
+        raise ExecutorFailure(f"param 'mark_dir' must be an absolute path under the haorch home, got {raw!r:.200}")
+    if not home:
+        raise ExecutorFailure("this worker has no haorch home to keep markers under")
+    home = os.path.realpath(home)
+    real = os.path.realpath(raw)
+    if real == home or os.path.commonpath([home, real]) != home:
+        raise ExecutorFailure(f"param 'mark_dir' {raw!r:.200} is not under the haorch home {home}")
+    return real
+
+
+EXECUTORS: dict[str, Executor] = {"noop": run_noop, "sleep": run_sleep, "fail": run_fail, "shell": run_shell,
+                                  "mark": run_mark}
 
 
 def get_executor(name: str, shell_enabled: bool) -> Executor:

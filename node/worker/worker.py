@@ -426,7 +426,8 @@ class Worker:
         try:
             run = get_executor(request.executor, shell_enabled=self.cfg.shell_executor_enabled)
             value = run(request.params, ExecutionContext(request.experiment_id, request.task, request.attempt,
-                                                         seed=experiment_seed(request.experiment_id)))
+                                                         seed=experiment_seed(request.experiment_id),
+                                                         home=str(self.cfg.home)))
             if not isinstance(value, dict):
                 raise ExecutorFailure(f"executor returned {type(value).__name__}, not an object")
             problem = value_problem(value, "result")  # what the leader's decoder would reject

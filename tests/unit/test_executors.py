@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -15,9 +16,11 @@ from node.worker.executors import (
     get_executor,
 )
 
+HOME = ""  # the worker's haorch home in the contexts below (set by the ``home`` fixture)
+
 
 def ctx(attempt: int = 1, task: str = "t", seed: int = 0, experiment_id: str = "exp-1") -> ExecutionContext:
-    return ExecutionContext(experiment_id=experiment_id, task=task, attempt=attempt, seed=seed)
+    return ExecutionContext(experiment_id=experiment_id, task=task, attempt=attempt, seed=seed, home=HOME)
 
 
 def run(name: str, params: dict, context: ExecutionContext | None = None, shell_enabled: bool = False) -> dict:
@@ -25,12 +28,12 @@ def run(name: str, params: dict, context: ExecutionContext | None = None, shell_
 
 
 def test_registry() -> None:
-    assert set(KNOWN_EXECUTORS) == {"noop", "sleep", "fail", "shell"}
+    assert set(KNOWN_EXECUTORS) == {"noop", "sleep", "fail", "shell", "mark"}
     assert tuple(EXECUTORS) == KNOWN_EXECUTORS
 
 
 def test_unknown_executor() -> None:
-    with pytest.raises(ExecutorFailure, match=r"^unknown executor 'ssh' \(known: noop, sleep, fail, shell\)$"):
+    with pytest.raises(ExecutorFailure, match=r"^unknown executor 'ssh' \(known: noop, sleep, fail, shell, mark\)$"):
         get_executor("ssh", shell_enabled=True)
 
 
@@ -149,3 +152,56 @@ def test_shell_missing_command_and_bad_cmd() -> None:
     for cmd in (None, "", "  ", [], ["echo", 1]):
         with pytest.raises(ExecutorFailure, match="param 'cmd' must be a command string or a list of arguments"):
             run("shell", {"cmd": cmd}, shell_enabled=True)
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A haorch home for the mark executor (the worker passes its own in the execution context)."""
+    monkeypatch.setattr(sys.modules[__name__], "HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "marks").mkdir(parents=True)
+    return tmp_path / "home"
+
+
+def test_mark_sleeps_then_leaves_one_marker_per_attempt(home) -> None:
+    marks = home / "marks"
+    started = time.monotonic()
+    result = run("mark", {"seconds": "0.03", "mark_dir": str(marks)}, ctx(2, "work_1", experiment_id="e-1"))
+    assert time.monotonic() - started >= 0.03
+    assert result == {"marker": "e-1.work_1.2", "twice": False, "slept_s": 0.03}
+    assert [p.name for p in marks.iterdir()] == ["e-1.work_1.2"]
+    assert run("mark", {"mark_dir": str(marks)}, ctx(3, "work_1", experiment_id="e-1"))["twice"] is False
+
+
+def test_mark_again_leaves_a_twice_file_and_succeeds(home) -> None:
+    marks = home / "marks"
+    run("mark", {"mark_dir": str(marks)}, ctx(1, "a"))
+    again = run("mark", {"mark_dir": str(marks)}, ctx(1, "a"))
+    third = run("mark", {"mark_dir": str(marks)}, ctx(1, "a"))
+    assert again["twice"] and third["twice"] and again["marker"] != third["marker"]
+    assert again["marker"].startswith("exp-1.a.1.twice.")
+    names = sorted(p.name for p in marks.iterdir())
+    assert names[0] == "exp-1.a.1" and len(names) == 3
+
+
+@pytest.mark.parametrize("mark_dir", [None, 5, "relative/marks", "/tmp", "{home}", "{home}/marks/../..",
+                                      "{home}/../elsewhere"])
+def test_mark_dir_must_be_absolute_and_under_the_home(home, mark_dir) -> None:
+    value = mark_dir.format(home=home) if isinstance(mark_dir, str) else mark_dir
+    with pytest.raises(ExecutorFailure, match="param 'mark_dir'"):
+        run("mark", {"mark_dir": value})
+    assert list((home / "marks").iterdir()) == []
+
+
+def test_mark_fails_on_a_missing_dir_bad_seconds_and_a_slash_in_the_id(home) -> None:
+    with pytest.raises(ExecutorFailure, match=r"^cannot create marker .*: No such file or directory$"):
+        run("mark", {"mark_dir": str(home / "marks" / "gone")})
+    for seconds in ("-1", "nan", "inf", True):
+        with pytest.raises(ExecutorFailure, match="param 'seconds'"):
+            run("mark", {"mark_dir": str(home / "marks"), "seconds": seconds})
+    with pytest.raises(ExecutorFailure, match="cannot name a marker file"):
+        run("mark", {"mark_dir": str(home / "marks")}, ctx(experiment_id="a/../../b"))
+
+
+def test_mark_refuses_to_run_without_a_home() -> None:
+    with pytest.raises(ExecutorFailure, match="no haorch home"):
+        run("mark", {"mark_dir": "/tmp/marks"})
