@@ -109,9 +109,14 @@ ROWS: list[tuple[str, list[Spec]]] = [
         Spec("Worker batch size", "none",
              _quantiles("haorch_worker_batch_size"),
              "haorch_worker_batch_size: requests a worker takes in one batch."),
+        Spec("Worker claims (1m)", "none",
+             [("sum by (result) (increase(haorch_worker_claims_total[1m]))", "{{result}}")],
+             "haorch_worker_claims_total: copies of attempts another worker held (held), attempts ended as lost "
+             "because their worker died or froze (abandoned), claims given back after a lost channel (released)."),
         Spec("Duplicate responses (1m)", "none",
              [("sum(increase(haorch_duplicate_responses_total[1m]))", "duplicates")],
-             "Responses ignored because the task was already flagged or the attempt is stale (at-least-once)."),
+             "Responses ignored because the task was already flagged or the attempt is stale (a re-sent or replayed "
+             "copy)."),
         Spec("Dead letters (1m)", "none",
              [("sum by (job) (increase(haorch_dead_letters_total[1m]))", "{{job}}")],
              "Malformed messages parked on haorch.dead."),

@@ -81,6 +81,12 @@ WORKER_IN_PROGRESS = Gauge("haorch_worker_executions_in_progress",
                            registry=WORKER_REGISTRY)
 WORKER_BATCH_SIZE = Histogram("haorch_worker_batch_size", "Worker: requests handled per batch",
                               buckets=BATCH_BUCKETS, registry=WORKER_REGISTRY)
+CLAIM_RESULTS: tuple[str, ...] = ("held", "abandoned", "released")
+WORKER_CLAIMS = Counter("haorch_worker_claims_total",
+                        "Worker: requests not run here because another worker held the attempt (held), attempts "
+                        "ended as lost because their holder let the claim's lease run out (abandoned), and "
+                        "claims given back unstarted after a lost channel (released)",
+                        ["result"], registry=WORKER_REGISTRY)
 
 # --- both --------------------------------------------------------------------------------------------------
 DEPENDENCY_UP = Gauge("haorch_dependency_up", "1 when the dependency answers this process, else 0", ["service"],
@@ -110,5 +116,7 @@ def expose_worker_series(kinds: Iterable[str], services: Iterable[str]) -> None:
     for kind in kinds:
         for outcome in WORKER_OUTCOMES:
             WORKER_EXECUTIONS.labels(kind, outcome)
+    for result in CLAIM_RESULTS:
+        WORKER_CLAIMS.labels(result)
     for service in services:
         DEPENDENCY_UP.labels(service)

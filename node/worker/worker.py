@@ -49,6 +49,7 @@ from node.metrics import (
     DEAD_LETTERS,
     DEPENDENCY_UP,
     WORKER_BATCH_SIZE,
+    WORKER_CLAIMS,
     WORKER_EXECUTION_SECONDS,
     WORKER_EXECUTIONS,
     WORKER_IN_PROGRESS,
@@ -267,9 +268,11 @@ class Worker:
         abandoned = self.ledger.abandon(expired, "its worker did not end it by its claim's deadline "
                                                  "(it died or froze while running it)") if expired else {}
         answers.update({row.key: row for row in abandoned.values()})
+        WORKER_CLAIMS.labels("abandoned").inc(len(abandoned))
         for key, row in held.items():
             if key not in answers:
                 self.skipped += 1
+                WORKER_CLAIMS.labels("held").inc()
                 log.info("worker: exp=%s task=%s attempt=%d is claimed by %s; this copy is not run", *key,
                          row.worker)
         for row in abandoned.values():
@@ -285,6 +288,7 @@ class Worker:
         self._account([r for r, _ in ran], [o for _, o in ran])
         if unstarted:
             self.ledger.release(unstarted)
+            WORKER_CLAIMS.labels("released").inc(len(unstarted))
             log.info("worker: %s released %d claim(s) it had not started", self.worker_id, len(unstarted))
         if self._lost is not None:
             lost, self._lost = self._lost, None
