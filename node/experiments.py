@@ -30,6 +30,7 @@ from neo4j import Driver
 
 from node.config import Config
 from node.errors import ConflictError, DependencyError, IncompleteSubmit, TimeoutExpired, UnknownTypeError, UsageError
+from node.model.advance import transition_rows
 from node.model.api_limits import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, check_params_size
 from node.model.builtin import builtin_templates
 from node.model.executors import KNOWN_EXECUTORS
@@ -254,14 +255,17 @@ class Experiments:
         return Page(rows, encode_cursor(rows[-1]["created_at"], rows[-1]["experiment_id"]) if more else None)
 
     def cancel(self, experiment_id: str) -> dict[str, Any]:
-        """Cancel an experiment that is not finished (idempotent: a finished one is reported as it is)."""
+        """Cancel an experiment that is not finished (idempotent: a finished one is reported as it is): Neo4j first,
+        with an Outbox node of its transition rows, then MariaDB (unfenced, epoch 0, node ``cancel``). A crash
+        between the two leaves the node, and the leader's sweep writes its rows after ``submit_grace_s``."""
         self.records.get_experiment(experiment_id)
-        state, tasks = self.dags.cancel(experiment_id, epoch=0, now=time.time())
-        current = self.records.get_experiment(experiment_id)["state"]
-        if state == ExperimentState.CANCELLED and current != ExperimentState.CANCELLED:
-            self.records.set_state(experiment_id, ExperimentState.CANCELLED, 0, "cancel",
-                                   f"{len(tasks)} open tasks cancelled")
-        return {"experiment_id": experiment_id, "state": state, "cancelled_tasks": len(tasks)}
+        now = time.time()
+        state, result = self.dags.cancel(experiment_id, now=now)
+        if result.outbox_id is not None:  # a crash before this write leaves it to the leader (the outbox)
+            self.records.write_batch(0, "cancel", transition_rows(result), result.experiments, now,
+                                     batch_id=result.outbox_id, fenced=False)
+            self.dags.forget_outbox([result.outbox_id])
+        return {"experiment_id": experiment_id, "state": state, "cancelled_tasks": len(result.cancelled)}
 
     # builtins.list: in this class body below the method, ``list`` is Experiments.list
     def wait(self, ids: builtins.list[str], timeout_s: float,

@@ -172,13 +172,14 @@ class LeaderTerm:
         self._finish_unsent()
         self.redispatch_page()
 
-    def _write_outbox(self) -> None:
-        """Write to MariaDB the transition rows of every leader write that committed in Neo4j only (its Outbox
-        node is still there: a leader died between its two commits), oldest first, as that leader wrote them (its
-        epoch, node id and time), before anything is advanced; a batch MariaDB has already is not written again."""
+    def _write_outbox(self, before: float | None = None) -> None:
+        """Write to MariaDB the transition rows of every write that committed in Neo4j only (its Outbox node is still
+        there: a leader died between its two commits, or a cancel's caller did), oldest first, as its writer wrote
+        them (epoch, node id, time); a batch MariaDB has already is not written again. The takeover writes them all
+        before advancing anything; the sweep, those written before ``before``."""
         written = boxes = 0
         while True:
-            page = self.dags.outbox(OUTBOX_PAGE)
+            page = self.dags.outbox(OUTBOX_PAGE, before)
             for box in page:
                 written += self.records.write_batch(self.epoch, self.node_id, box["rows"], box["states"], box["at"],
                                                     batch_id=box["id"], written_by=(box["epoch"], box["node"]))
@@ -188,8 +189,8 @@ class LeaderTerm:
             if len(page) < OUTBOX_PAGE:
                 break
         if written:
-            log.warning("leader: epoch=%d wrote %d of %d batch(es) a previous leader committed in Neo4j only",
-                        self.epoch, written, boxes)
+            log.warning("leader: epoch=%d wrote %d of %d batch(es) committed in Neo4j only (a previous leader or a "
+                        "cancel died between its two writes)", self.epoch, written, boxes)
 
     def redispatch_page(self) -> bool:
         """One takeover page: rescan up to ``takeover_page_size`` ready tasks after the last page, leave those a
@@ -361,7 +362,8 @@ class LeaderTerm:
                       len(result.flagged), len(result.dispatches), (t1 - t0) * 1000, (t2 - t1) * 1000)
 
     def sweep(self) -> None:
-        """Delete the Outbox nodes of batches MariaDB has; complete submits that died halfway (``repair_submits``),
+        """Delete the Outbox nodes of batches MariaDB has, write those older than ``submit_grace_s`` (a cancel that
+        died halfway); complete submits that died halfway (``repair_submits``),
         dispatch retries whose backoff passed and re-dispatch tasks whose response is overdue (each bounded); prune
         old ``applied_batches`` rows, a bounded DELETE of its own."""
         self._next_sweep = time.monotonic() + self.cfg.sweep_interval_s
@@ -370,8 +372,9 @@ class LeaderTerm:
         if self._settled:
             self.dags.forget_outbox(self._settled)
             self._settled = []
-        self.records.prune_applied_batches(limit=self.cfg.batch_size * 5)
         now = time.time()
+        self._write_outbox(before=now - self.cfg.submit_grace_s)
+        self.records.prune_applied_batches(limit=self.cfg.batch_size * 5)
         if self.repair_submits is not None:  # first: the roots of the DAGs it builds are due work
             self.repair_submits(self.epoch, now)
         due = self.dags.due_work(self.epoch, now, self.cfg.task_timeout_grace_s, limit=self.cfg.batch_size * 5,

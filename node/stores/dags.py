@@ -18,12 +18,14 @@ aborts with :class:`FencedError` if the fence holds a newer epoch than the write
 lock, so DAG mutations are serialized through one node: cheap (one leader, cancels are rare) and free of lost
 updates without locking every task.
 
-**The outbox.** Each leader write (``advance``, ``due_work``, ``mark_dispatched``) also creates, in the same
-transaction, an ``Outbox`` node holding the transition-log rows and experiment states of what it changed
-(:func:`node.model.advance.transition_rows`); its id becomes the MariaDB batch id. So a leader that dies between
-its Neo4j and MariaDB commits leaves its rows here, and the next leader writes them during its takeover, before
-it advances anything, with their original time (``applied_batches`` makes the write once-only). Once MariaDB has
-a batch, the leader deletes its node (:meth:`DagStore.forget_outbox`, each sweep).
+**The outbox.** Each leader write (``advance``, ``due_work``, ``mark_dispatched``) and each ``cancel`` also
+creates, in the same transaction, an ``Outbox`` node holding the transition-log rows and experiment states of what
+it changed (:func:`node.model.advance.transition_rows`); its id becomes the MariaDB batch id. So a leader that dies
+between its Neo4j and MariaDB commits leaves its rows here, and the next leader writes them during its takeover,
+before it advances anything, with their original time (``applied_batches`` makes the write once-only); a node
+older than ``submit_grace_s`` (a cancel whose caller died before its MariaDB write) is written by the leader's
+sweep. Once MariaDB has a batch, its writer deletes the node (:meth:`DagStore.forget_outbox`; the leader once per
+sweep).
 """
 
 from __future__ import annotations
@@ -85,14 +87,16 @@ def _dispatch_rows(rows: list, redispatch: bool = False) -> list[Dispatch]:
             for r in rows]
 
 
-def _outbox(tx: ManagedTransaction, epoch: int, now: float, result: AdvanceResult) -> AdvanceResult:
-    """Keep ``result``'s transition rows in an Outbox node of this transaction (none when it changed nothing)."""
+def _outbox(tx: ManagedTransaction, epoch: int, now: float, result: AdvanceResult,
+            node: str | None = None) -> AdvanceResult:
+    """Keep ``result``'s transition rows in an Outbox node of this transaction (none when it changed nothing),
+    written by ``node`` (default: the fence's holder, i.e. the leader writing)."""
     rows = transition_rows(result)
     if rows or result.experiments:
         result.outbox_id = uuid.uuid4().hex
         tx.run("MATCH (f:Fence {name: 'leader'}) "
-               "CREATE (:Outbox {id: $id, at: $now, epoch: $epoch, node: f.holder, rows: $rows})",
-               id=result.outbox_id, now=now, epoch=epoch,
+               "CREATE (:Outbox {id: $id, at: $now, epoch: $epoch, node: coalesce($node, f.holder), rows: $rows})",
+               id=result.outbox_id, now=now, epoch=epoch, node=node,
                rows=json.dumps({"rows": rows, "states": result.experiments}, separators=(",", ":")))
     return result
 
@@ -388,10 +392,11 @@ class DagStore:
         return [dict(r) for r in rows]
 
     @at_boundary
-    def cancel(self, experiment_id: str, epoch: int, now: float) -> tuple[str, list[dict]]:
-        """Cancel an experiment and its open tasks; returns (state after, cancelled tasks)."""
+    def cancel(self, experiment_id: str, now: float) -> tuple[str, AdvanceResult]:
+        """Cancel an experiment and its open tasks (unfenced, epoch 0: a user's request, not a leader's write);
+        returns the state after and what changed, with the Outbox node (written by ``cancel``) of its rows."""
 
-        def work(tx: ManagedTransaction) -> tuple[str, list[dict]]:
+        def work(tx: ManagedTransaction) -> tuple[str, AdvanceResult]:
             # Lock the Fence node first, as every leader transaction does: a batch that read a task before this
             # commits cannot then overwrite the cancellation (no lost update), whatever the isolation level.
             tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_cancel_at = $now", now=now)
@@ -400,10 +405,12 @@ class DagStore:
             if record is None:
                 raise NotFoundError(f"no experiment {experiment_id!r}")
             if record["state"] in TERMINAL_EXPERIMENT_STATES:
-                return record["state"], []
+                return record["state"], AdvanceResult()
             tx.run("MATCH (e:Experiment {experiment_id: $id}) SET e.state = $cancelled, e.finished_at = $now",
                    id=experiment_id, now=now, cancelled=ExperimentState.CANCELLED)
-            return ExperimentState.CANCELLED, self._cancel_open_tasks(tx, [experiment_id], now, epoch)
+            result = AdvanceResult(cancelled=self._cancel_open_tasks(tx, [experiment_id], now, 0),
+                                   experiments={experiment_id: ExperimentState.CANCELLED})
+            return ExperimentState.CANCELLED, _outbox(tx, 0, now, result, node="cancel")
 
         with self.driver.session() as session:
             return session.execute_write(self._timed(work))
@@ -482,12 +489,13 @@ class DagStore:
             return session.execute_write(self._timed(work))
 
     @at_boundary
-    def outbox(self, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` Outbox nodes, oldest first: ``{id, at, epoch, node, rows, states}`` (``node``: the fence's
-        holder when it was written, i.e. the leader that wrote it)."""
+    def outbox(self, limit: int, before: float | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` Outbox nodes (written before ``before``, if given), oldest first: ``{id, at, epoch, node,
+        rows, states}`` (``node``: who wrote it: the leader holding the fence then, or ``cancel``)."""
         records, _, _ = self.driver.execute_query(
-            "MATCH (o:Outbox) RETURN o.id AS id, o.at AS at, o.epoch AS epoch, o.node AS node, o.rows AS rows "
-            "ORDER BY o.at, o.id LIMIT $limit", limit=limit)
+            "MATCH (o:Outbox) WHERE o.at < coalesce($before, o.at + 1) "
+            "RETURN o.id AS id, o.at AS at, o.epoch AS epoch, o.node AS node, o.rows AS rows "
+            "ORDER BY o.at, o.id LIMIT $limit", limit=limit, before=before)
         out = []
         for r in records:
             body = json.loads(r["rows"])

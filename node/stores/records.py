@@ -140,18 +140,21 @@ class Records:
 
     # --- the leader's batch ------------------------------------------------------------------------------
     def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
-                    now: float, batch_id: str | None = None, written_by: tuple[int, str] | None = None) -> bool:
+                    now: float, batch_id: str | None = None, written_by: tuple[int, str] | None = None,
+                    fenced: bool = True) -> bool:
         """One fenced transaction: transition rows ``(experiment_id, task, from, to, attempt, detail)`` and
         experiment state changes, all at time ``now``, under ``epoch`` and ``node_id`` — or under ``written_by``
         (epoch, node) when a takeover writes what an older leader did (the fence is checked with ``epoch``).
         Once-only per ``batch_id`` (the Neo4j outbox id; a fresh one when None): the id is recorded in the same
         transaction, so a retry whose commit went through, or a takeover writing a dead leader's outbox, writes
-        nothing twice. Returns whether it wrote the batch."""
+        nothing twice. ``fenced=False``: a user's cancel (epoch 0), not a leader's write. Returns whether it wrote
+        the batch."""
         row_epoch, row_node = written_by or (epoch, node_id)
         batch_id = batch_id or uuid.uuid4().hex
 
         def work(cur: pymysql.cursors.Cursor) -> bool:
-            self._check_fence(cur, epoch)
+            if fenced:
+                self._check_fence(cur, epoch)
             cur.execute("INSERT IGNORE INTO applied_batches (batch_id, at) VALUES (%s, %s)", (batch_id, now))
             if cur.rowcount == 0:
                 log.info("records: batch %s was written before", batch_id)
@@ -252,22 +255,6 @@ class Records:
             cur.execute("SELECT state, COUNT(*) FROM experiments GROUP BY state")
             return {r[0]: r[1] for r in cur.fetchall()}
         return self.transaction(work)
-
-    def set_state(self, experiment_id: str, state: str, epoch: int, node_id: str, detail: str) -> None:
-        """Outside the leader loop (cancel): set an experiment's state and log the transition, unfenced."""
-        now = time.time()
-
-        def work(cur: pymysql.cursors.Cursor) -> None:
-            cur.execute("SELECT state FROM experiments WHERE experiment_id = %s FOR UPDATE", (experiment_id,))
-            row = cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"no experiment {experiment_id!r}")
-            cur.execute("UPDATE experiments SET state = %s, updated_at = %s, finished_at = %s "
-                        "WHERE experiment_id = %s", (state, now, now, experiment_id))
-            cur.execute("INSERT INTO transitions (experiment_id, task, from_state, to_state, attempt, epoch, "
-                        "node_id, at, detail) VALUES (%s, NULL, %s, %s, 0, %s, %s, %s, %s)",
-                        (experiment_id, row[0], state, epoch, node_id, now, detail))
-        self.transaction(work)
 
     def transitions(self, experiment_id: str) -> list[dict[str, Any]]:
         def work(cur: pymysql.cursors.Cursor) -> list[dict[str, Any]]:

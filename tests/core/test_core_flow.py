@@ -295,3 +295,27 @@ def test_cancel_right_after_submit_leaves_both_stores_cancelled(workers: Config)
                                                     "RETURN id, e.state AS state", ids=ids)}
     assert neo == {exp: "CANCELLED" for exp in ids}
     assert experiment_states(cfg, ids) == {exp: "CANCELLED" for exp in ids}
+
+
+def test_a_cancel_whose_caller_died_between_its_two_writes_is_recorded_by_the_leader(workers: Config,
+                                                                                     tmp_path: Path) -> None:
+    """The cancel's Neo4j transaction commits (with its Outbox node) and its caller dies before the MariaDB write:
+    the leader's sweep writes the rows once the node is older than submit_grace_s, as the cancel would have
+    (epoch 0, node ``cancel``): MariaDB ends CANCELLED too, not RUNNING forever."""
+    cfg = workers
+    template = {"type": "core-slow-cancel", "description": "one slow task", "tasks": [
+        {"name": "one", "kind": "job_submission", "executor": "sleep", "params": {"ms": 3000}}]}
+    assert register(cfg, tmp_path, template).returncode == 0
+    exp = submit(cfg, "core-slow-cancel", unique("core-cancel-dead"))
+    wait_until(lambda: experiment_states(cfg, [exp]) == {exp: "RUNNING"}, 60, "the experiment to start")
+    with Experiments(cfg) as exps:
+        long_ago = time.time() - 2 * cfg.submit_grace_s  # the sweep takes it at once instead of in 30 s
+        state, result = exps.dags.cancel(exp, now=long_ago)
+    assert state == "CANCELLED" and result.outbox_id is not None
+    assert experiment_states(cfg, [exp]) == {exp: "RUNNING"}  # what the dead caller left
+    wait_until(lambda: experiment_states(cfg, [exp]) == {exp: "CANCELLED"}, 30, "the leader to record the cancel")
+    rows = query(cfg, "SELECT task, epoch, node_id, at FROM transitions WHERE experiment_id = %s "
+                      "AND to_state = 'CANCELLED' ORDER BY id", (exp,))
+    assert [(r["task"], r["epoch"], r["node_id"], r["at"]) for r in rows] == [
+        ("one", 0, "cancel", long_ago), (None, 0, "cancel", long_ago)]
+    assert cypher(cfg, "MATCH (o:Outbox {id: $id}) RETURN count(o) AS n", id=result.outbox_id) == [{"n": 0}]

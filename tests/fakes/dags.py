@@ -112,8 +112,9 @@ class FakeDagStore:
                                             "rows": rows, "states": dict(result.experiments)}
         return result
 
-    def outbox(self, limit: int) -> list[dict[str, Any]]:
-        return sorted(self.boxes.values(), key=lambda b: (b["at"], b["id"]))[:limit]
+    def outbox(self, limit: int, before: float | None = None) -> list[dict[str, Any]]:
+        boxes = [b for b in self.boxes.values() if before is None or b["at"] < before]
+        return sorted(boxes, key=lambda b: (b["at"], b["id"]))[:limit]
 
     def forget_outbox(self, ids: list[str]) -> None:
         for box_id in ids:

@@ -33,8 +33,10 @@ class FakeRecords:
         self.journal.append(f"mariadb.raise_fence {epoch}")
 
     def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
-                    now: float, batch_id: str | None = None, written_by: tuple[int, str] | None = None) -> bool:
-        self._check_fence(epoch)
+                    now: float, batch_id: str | None = None, written_by: tuple[int, str] | None = None,
+                    fenced: bool = True) -> bool:
+        if fenced:
+            self._check_fence(epoch)
         if batch_id is not None and batch_id in self.applied:
             return False
         if batch_id is not None:

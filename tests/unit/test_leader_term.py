@@ -385,3 +385,19 @@ def test_a_lost_attempt_is_retried_at_once_as_a_new_attempt_and_the_task_keeps_i
     leader.broker.put(RESPONSES, response("e", "a", 2))
     leader.run()
     assert leader.records.states == {"e": ExperimentState.COMPLETED}
+
+
+def test_the_sweep_writes_an_outbox_node_older_than_the_submit_grace_as_its_writer_would_have(
+        leader: Leader) -> None:
+    leader.dags.add_experiment("old", CHAIN)
+    leader.dags.add_experiment("new", CHAIN)
+    now = time.time()
+    for exp, at in (("old", now - 3600), ("new", now)):  # cancels whose callers died before their MariaDB write
+        leader.dags.boxes[f"box-{exp}"] = {"id": f"box-{exp}", "at": at, "epoch": 0, "node": "cancel",
+                                          "rows": [(exp, None, None, ExperimentState.CANCELLED, 0, None)],
+                                          "states": {exp: ExperimentState.CANCELLED}}
+    leader.term.sweep()
+    assert leader.records.to_states("old")[0] == ExperimentState.CANCELLED  # before the sweep's own dispatches
+    assert ExperimentState.CANCELLED not in leader.records.to_states("new")
+    assert leader.records.transitions[0][-1] == 0  # epoch 0, as the cancel writes it
+    assert "box-new" in leader.dags.boxes and "box-old" not in leader.dags.boxes
