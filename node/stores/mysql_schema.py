@@ -75,6 +75,8 @@ SCHEMA = [
         raised_at DOUBLE NOT NULL
     ) ENGINE=InnoDB""",
     "INSERT IGNORE INTO fence (name, epoch, holder, raised_at) VALUES ('leader', 0, NULL, 0)",
+    # every fenced transaction writes the row (hb + 1): a real write is a fence on Galera too (see Records)
+    "ALTER TABLE fence ADD COLUMN IF NOT EXISTS hb BIGINT NOT NULL DEFAULT 0",
     # one row per committed leader batch: a retried transaction whose commit did go through (only its
     # acknowledgement was lost) finds its id here and writes nothing twice
     """CREATE TABLE IF NOT EXISTS applied_batches (

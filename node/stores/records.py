@@ -1,7 +1,8 @@
 """MariaDB: experiment rows, the transition log, the fence row and leader terms.
 
-The leader writes each batch in ONE transaction that first locks the fence row (``SELECT ... FOR UPDATE``) and
-aborts with :class:`FencedError` if a newer epoch holds it. Submitters (CLI, HTTP) insert experiment rows
+The leader writes each batch in ONE transaction that first writes the fence row on the condition that it still
+holds the leader's epoch (``UPDATE fence SET hb = hb + 1 WHERE epoch = mine``: a fence on a Galera cluster too) and
+aborts with :class:`FencedError` if it does not. Submitters (CLI, HTTP) insert experiment rows
 idempotently on the experiment id.
 """
 
@@ -88,16 +89,16 @@ class Records:
 
     # --- fence -------------------------------------------------------------------------------------------
     @staticmethod
-    def _check_fence(cur: pymysql.cursors.Cursor, epoch: int, node_id: str | None = None) -> None:
-        """Lock the fence row; FencedError if it is above ``epoch`` or, given ``node_id``, if another node holds
-        this very epoch (one epoch belongs to one node: ZooKeeper hands each out once, so a tie means the fence
-        was raised by hand or ZooKeeper's data was replaced, and the later claimant steps down and is re-elected
-        with a higher epoch)."""
-        cur.execute("SELECT epoch, holder FROM fence WHERE name = 'leader' FOR UPDATE")
-        row = cur.fetchone()
-        fence, holder = (row[0], row[1]) if row else (0, None)
-        if fence > epoch or (node_id is not None and fence == epoch and holder not in (None, node_id)):
-            raise FencedError("mariadb", epoch, fence)
+    def _check_fence(cur: pymysql.cursors.Cursor, epoch: int) -> None:
+        """The fence of a fenced transaction: a real, conditional write of the fence row (``hb + 1`` where the epoch
+        is ``epoch``), FencedError unless it wrote it. A write, not a ``SELECT … FOR UPDATE``: on a Galera cluster
+        a locking read on one member does not stop a writer on another, but two writes of one row conflict at
+        certification, so a deposed leader's transaction cannot commit after a new leader's raise (a conflict is
+        error 1213, and the retried transaction then finds the raised epoch)."""
+        if cur.execute("UPDATE fence SET hb = hb + 1 WHERE name = 'leader' AND epoch = %s", (epoch,)) != 1:
+            cur.execute("SELECT epoch FROM fence WHERE name = 'leader'")
+            row = cur.fetchone()
+            raise FencedError("mariadb", epoch, row[0] if row else 0)
 
     def _unblocked_raise(self, epoch: int):
         """While a new leader raises the fence, kill whatever transaction blocks that raise: only an older
@@ -107,12 +108,20 @@ class Records:
 
     def raise_fence(self, epoch: int, node_id: str, elected_at: float) -> None:
         """A new leader's first write: fence row to ``epoch`` and a leader_terms row, nothing else (the fence row's
-        lock is held until this commits: anything slow here delays the takeover and every fenced write)."""
+        lock is held until this commits: anything slow here delays the takeover and every fenced write). One
+        conditional write: FencedError if the fence is above ``epoch``, or at ``epoch`` held by another node (one
+        epoch belongs to one node: ZooKeeper hands each out once, so a tie means the fence was raised by hand or
+        ZooKeeper's data was replaced; the later claimant steps down and is re-elected with a higher epoch)."""
         def work(cur: pymysql.cursors.Cursor) -> None:
             with self._unblocked_raise(epoch):
-                self._check_fence(cur, epoch, node_id)
-            cur.execute("UPDATE fence SET epoch = %s, holder = %s, raised_at = %s WHERE name = 'leader'",
-                        (epoch, node_id, time.time()))
+                raised = cur.execute(
+                    "UPDATE fence SET epoch = %s, holder = %s, raised_at = %s, hb = hb + 1 WHERE name = 'leader' "
+                    "AND (epoch < %s OR (epoch = %s AND (holder IS NULL OR holder = %s)))",
+                    (epoch, node_id, time.time(), epoch, epoch, node_id))
+            if raised != 1:
+                cur.execute("SELECT epoch FROM fence WHERE name = 'leader'")
+                row = cur.fetchone()
+                raise FencedError("mariadb", epoch, row[0] if row else 0)
             cur.execute("INSERT INTO leader_terms (epoch, node_id, elected_at) VALUES (%s, %s, %s) "
                         "ON DUPLICATE KEY UPDATE node_id = node_id", (epoch, node_id, elected_at))
         self.transaction(work)
