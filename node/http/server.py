@@ -110,6 +110,12 @@ class NodeHTTPServer:
                 self.wfile.write(data)
 
             def _route(self, method: str) -> None:
+                try:
+                    self._dispatch(method)
+                except (BrokenPipeError, ConnectionResetError):  # e.g. a probe that timed out while we were frozen
+                    log.debug("http: %s %s: the client went away before the answer", method, self.path)
+
+            def _dispatch(self, method: str) -> None:
                 url = urlparse(self.path)
                 parts = [p for p in url.path.split("/") if p]
                 try:
@@ -126,6 +132,8 @@ class NodeHTTPServer:
                     return self._drain()
                 except HaorchError as exc:
                     return self._send(_status_for(exc), {"error": str(exc)})
+                except (BrokenPipeError, ConnectionResetError):
+                    raise
                 except Exception as exc:
                     log.exception("http: %s %s failed", method, self.path)
                     return self._send(500, {"error": f"{type(exc).__name__}: {exc}"})

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
+import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +71,34 @@ def test_a_missing_or_invalid_content_length_is_refused(server: tuple[Config, in
                                                          code: int, words: str) -> None:
     got, out = _post(server, headers)
     assert got == code and words in out["error"]
+
+
+def test_a_client_gone_before_the_answer_is_not_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A probe that gave up (a node resumed after a freeze answers a health check whose client is gone): one
+    DEBUG line, no ERROR and no traceback."""
+    cfg = load_config(tmp_path)
+    answered = threading.Event()
+
+    def slow_ready() -> tuple[bool, dict]:
+        time.sleep(0.3)
+        answered.set()
+        return True, {"padding": "x" * 200_000}  # larger than the socket buffers: the write meets the reset
+
+    with socket.socket() as probe:
+        probe.bind((cfg.host, 0))
+        port = probe.getsockname()[1]
+    http_server = NodeHTTPServer(cfg, port, lambda: (True, {}), slow_ready).start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="node.http.server"):
+            client = socket.create_connection((cfg.host, port))
+            client.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # RST: the client is gone
+            assert answered.wait(5)
+            time.sleep(0.3)
+    finally:
+        http_server.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in capsys.readouterr().err
+    assert any("went away" in r.getMessage() for r in caplog.records)
