@@ -11,6 +11,11 @@ one its stack was started in (``<home>/runtime``), unless a setting names it::
     cfg = load_config()
     cfg.zk_hosts          # "127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103"
     cfg.mysql_port        # 17140
+
+Services that already run elsewhere (a ZooKeeper ensemble, a RabbitMQ cluster, MariaDB or Galera members, a Neo4j,
+a Prometheus) are named by the settings ``zookeeper``, ``rabbitmq``, ``mariadb``, ``neo4j`` and ``prometheus``:
+clients use them (trying the members of a list in order) and ``haorch stack`` leaves them alone. Unset, every
+client uses the managed stack on ``host``.
 """
 
 from __future__ import annotations
@@ -86,7 +91,14 @@ class Config:
 
     home: Path
     port_base: int = 17100
-    host: str = HOST  # the address every service binds to and every client connects to
+    host: str = HOST  # the address every managed service binds to and every client connects to
+    # services haorch uses but does not manage (empty: the managed stack on ``host``); lists are comma-separated
+    # host:port members that clients try in order
+    zookeeper: str = ""   # the ensemble's connect string
+    rabbitmq: str = ""    # broker cluster members
+    mariadb: str = ""     # MariaDB (or Galera) members
+    neo4j: str = ""       # bolt:// URI
+    prometheus: str = ""  # http:// URL
     runtime: str = "process"  # or "docker": services, nodes and workers as containers (node/runtime/)
     # election
     zk_session_timeout_s: float = 2.0
@@ -159,18 +171,31 @@ class Config:
         """HTTP port (/metrics) of worker ``worker_id`` (1..99)."""
         return self.port_base + 100 + worker_id
 
-    # --- derived connection strings -----------------------------------------------------------
+    # --- derived connection strings: the external setting, else the managed stack's ----------------
     @property
     def zk_hosts(self) -> str:
-        return ",".join(f"{self.host}:{self.zk_client_port(m)}" for m in range(1, ZK_MEMBERS + 1))
+        return self.zookeeper or ",".join(f"{self.host}:{self.zk_client_port(m)}" for m in range(1, ZK_MEMBERS + 1))
+
+    @property
+    def rabbit_endpoints(self) -> list[tuple[str, int]]:
+        return _endpoints(self.rabbitmq) if self.rabbitmq else [(self.host, self.rabbit_port)]
+
+    @property
+    def mysql_endpoints(self) -> list[tuple[str, int]]:
+        return _endpoints(self.mariadb) if self.mariadb else [(self.host, self.mysql_port)]
 
     @property
     def neo4j_uri(self) -> str:
-        return f"bolt://{self.host}:{self.neo4j_port}"
+        return self.neo4j or f"bolt://{self.host}:{self.neo4j_port}"
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://{self.host}:{self.prometheus_port}"
+        return self.prometheus or f"http://{self.host}:{self.prometheus_port}"
+
+    def external(self, service: str) -> bool:
+        """Whether ``service`` (a stack service name: ``zookeeper-2``, ``rabbitmq``, ``mariadb``, ``neo4j``,
+        ``prometheus``) is configured as one haorch uses but does not start, stop or bootstrap."""
+        return bool(getattr(self, service.split("-")[0], ""))
 
     def node_url(self, node_id: int) -> str:
         """Base URL of orchestrator node ``node_id``'s HTTP port (``/metrics``, ``/readyz``, ``/api``)."""
@@ -255,7 +280,27 @@ def record_runtime(cfg: Config) -> None:
     (cfg.home / "runtime").write_text(cfg.runtime + "\n")
 
 
+def _endpoints(text: str) -> list[tuple[str, int]]:
+    """``"host:port,host:port"`` as pairs; ValueError naming the bad member."""
+    pairs = []
+    for member in (m.strip() for m in text.split(",")):
+        host, _, port = member.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{member!r} is not host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
+
+
 def _validated(cfg: Config) -> Config:
+    for name in ("zookeeper", "rabbitmq", "mariadb"):
+        try:
+            _endpoints(getattr(cfg, name)) if getattr(cfg, name) else None
+        except ValueError as exc:
+            raise UsageError(f"config value {name}: {exc} (a comma-separated list of host:port)") from None
+    for name, schemes in (("neo4j", ("bolt://", "neo4j://")), ("prometheus", ("http://", "https://"))):
+        value = getattr(cfg, name)
+        if value and not value.startswith(schemes):
+            raise UsageError(f"config value {name}={value!r} must start with {' or '.join(schemes)}")
     if cfg.runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {cfg.runtime!r}")
     if not 1024 <= cfg.port_base <= 65000:

@@ -2,7 +2,10 @@
 
 ``up`` starts only what is not running (all at once: the ZooKeeper members need each other for a quorum),
 waits for each service's real probe with progress on stderr, then bootstraps users, schemas and queues
-idempotently. ``down`` stops exactly the processes recorded in the state dir.
+idempotently. ``down`` stops exactly the processes recorded in the state dir. A service the config names as
+external (``zookeeper``, ``rabbitmq``, ``mariadb``, ``neo4j``, ``prometheus`` settings) is not started, stopped or
+listed; ``up`` only puts haorch's schemas and queues on an external MariaDB, Neo4j and RabbitMQ (their users are
+the operator's: docs/ARCHITECTURE.md, "External services").
 """
 
 from __future__ import annotations
@@ -24,16 +27,35 @@ from node.stack.prometheus import Prometheus
 from node.stack.rabbitmq import RabbitMQ
 from node.stack.service import Service
 from node.stack.zookeeper import ZooKeeperMember
+from node.stores import mysql_schema, neo4j_schema
+from node.stores.queues import declare_topology
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
 
-def services(cfg: Config) -> list[Service]:
-    """The stack, in start order."""
+def _all_services(cfg: Config) -> list[Service]:
     zk: list[Service] = [ZooKeeperMember(cfg, m) for m in range(1, ZK_MEMBERS + 1)]
     return [*zk, RabbitMQ(cfg), MariaDB(cfg), Neo4j(cfg), Prometheus(cfg)]
+
+
+def services(cfg: Config) -> list[Service]:
+    """The managed stack, in start order: every service the config does not name as external."""
+    return [s for s in _all_services(cfg) if not cfg.external(s.name)]
+
+
+def _bootstrap_external(cfg: Config, progress: Progress) -> None:
+    """haorch's schemas and queues on the external services that hold them (idempotent)."""
+    if cfg.external("mariadb"):
+        mysql_schema.ensure_schema(cfg)
+        progress(f"mariadb: external at {cfg.mariadb}: schema in place")
+    if cfg.external("neo4j"):
+        neo4j_schema.ensure_schema(cfg)
+        progress(f"neo4j: external at {cfg.neo4j}: schema in place")
+    if cfg.external("rabbitmq"):
+        declare_topology(cfg)
+        progress(f"rabbitmq: external at {cfg.rabbitmq}: queues in place")
 
 
 @dataclass
@@ -81,7 +103,7 @@ def up(cfg: Config, progress: Progress = lambda _m: None) -> UpResult:
     for service in to_start:
         progress(f"{service.name} starting on port {service.port}")
         service.start()
-    with ThreadPoolExecutor(max_workers=len(stack)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(stack))) as pool:
         futures = {s.name: pool.submit(_wait_ready, s, progress) for s in to_start}
         for future in futures.values():
             future.result()
@@ -93,6 +115,7 @@ def up(cfg: Config, progress: Progress = lambda _m: None) -> UpResult:
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise ServiceError(f"{name}: bootstrap failed: {type(exc).__name__}: {exc}") from None
+    _bootstrap_external(cfg, progress)
     progress("schemas, users and queues in place")
     return UpResult([s.name for s in to_start], running, time.monotonic() - t0)
 
@@ -115,7 +138,7 @@ def _check_runtime(cfg: Config) -> None:
 
 def _extra_processes(cfg: Config) -> list[Handle]:
     """Programs haorch started besides the services (cluster nodes, workers): stopped first on ``down``."""
-    known = {s.proc.name for s in services(cfg)} | {"rabbitmq-epmd"}
+    known = {s.proc.name for s in _all_services(cfg)} | {"rabbitmq-epmd"}  # a service named external: left alone
     return [recorded(cfg, name) for name in names(cfg) if name not in known]
 
 
@@ -127,7 +150,7 @@ def down(cfg: Config, purge: bool = False, progress: Progress = lambda _m: None)
             stopped.append(proc.name)
             progress(f"{proc.name} stopped")
     stack = list(reversed(services(cfg)))
-    with ThreadPoolExecutor(max_workers=len(stack)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(stack))) as pool:
         for service, did_stop in zip(stack, pool.map(lambda s: s.stop(), stack), strict=True):
             if did_stop:
                 stopped.append(service.name)
@@ -141,7 +164,7 @@ def down(cfg: Config, purge: bool = False, progress: Progress = lambda _m: None)
 def status(cfg: Config) -> list[dict[str, object]]:
     """One row per service process: service, pid, port, healthy (a real probe), rss_bytes."""
     stack = services(cfg)
-    with ThreadPoolExecutor(max_workers=len(stack)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(stack))) as pool:
         return list(pool.map(lambda s: s.status(), stack))
 
 

@@ -3,7 +3,7 @@
 This module depends on the config alone, so that a store, a worker or a command can connect without importing
 the code that *starts* the services (``node/stack/``). Addresses come from the config, never from here::
 
-    conn = pymysql.connect(**mysql_connect_args(cfg))
+    conn = mysql_connect(cfg)                    # the first MariaDB endpoint that answers
     with neo4j_driver(cfg) as driver: ...
     pika.BlockingConnection(amqp_parameters(cfg, name="worker-1", role="worker"))
     zk = zookeeper_client(cfg, "node-1")        # kazoo, as haorch's ZooKeeper identity
@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import neo4j
 import pika
+import pymysql
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
@@ -45,13 +46,27 @@ Role = Literal["orchestrator", "worker"]
 STRICT_SESSION = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')"
 
 
-def mysql_connect_args(cfg: Config, role: Role = "orchestrator") -> dict[str, Any]:
-    """pymysql.connect() keyword arguments for the role's MariaDB user over TCP."""
+def mysql_connect_args(cfg: Config, role: Role = "orchestrator", member: int = 0) -> dict[str, Any]:
+    """pymysql.connect() keyword arguments for the role's MariaDB user over TCP, to the ``member``-th endpoint."""
     user, password = ((MYSQL_WORKER_USER, cfg.secrets.worker_mysql_password) if role == "worker"
                       else (MYSQL_USER, cfg.secrets.mysql_password))
-    return {"host": cfg.host, "port": cfg.mysql_port, "user": user, "password": password,
+    host, port = cfg.mysql_endpoints[member]
+    return {"host": host, "port": port, "user": user, "password": password,
             "database": MYSQL_DATABASE, "charset": "utf8mb4", "autocommit": False, "connect_timeout": 5,
             "read_timeout": 30, "write_timeout": 30, "init_command": STRICT_SESSION}
+
+
+def mysql_connect(cfg: Config, role: Role = "orchestrator", **overrides: Any) -> pymysql.connections.Connection:
+    """A connection to the first MariaDB endpoint that accepts one, in the configured order (the members of a
+    Galera cluster); the last endpoint's error when none does."""
+    endpoints = len(cfg.mysql_endpoints)
+    for member in range(endpoints):
+        try:
+            return pymysql.connect(**{**mysql_connect_args(cfg, role, member), **overrides})
+        except pymysql.err.OperationalError:
+            if member == endpoints - 1:
+                raise
+    raise AssertionError("a config always has at least one MariaDB endpoint")
 
 
 def neo4j_driver(cfg: Config, **kwargs: Any) -> neo4j.Driver:
@@ -61,16 +76,17 @@ def neo4j_driver(cfg: Config, **kwargs: Any) -> neo4j.Driver:
 
 
 def amqp_parameters(cfg: Config, heartbeat_s: int | None = None, name: str = "haorch",
-                    role: Role = "orchestrator") -> pika.ConnectionParameters:
-    """Connection parameters for the stack's broker with the role's generated user."""
+                    role: Role = "orchestrator") -> list[pika.ConnectionParameters]:
+    """Connection parameters for each of the broker's endpoints, with the role's generated user:
+    ``pika.BlockingConnection`` tries them in order (the members of a RabbitMQ cluster)."""
     user, password = ((RABBIT_WORKER_USER, cfg.secrets.worker_rabbit_password) if role == "worker"
                       else (RABBIT_USER, cfg.secrets.rabbit_password))
-    return pika.ConnectionParameters(
-        host=cfg.host, port=cfg.rabbit_port, virtual_host=RABBIT_VHOST,
+    return [pika.ConnectionParameters(
+        host=host, port=port, virtual_host=RABBIT_VHOST,
         credentials=pika.PlainCredentials(user, password),
         heartbeat=cfg.rabbit_heartbeat_s if heartbeat_s is None else heartbeat_s,
         blocked_connection_timeout=30, connection_attempts=1, socket_timeout=5,
-        client_properties={"connection_name": name})
+        client_properties={"connection_name": name}) for host, port in cfg.rabbit_endpoints]
 
 
 def zookeeper_auth(cfg: Config) -> tuple[str, str]:

@@ -63,7 +63,7 @@ class Boundary:
 
 
 def mariadb_boundary(cfg: Config) -> Boundary:
-    return Boundary("mariadb", f"{cfg.host}:{cfg.mysql_port}", MARIADB_ERRORS)
+    return Boundary("mariadb", ",".join(f"{h}:{p}" for h, p in cfg.mysql_endpoints), MARIADB_ERRORS)
 
 
 def neo4j_boundary(driver: neo4j.Driver) -> Boundary:
@@ -75,7 +75,7 @@ def neo4j_boundary(driver: neo4j.Driver) -> Boundary:
 def rabbitmq_boundary(source: Config | BlockingConnection, extra: tuple[type[BaseException], ...] = ()) -> Boundary:
     """For the config's broker, or a connection opened from it (pika has no public accessor for its address)."""
     if isinstance(source, Config):
-        endpoint = f"{source.host}:{source.rabbit_port}"
+        endpoint = ",".join(f"{h}:{p}" for h, p in source.rabbit_endpoints)
     else:
         params = source._impl.params  # noqa: SLF001
         endpoint = f"{params.host}:{params.port}"

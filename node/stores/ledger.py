@@ -43,7 +43,7 @@ from pymysql.cursors import Cursor
 
 from node.config import Config
 from node.retry import STORE_OPERATION, Stop, call
-from node.stores.connect import Role, mysql_connect_args
+from node.stores.connect import Role, mysql_connect
 from node.stores.failures import mariadb_boundary
 
 Key = tuple[str, str, int]  # (experiment_id, task, attempt)
@@ -288,7 +288,7 @@ class Ledger:
 
     def _connection(self) -> pymysql.connections.Connection:
         if self._conn is None:
-            conn = pymysql.connect(**mysql_connect_args(self.cfg, self.role))
+            conn = mysql_connect(self.cfg, self.role)
             with conn.cursor() as cur:  # every statement sees what other workers committed before it
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             self._conn = conn

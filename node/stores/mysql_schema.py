@@ -6,10 +6,8 @@ them the same way.
 
 from __future__ import annotations
 
-import pymysql
-
 from node.config import Config
-from node.stores.connect import mysql_connect_args
+from node.stores.connect import mysql_connect
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS experiments (
@@ -98,7 +96,7 @@ TABLES = ("experiments", "transitions", "ledger", "fence", "applied_batches", "l
 
 def ensure_schema(cfg: Config) -> None:
     """Create every table (idempotent)."""
-    conn = pymysql.connect(**mysql_connect_args(cfg))
+    conn = mysql_connect(cfg)
     try:
         with conn.cursor() as cur:
             for statement in SCHEMA:

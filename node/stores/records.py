@@ -25,7 +25,7 @@ from node.model.api_limits import encode_params
 from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
 from node.periodic import Periodic
 from node.retry import STORE_OPERATION, call
-from node.stores.connect import mysql_connect_args
+from node.stores.connect import mysql_connect
 from node.stores.failures import MARIADB_ERRORS, mariadb_boundary
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Records:
 
     def _connection(self) -> pymysql.connections.Connection:
         if self._conn is None:
-            self._conn = pymysql.connect(**mysql_connect_args(self.cfg))
+            self._conn = mysql_connect(self.cfg)
         return self._conn
 
     def close(self) -> None:
@@ -326,7 +326,7 @@ class _FenceUnblocker:
 
     def sweep(self) -> None:
         if self._conn is None:
-            self._conn = pymysql.connect(**mysql_connect_args(self.cfg))
+            self._conn = mysql_connect(self.cfg)
         with self._conn.cursor() as cur:
             cur.execute(BLOCKERS, (self.waiter,))
             for (blocker,) in cur.fetchall():

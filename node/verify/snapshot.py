@@ -20,7 +20,7 @@ import pymysql
 
 from node.config import Config
 from node.model.states import REDISPATCHED, TERMINAL_EXPERIMENT_STATES, TaskStatus
-from node.stores.connect import mysql_connect_args, neo4j_driver
+from node.stores.connect import mysql_connect, neo4j_driver
 
 NEO4J_CHUNK = 5000
 LATE_ROWS_PER_EPOCH = 100  # late rows kept per stale epoch; the rest are only counted
@@ -198,7 +198,7 @@ def _read_mariadb(cfg: Config, out: Snapshot) -> None:
     where, args = out.scope.rows()
     dispatches = (TaskStatus.DISPATCHED, REDISPATCHED)
     ends = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
-    conn = pymysql.connect(**{**mysql_connect_args(cfg), "read_timeout": 300})
+    conn = mysql_connect(cfg, read_timeout=300)
     try:
         with conn.cursor() as cur:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -224,7 +224,8 @@ def _read_mariadb(cfg: Config, out: Snapshot) -> None:
             out.repeated_dispatches = [RepeatedDispatch(*r) for r in cur.fetchall()]
             _read_order(cur, out, where, args)
             cur.execute(f"SELECT COUNT(*) FROM transitions WHERE {where}", args)
-            out.transitions = int(cur.fetchone()[0])
+            (count,) = _one(cur)
+            out.transitions = int(count)
             cur.execute(
                 "SELECT l.experiment_id, l.task, l.started_at, l.worker, l.attempt FROM ledger l JOIN "
                 f"(SELECT experiment_id, task, MIN(started_at) AS s FROM ledger WHERE {where} "
@@ -238,12 +239,19 @@ def _read_mariadb(cfg: Config, out: Snapshot) -> None:
                 "GROUP BY experiment_id, task, attempt HAVING COUNT(*) > 1", args)
             out.repeated_executions = [RepeatedExecution(*r) for r in cur.fetchall()]
             cur.execute(f"SELECT COUNT(*), COALESCE(SUM(replayed_count), 0) FROM ledger WHERE {where}", args)
-            row = cur.fetchone()
-            out.executions, out.replays = int(row[0]), int(row[1])
+            executions, replays = _one(cur)
+            out.executions, out.replays = int(executions), int(replays)
             _read_epochs(cur, out, where, args)
         conn.rollback()
     finally:
         conn.close()
+
+
+def _one(cur: pymysql.cursors.Cursor) -> tuple[Any, ...]:
+    """The row of an aggregate query (COUNT(*) always returns one)."""
+    row = cur.fetchone()
+    assert row is not None
+    return row
 
 
 def _read_order(cur: pymysql.cursors.Cursor, out: Snapshot, where: str, args: list[Any]) -> None:
