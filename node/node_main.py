@@ -67,7 +67,7 @@ class DependencyMonitor:
     def _probe_all(self, records: Records, driver) -> None:
         checks = {
             "zookeeper": lambda: any(_tcp(host, int(port)) for host, _, port in
-                                     (member.rpartition(":") for member in self.cfg.zk_hosts.split(","))),
+                                     (member.rpartition(":") for member in self.cfg.zk_hosts.split("/")[0].split(","))),
             "mariadb": lambda: self._experiments(records),
             "neo4j": lambda: driver.execute_query("RETURN 1 AS one")[0][0]["one"] == 1,
             "rabbitmq": self._queue_depths,
