@@ -80,7 +80,7 @@ def test_rabbitmq_publish_consume_on_quorum_queues_with_generated_user(stack):
 
 def test_rabbitmq_rejects_guest_and_wrong_password(stack):
     for user, password in (("guest", "guest"), ("haorch", "wrong")):
-        params = amqp_parameters(stack)
+        [params] = amqp_parameters(stack)  # the managed stack: one broker
         params.credentials = pika.PlainCredentials(user, password)
         with pytest.raises(pika.exceptions.AMQPConnectionError):
             pika.BlockingConnection(params)
