@@ -240,25 +240,35 @@ class FreezeLeader(_TimedLeaderFault):
 
 
 @dataclass
-class BacklogKillLeader(KillLeader):
+class _WorkloadKillLeader(KillLeader):
+    """A leader kill that acts on the run's workload (``chaos_tests/workloads.py``) around it."""
+
+    workload: Workload | None = None
+
+    def _workload(self) -> Workload:
+        if self.workload is None:
+            raise UsageError(f"{self.name} needs a run's workload")
+        return self.workload
+
+
+@dataclass
+class BacklogKillLeader(_WorkloadKillLeader):
     """Submit a burst of more ready tasks than ``factor`` × all workers' prefetch, wait (bounded) until half of
     the excess waits in ``haorch.requests`` (the workers hold the prefetched rest), then SIGKILL the leader: its
     successor's takeover finds the backlog dispatched and not executed."""
 
     name: str = "backlog-kill-leader"
-    workload: Workload | None = None
     factor: float = 1.5
 
     def _inject(self) -> None:
-        if self.workload is None:
-            raise UsageError(f"{self.name} needs a run's workload")
-        burst = self.workload.burst(self.factor)
+        workload = self._workload()
+        burst = workload.burst(self.factor)
         self.detail.update(burst)
         target = max(1, (burst["burst_ready_tasks"] - burst["prefetch_total"]) // 2)
         deadline = time.monotonic() + BACKLOG_WAIT_S
         depth = 0
         while time.monotonic() < deadline:
-            depth = self.workload.queue_depth()
+            depth = workload.queue_depth()
             if depth >= target:
                 break
             time.sleep(0.05)
@@ -267,18 +277,15 @@ class BacklogKillLeader(KillLeader):
 
 
 @dataclass
-class PoisonKillLeader(KillLeader):
+class PoisonKillLeader(_WorkloadKillLeader):
     """SIGKILL the leader between two rounds of poison messages on the three queues (one just before the kill,
     one just after it, while no leader acts yet); the rounds are the workload's to check afterwards."""
 
     name: str = "poison-kill-leader"
-    workload: Workload | None = None
     n: int = 0
 
     def _inject(self) -> None:
-        if self.workload is None:
-            raise UsageError(f"{self.name} needs a run's workload")
-        self.detail["poison"] = self.workload.publish_poison(f"{self.n}a")
+        self.detail["poison"] = self._workload().publish_poison(f"{self.n}a")
         super()._inject()
 
     def hold(self) -> None:

@@ -175,8 +175,7 @@ class Ledger:
             cur.execute(sql, args)
             return list(cur.fetchall())
 
-        return [LedgerRow._make((*raw[:9], _load_json(raw[9]), raw[10], raw[11], bool(raw[12])))
-                for raw in self._transaction(select)]
+        return [_row(raw) for raw in self._transaction(select)]
 
     def finish(self, updates: list[Finish]) -> set[int]:
         """Record the end, outcome, result and error (and the real start) of many attempts in one UPDATE; returns
@@ -231,8 +230,7 @@ class Ledger:
             cur.execute(f"UPDATE ledger SET ended_at = {_NOW}, outcome = 'failure', error = %s "
                         f"WHERE id IN ({tmarks})", [error, *taken])
             cur.execute(f"SELECT {_COLUMNS}, TRUE FROM ledger WHERE id IN ({tmarks})", taken)
-            return {int(raw[0]): LedgerRow._make((*raw[:9], _load_json(raw[9]), raw[10], raw[11], True))
-                    for raw in cur.fetchall()}
+            return {int(raw[0]): _row(raw) for raw in cur.fetchall()}
 
         return self._transaction(work)
 
@@ -301,6 +299,11 @@ class Ledger:
                 conn.close()
             except Exception:  # noqa: BLE001 - the connection is already broken; nothing to release
                 pass
+
+
+def _row(raw: tuple) -> LedgerRow:
+    """A LedgerRow from a row of ``SELECT {_COLUMNS}, <expired>`` (``result`` decoded from JSON)."""
+    return LedgerRow._make((*raw[:9], _load_json(raw[9]), raw[10], raw[11], bool(raw[12])))
 
 
 def _load_json(text: str | None) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pymysql
 import pymysql.cursors
@@ -96,9 +96,14 @@ class Records:
         certification, so a deposed leader's transaction cannot commit after a new leader's raise (a conflict is
         error 1213, and the retried transaction then finds the raised epoch)."""
         if cur.execute("UPDATE fence SET hb = hb + 1 WHERE name = 'leader' AND epoch = %s", (epoch,)) != 1:
-            cur.execute("SELECT epoch FROM fence WHERE name = 'leader'")
-            row = cur.fetchone()
-            raise FencedError("mariadb", epoch, row[0] if row else 0)
+            Records._refuse(cur, epoch)
+
+    @staticmethod
+    def _refuse(cur: pymysql.cursors.Cursor, epoch: int) -> NoReturn:
+        """The FencedError of a conditional fence write that wrote nothing, naming the fence's epoch."""
+        cur.execute("SELECT epoch FROM fence WHERE name = 'leader'")
+        row = cur.fetchone()
+        raise FencedError("mariadb", epoch, row[0] if row else 0)
 
     def _unblocked_raise(self, epoch: int):
         """While a new leader raises the fence, kill whatever transaction blocks that raise: only an older
@@ -119,9 +124,7 @@ class Records:
                     "AND (epoch < %s OR (epoch = %s AND (holder IS NULL OR holder = %s)))",
                     (epoch, node_id, time.time(), epoch, epoch, node_id))
             if raised != 1:
-                cur.execute("SELECT epoch FROM fence WHERE name = 'leader'")
-                row = cur.fetchone()
-                raise FencedError("mariadb", epoch, row[0] if row else 0)
+                self._refuse(cur, epoch)
             cur.execute("INSERT INTO leader_terms (epoch, node_id, elected_at) VALUES (%s, %s, %s) "
                         "ON DUPLICATE KEY UPDATE node_id = node_id", (epoch, node_id, elected_at))
         self.transaction(work)
@@ -225,11 +228,6 @@ class Records:
         if not rows:
             raise NotFoundError(f"no experiment {experiment_id!r}")
         return rows[0]
-
-    def experiment_states(self, ids: list[str]) -> dict[str, str]:
-        """experiment_id → state of those of ``ids`` that exist (one SELECT)."""
-        return {r["experiment_id"]: r["state"] for r in self.experiments(
-            "WHERE experiment_id IN (" + ",".join(["%s"] * len(ids)) + ")", tuple(ids))} if ids else {}
 
     def experiments(self, where: str = "", args: tuple = (), limit: int | None = None) -> list[dict[str, Any]]:
         sql = f"SELECT {EXPERIMENT_COLUMNS} FROM experiments {where} ORDER BY created_at, experiment_id"

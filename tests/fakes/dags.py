@@ -199,9 +199,3 @@ class FakeDagStore:
         self._start_experiments(now, result)
         self.journal.append(f"neo4j.mark_dispatched {len(keys)}")
         return self._outbox(epoch, now, result)
-
-    def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
-        return [dict(t) for t in self._tasks_of(experiment_id)]
-
-    def experiment_states(self, ids: list[str]) -> dict[str, str]:
-        return {i: self.experiments[i]["state"] for i in ids if i in self.experiments}

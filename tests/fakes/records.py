@@ -52,9 +52,6 @@ class FakeRecords:
         self.journal.append("mariadb.prune_applied_batches")
         return 0
 
-    def experiment_states(self, ids: list[str]) -> dict[str, str]:
-        return {i: self.states[i] for i in ids if i in self.states}
-
     def to_states(self, experiment_id: str, task: str | None = None) -> list[str]:
         """The ``to`` states logged for a task of ``experiment_id`` (or for the experiment, when None), in order."""
         return [t[3] for t in self.transitions if t[0] == experiment_id and t[1] == task]
