@@ -3,7 +3,7 @@
 #   1. Debian packages: ZooKeeper, RabbitMQ, MariaDB, Prometheus (+ promtool), Docker Engine and debootstrap (for
 #      `haorch deploy --docker`; haorch starts dockerd itself when none runs), a JDK and Maven if missing
 #   2. the Python venv in .venv with haorch installed editable (re-installed when pyproject.toml changes)
-#   3. the embedded Neo4j launcher (deploy/neo4j, built with Maven)
+#   3. the embedded Neo4j launcher (node/assets/neo4j, built with Maven into its target/)
 # The packages' own system services are not used: `haorch stack up` runs its own processes (or containers).
 set -euo pipefail
 
@@ -65,5 +65,5 @@ else
     say "venv up to date"
 fi
 
-bash deploy/neo4j/build.sh | sed 's/^/setup: /'
+bash node/assets/neo4j/build.sh | sed 's/^/setup: /'
 say "done"

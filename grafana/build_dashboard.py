@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate ``grafana/dashboards/haorch-cluster.json`` with Grafana's dashboards-as-code SDK.
+"""Generate ``node/assets/grafana/dashboards/haorch-cluster.json`` (package data: ``haorch dashboard`` of a wheel
+install reads it) with Grafana's dashboards-as-code SDK.
 
     .venv/bin/python grafana/build_dashboard.py          # rewrite the JSON
     .venv/bin/python grafana/build_dashboard.py --check  # exit 1 if the committed JSON is out of date
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from grafana_foundation_sdk.builders.common import ReduceDataOptions, VizLegendOptions, VizTooltipOptions
 from grafana_foundation_sdk.builders.dashboard import Dashboard, Row
@@ -34,7 +34,9 @@ from grafana_foundation_sdk.models.common import (
 )
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
-OUT = Path(__file__).resolve().parent / "dashboards" / "haorch-cluster.json"
+from node.paths import DASHBOARD_FILE
+
+OUT = DASHBOARD_FILE
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="haorch-prometheus")
 NODE = 'job="haorch-node"'
 WIDTH, HEIGHT = 12, 8  # two panels per row of the grid (24 wide)
@@ -130,7 +132,7 @@ ROWS: list[tuple[str, list[Spec]]] = [
              "1 while Prometheus reaches a node's or worker's /metrics."),
         Spec("Alerts", "none",
              [("sum by (alertname, alertstate) (ALERTS)", "{{alertname}} ({{alertstate}})")],
-             "Pending and firing alerts of deploy/prometheus/rules/haorch.yml."),
+             "Pending and firing alerts of node/assets/prometheus/rules/haorch.yml."),
     ]),
 ]
 

@@ -1,8 +1,9 @@
 """``haorch dashboard``: render the Grafana dashboard to PNGs and an index.html, straight from Prometheus.
 
-The panels and their queries are read from ``grafana/dashboards/haorch-cluster.json`` (one source of truth, built
-by ``grafana/build_dashboard.py``); each query runs as a range query against the stack's Prometheus and each
-panel becomes one PNG (matplotlib, Agg backend), plus ``dashboard.png`` with every panel on one page::
+The panels and their queries are read from ``node/assets/grafana/dashboards/haorch-cluster.json`` (one source of
+truth, built by ``grafana/build_dashboard.py``; package data, so a wheel install has it); each query runs as a
+range query against the stack's Prometheus and each panel becomes one PNG (matplotlib, Agg backend), plus
+``dashboard.png`` with every panel on one page::
 
     render(cfg, Path("out"), minutes=15)   # -> {"out", "index", "overview", "panels": [...], "start", "end", ...}
 """
@@ -20,10 +21,9 @@ from typing import Any
 
 from node.config import Config
 from node.errors import ServiceError, UsageError
-from node.paths import GRAFANA_DIR
+from node.paths import DASHBOARD_FILE
 from node.stack.prometheus import prometheus_query, prometheus_query_range
 
-DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "haorch-cluster.json"
 POINTS = 300  # samples per series: the step is the window divided by this (at least 1 s)
 
 
@@ -181,7 +181,7 @@ img {{ width: 100%; }}
 figcaption {{ font-size: 0.75em; color: #555; word-break: break-all; }}
 </style></head><body>
 <h1>haorch cluster</h1>
-<p>{html.escape(when)} · Prometheus {html.escape(url)} · panels from grafana/dashboards/haorch-cluster.json ·
+<p>{html.escape(when)} · Prometheus {html.escape(url)} · panels of the dashboard haorch-cluster.json ·
 <a href="dashboard.png">all panels on one page</a></p>
 <main>
 {cells}

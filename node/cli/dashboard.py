@@ -17,7 +17,7 @@ from node.cli.common import config, emit, json_option
               help="Time window: the last M minutes.")
 @json_option
 def dashboard(out: Path, minutes: float, as_json: bool) -> None:
-    """Render every panel of grafana/dashboards/haorch-cluster.json from Prometheus to PNG and index.html."""
+    """Render every panel of the dashboard haorch-cluster.json from Prometheus to PNG and index.html."""
     result = dashboard_ops.render(config(), out, minutes)
     emit(result, as_json, lambda d: click.echo(
         f"{len(d['panels'])} panels over the last {minutes:g} min -> {d['index']} (overview: {d['overview']})"))

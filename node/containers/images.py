@@ -4,8 +4,10 @@ No image registry is reachable, so nothing is pulled. The base ``haorch/base:boo
 ``debootstrap --variant=minbase`` root file system from the Debian mirror this machine's apt already uses,
 imported with ``docker import`` and built only when it is missing. Each role has a Dockerfile in
 ``deploy/docker/<role>/`` and a build context that haorch assembles in ``build/docker/<role>/`` (the Dockerfile
-plus the files the role needs: the Neo4j launcher, the Prometheus rules, wheels). Builds use host networking
-(the engine has no bridge) and Docker's layer cache, so a second build of unchanged files takes seconds::
+plus the files the role needs: the Neo4j launcher, the Prometheus rules, wheels). The Dockerfiles and the sources
+of the wheels are those of a checkout: a wheel install of haorch runs images built elsewhere but builds none.
+Builds use host networking (the engine has no bridge) and Docker's layer cache, so a second build of unchanged
+files takes seconds::
 
     rows = build_images(progress=print)     # [{"image", "seconds", "size_bytes", ...}] in build order
     image_name("node")                      # "haorch/node:latest"
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from node.containers.daemon import docker_client
 from node.errors import ServiceError, SetupError, UsageError
-from node.paths import DEPLOY_DIR, NEO4J_LAUNCHER_DIR, REPO_ROOT
+from node.paths import NEO4J_LAUNCHER_TARGET, PROMETHEUS_RULES_DIR, REPO_ROOT, checkout_file
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ Progress = Callable[[str], None]
 
 BASE_IMAGE = "haorch/base:bookworm"
 SUITE = "bookworm"
-DOCKERFILES = DEPLOY_DIR / "docker"
 BUILD_DIR = REPO_ROOT / "build" / "docker"
 #: a fixed wheel timestamp: the same source gives the same wheel, so Docker's cache keeps its layer
 WHEEL_EPOCH = "315532800"
@@ -54,11 +55,11 @@ class Role:
 ROLES: tuple[Role, ...] = (
     Role("jre", None),
     Role("zookeeper", "jre"),
-    Role("neo4j", "jre", {"haorch-neo4j.jar": NEO4J_LAUNCHER_DIR / "target" / "haorch-neo4j.jar",
-                          "lib": NEO4J_LAUNCHER_DIR / "target" / "lib"}),
+    Role("neo4j", "jre", {"haorch-neo4j.jar": NEO4J_LAUNCHER_TARGET / "haorch-neo4j.jar",
+                          "lib": NEO4J_LAUNCHER_TARGET / "lib"}),
     Role("rabbitmq", None),
     Role("mariadb", None),
-    Role("prometheus", None, {"rules": DEPLOY_DIR / "prometheus" / "rules"}),
+    Role("prometheus", None, {"rules": PROMETHEUS_RULES_DIR}),
     Role("app", None, {"deps": BUILD_DIR / "wheels" / "deps", "haorch": BUILD_DIR / "wheels" / "haorch"}),
     Role("node", "app"),
     Role("worker", "app"),
@@ -220,13 +221,14 @@ def build_wheels(progress: Progress = lambda _m: None) -> None:
 # --- role images --------------------------------------------------------------------------------------------------
 def _context(role: Role) -> Path:
     """Assemble the build context of ``role`` in ``build/docker/<role>/``."""
+    dockerfile = checkout_file("deploy", "docker", role.name, "Dockerfile", purpose=f"image {role.name}")
     ctx = BUILD_DIR / role.name
     shutil.rmtree(ctx, ignore_errors=True)
     ctx.mkdir(parents=True)
-    shutil.copy2(DOCKERFILES / role.name / "Dockerfile", ctx / "Dockerfile")
+    shutil.copy2(dockerfile, ctx / "Dockerfile")
     for name, source in role.files.items():
         if not source.exists():
-            hint = "run `make setup`" if NEO4J_LAUNCHER_DIR in source.parents else "its build step did not run"
+            hint = "run `make setup`" if source.is_relative_to(NEO4J_LAUNCHER_TARGET) else "its build step did not run"
             raise SetupError(f"image {role.name}: {source} is missing; {hint}")
         if source.is_dir():
             shutil.copytree(source, ctx / name)
@@ -282,6 +284,7 @@ def build_images(roles: list[str] | None = None, progress: Progress = lambda _m:
     """Build the base (if missing) and the role images (all, or ``roles`` with what they build on), in order.
     Returns one row per image: image, built, seconds, size_bytes (+ steps and cached_steps for role images)."""
     selected = _with_parents(roles or list(ROLE_NAMES))
+    checkout_file("deploy", "docker", purpose="building haorch's Docker images")  # before the minutes of the base
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     rows = [build_base(progress, force=rebuild_base)]
     if any(r.name == "app" for r in selected):

@@ -10,11 +10,11 @@ the methods of :class:`~node.runtime.handle.Handle`, so that code does not know 
     h.start(argv, env)      # env: only the program's own variables
     h.alive(); h.pid(); h.signal(signal.SIGTERM); h.freeze(); h.thaw(); h.kill(); h.stop()
 
-A command line names repository files (the Neo4j launcher, the Prometheus rules) through
+A command line names asset files (the Neo4j launcher, the Prometheus rules) through
 :func:`~node.runtime.programs.asset` and haorch itself through :func:`~node.runtime.programs.haorch_argv`: images
-carry those files under ``/opt/haorch/assets`` at their repository paths, and haorch on ``PATH``. The state dir
-is mounted into every container at its own path, so configs, data and logs are where a process would find them.
-A state dir remembers the runtime its stack was started with (``<home>/runtime``), so later commands drive the
+carry those files under ``/opt/haorch/assets`` at their paths below ``node/assets``, and haorch on ``PATH``. The
+state dir is mounted into every container at its own path, so configs, data and logs are where a process would find
+them. A state dir remembers the runtime its stack was started with (``<home>/runtime``), so later commands drive the
 same kind of program without being told.
 
 Modules, each depending only on those before it: ``handle`` (the interface and the health check; nothing of

@@ -1,7 +1,7 @@
 """Metrics, rules, dashboard and ``haorch dashboard`` against the real Prometheus of the test stack.
 
-Every panel query of grafana/dashboards/haorch-cluster.json and every rule expression of
-deploy/prometheus/rules/haorch.yml is evaluated through the Prometheus HTTP API after a run with a real failover
+Every panel query of node/assets/grafana/dashboards/haorch-cluster.json and every rule expression of
+node/assets/prometheus/rules/haorch.yml is evaluated through the Prometheus HTTP API after a run with a real failover
 (see conftest.py); panel queries must return data, so a misspelt metric name fails here.
 
 ``HAORCH_DASHBOARD_SNAPSHOT=docs/img/dashboard-failover.png`` copies the rendered overview there.
@@ -23,11 +23,11 @@ import yaml
 
 from node.dashboard import DASHBOARD_FILE, load_panels
 from node.metrics import FAILOVER_PHASES
-from node.paths import DEPLOY_DIR, GRAFANA_DIR, REPO_ROOT
+from node.paths import REPO_ROOT
 from node.stack.prometheus import RULES_DIR, prometheus_query, prometheus_query_range
 
 RULES_FILE = RULES_DIR / "haorch.yml"
-RULES_TEST = DEPLOY_DIR / "prometheus" / "tests" / "haorch_test.yml"
+RULES_TEST = REPO_ROOT / "deploy" / "prometheus" / "tests" / "haorch_test.yml"
 HAORCH = [sys.executable, "-m", "node.cli"]
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]  # the first test pays for the stack and the run
@@ -74,12 +74,12 @@ def test_every_alert_has_severity_and_annotations() -> None:
 
 
 def test_dashboard_json_is_generated_from_build_script() -> None:
-    out = subprocess.run([sys.executable, str(GRAFANA_DIR / "build_dashboard.py"), "--check"], capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "grafana" / "build_dashboard.py"), "--check"],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     board = json.loads(DASHBOARD_FILE.read_text())
     assert {p["datasource"]["uid"] for p in board["panels"]} == {"haorch-prometheus"}
-    provisioned = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "haorch.yml").read_text())
+    provisioned = yaml.safe_load((REPO_ROOT / "grafana" / "provisioning" / "datasources" / "haorch.yml").read_text())
     assert provisioned["datasources"][0]["uid"] == "haorch-prometheus"
 
 

@@ -14,11 +14,11 @@ from prometheus_client import generate_latest
 from node import metrics
 from node.dashboard import DASHBOARD_FILE, load_panels
 from node.model.builtin import builtin_kinds
-from node.paths import DEPLOY_DIR, GRAFANA_DIR
+from node.paths import PROMETHEUS_RULES_DIR, REPO_ROOT
 from node.stores.queues import QUEUES
 from node.worker.worker import DEPENDENCIES
 
-RULES_FILE = DEPLOY_DIR / "prometheus" / "rules" / "haorch.yml"
+RULES_FILE = PROMETHEUS_RULES_DIR / "haorch.yml"
 SHARED = {"haorch_dependency_up", "haorch_dead_letters_total"}
 NODE_SERVICES = ("zookeeper", "mariadb", "neo4j", "rabbitmq")  # node_main.DependencyMonitor.SERVICES
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -77,7 +77,7 @@ def test_a_fresh_worker_exposes_its_known_series_from_the_start() -> None:
 
 
 def test_committed_dashboard_is_what_the_builder_produces() -> None:
-    spec = importlib.util.spec_from_file_location("build_dashboard", GRAFANA_DIR / "build_dashboard.py")
+    spec = importlib.util.spec_from_file_location("build_dashboard", REPO_ROOT / "grafana" / "build_dashboard.py")
     assert spec is not None and spec.loader is not None
     builder = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = builder  # dataclasses look their module up there

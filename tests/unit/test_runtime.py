@@ -15,7 +15,8 @@ from node.paths import REPO_ROOT
 from node.runtime.container import _parse_time, health_test
 from node.runtime.handle import TcpCheck
 from node.runtime.programs import asset, haorch_argv
-from node.stack.neo4j import LAUNCHER_JAR
+from node.stack.neo4j import LAUNCHER_JAR, LAUNCHER_LIB
+from node.stack.prometheus import RULES_DIR
 
 
 def test_runtime_defaults_to_process_and_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,7 +41,12 @@ def test_state_dir_remembers_its_runtime(tmp_path: Path, monkeypatch: pytest.Mon
 def test_assets_and_argv_per_runtime(tmp_path: Path) -> None:
     process, docker = load_config(tmp_path, runtime="process"), load_config(tmp_path, runtime="docker")
     assert asset(process, LAUNCHER_JAR) == LAUNCHER_JAR
-    assert asset(docker, LAUNCHER_JAR) == Path("/opt/haorch/assets/deploy/neo4j/target/haorch-neo4j.jar")
+    assert asset(docker, LAUNCHER_JAR) == Path("/opt/haorch/assets/neo4j/target/haorch-neo4j.jar")
+    # the images copy the files to where asset() says a container finds them
+    dockerfiles = REPO_ROOT / "deploy" / "docker"
+    assert f" {asset(docker, LAUNCHER_JAR)}\n" in (dockerfiles / "neo4j" / "Dockerfile").read_text()
+    assert f" {asset(docker, LAUNCHER_LIB)}/\n" in (dockerfiles / "neo4j" / "Dockerfile").read_text()
+    assert f" {asset(docker, RULES_DIR)}/\n" in (dockerfiles / "prometheus" / "Dockerfile").read_text()
     assert haorch_argv(process, "node", "run") == [sys.executable, "-m", "node.cli", "node", "run"]
     assert haorch_argv(docker, "node", "run") == ["haorch", "node", "run"]
 

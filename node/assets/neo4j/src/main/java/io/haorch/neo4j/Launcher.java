@@ -20,23 +20,24 @@ import org.neo4j.dbms.api.DatabaseManagementService;
 import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
 
 /**
- * Runs Neo4j Community embedded for haorch, serving Bolt on 127.0.0.1 only, with authentication.
+ * Runs Neo4j Community embedded for haorch, serving Bolt on one address (127.0.0.1 by default), with authentication.
  *
  * <pre>
  * java -Xms128m -Xmx512m -XX:+UseSerialGC --add-opens=java.base/java.nio=ALL-UNNAMED \
  *      -cp 'target/haorch-neo4j.jar:target/lib/*' io.haorch.neo4j.Launcher \
- *      --home DIR --bolt-port PORT --password-file FILE [--pagecache 128m] [--tx-memory 256m]
+ *      --home DIR --bolt-port PORT --password-file FILE [--bolt-address 127.0.0.1] [--pagecache 128m]
+ *      [--tx-memory 256m]
  * </pre>
  *
  * <p>Data goes to {@code DIR/data}, Neo4j's logs to {@code DIR/logs}. On every start the password of user
  * {@code neo4j} is set to the file's content (trailing newlines stripped; at least 8 characters) with no change
  * required. Once the {@code neo4j} database is available and Bolt accepts connections, exactly one line
- * {@code HAORCH-NEO4J READY bolt://127.0.0.1:PORT} is printed to stdout. SIGTERM shuts the DBMS down cleanly.
+ * {@code HAORCH-NEO4J READY bolt://ADDRESS:PORT} is printed to stdout. SIGTERM shuts the DBMS down cleanly.
  * Bad arguments exit 2; a failure to start exits 1. HTTP, server-side routing and usage reporting are off.
  */
 public final class Launcher {
     private static final String USAGE = "usage: Launcher --home DIR --bolt-port PORT --password-file FILE"
-            + " [--pagecache SIZE] [--tx-memory SIZE]";
+            + " [--bolt-address ADDRESS] [--pagecache SIZE] [--tx-memory SIZE]";
     private static final long START_TIMEOUT_MS = 120_000;
 
     private Launcher() {}
@@ -45,7 +46,7 @@ public final class Launcher {
         Map<String, String> opts = new HashMap<>();
         for (int i = 0; i < args.length; i += 2) {
             String key = args[i];
-            if (!key.matches("--(home|bolt-port|password-file|pagecache|tx-memory)")) {
+            if (!key.matches("--(home|bolt-port|bolt-address|password-file|pagecache|tx-memory)")) {
                 fail("unknown argument '" + key + "'; " + USAGE);
             }
             if (i + 1 >= args.length) {
@@ -86,10 +87,11 @@ public final class Launcher {
             fail("cannot create --home " + home + ": " + e);
         }
 
-        SocketAddress bolt = new SocketAddress("127.0.0.1", port);
+        String address = opts.getOrDefault("bolt-address", "127.0.0.1");
+        SocketAddress bolt = new SocketAddress(address, port);
         DatabaseManagementServiceBuilder builder = new DatabaseManagementServiceBuilder(home)
-                .setConfig(GraphDatabaseSettings.default_listen_address, new SocketAddress("127.0.0.1"))
-                .setConfig(GraphDatabaseSettings.default_advertised_address, new SocketAddress("127.0.0.1"))
+                .setConfig(GraphDatabaseSettings.default_listen_address, new SocketAddress(address))
+                .setConfig(GraphDatabaseSettings.default_advertised_address, new SocketAddress(address))
                 .setConfig(BoltConnector.enabled, true)
                 .setConfig(BoltConnector.listen_address, bolt)
                 .setConfig(BoltConnector.advertised_address, bolt)
@@ -124,12 +126,12 @@ public final class Launcher {
             if (!dbms.database(GraphDatabaseSettings.DEFAULT_DATABASE_NAME).isAvailable(START_TIMEOUT_MS)) {
                 throw new IllegalStateException("database 'neo4j' not available after " + START_TIMEOUT_MS + " ms");
             }
-            awaitPort(port);
+            awaitPort(address, port);
         } catch (RuntimeException e) {
             System.err.println("haorch-neo4j: failed to start Neo4j: " + rootMessage(e));
             System.exit(1);
         }
-        System.out.println("HAORCH-NEO4J READY bolt://127.0.0.1:" + port);
+        System.out.println("HAORCH-NEO4J READY bolt://" + address + ":" + port);
         System.out.flush();
         // Neo4j's own threads keep the JVM alive; SIGTERM runs the shutdown hook.
     }
@@ -147,16 +149,16 @@ public final class Launcher {
         }
     }
 
-    /** Waits until something accepts TCP connections on 127.0.0.1:port. */
-    private static void awaitPort(int port) {
+    /** Waits until something accepts TCP connections on address:port. */
+    private static void awaitPort(String address, int port) {
         long deadline = System.currentTimeMillis() + START_TIMEOUT_MS;
         while (true) {
             try (Socket s = new Socket()) {
-                s.connect(new InetSocketAddress("127.0.0.1", port), 1000);
+                s.connect(new InetSocketAddress(address, port), 1000);
                 return;
             } catch (IOException e) {
                 if (System.currentTimeMillis() > deadline) {
-                    throw new IllegalStateException("Bolt not listening on 127.0.0.1:" + port, e);
+                    throw new IllegalStateException("Bolt not listening on " + address + ":" + port, e);
                 }
                 try {
                     Thread.sleep(100);
