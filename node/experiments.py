@@ -7,6 +7,13 @@ submission is already durable, and the next leader's sweep dispatches the roots.
 two writes leaves a QUEUED row without a DAG: the leader builds it from the row after ``submit_grace_s``
 (``node/leader/submits.py``), and a retry with the same id builds it at once, from the row too; a store failure
 says so in an :class:`~node.errors.IncompleteSubmit` that names the id.
+
+MariaDB is written first because it is the system of record Neo4j is rebuilt from (``haorch recover neo4j``): the
+row carries the type, template version and params, and its transaction also records the template's definition. A
+template is registered in Neo4j first (Neo4j allocates the version), then recorded in MariaDB; a crash between the
+two leaves a version no experiment uses yet, recorded by a retry or with its first experiment. A DAG is created
+only in the graph MariaDB names (``DagStore.generation``): while Neo4j is emptied or being rebuilt a submit records
+its row and fails with a retryable error, and the rebuild (or the leader) creates the DAG from the row.
 """
 
 from __future__ import annotations
@@ -37,11 +44,12 @@ from node.model.executors import KNOWN_EXECUTORS
 from node.model.limits import id_problem
 from node.model.messages import SubmissionNotice
 from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
-from node.model.template import NAME_RE, load_template_file
+from node.model.template import NAME_RE, Template, load_template_file
 from node.retry import REOPEN_ONCE, call
 from node.stores.connect import amqp_parameters, neo4j_driver
-from node.stores.dags import DagStore
+from node.stores.dags import DagStore, GraphNotReady
 from node.stores.failures import rabbitmq_boundary
+from node.stores.graph_record import GraphRecord, template_row
 from node.stores.queues import SUBMISSIONS
 from node.stores.rabbit import BatchPublisher
 from node.stores.records import Records
@@ -127,6 +135,24 @@ class Experiments:
             self._dags = DagStore(self._driver)
         return self._dags
 
+    def _create_dags(self, template: Template, version: int, items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Create the DAGs in the graph MariaDB names (looked up at the first creation, and at each while none is
+        recorded yet); a rebuild since then names a new one, so a GraphNotReady is checked against MariaDB once
+        more before it is raised."""
+        if self.dags.generation is None:
+            self.dags.generation = GraphRecord(self.records).generation()
+        try:
+            return self.dags.create_experiments(template, version, items)
+        except GraphNotReady:
+            current = GraphRecord(self.records).generation()
+            if current == self.dags.generation:
+                raise
+            self.dags.generation = current
+            return self.dags.create_experiments(template, version, items)
+
+    def _record_template(self, template: Template, version: int) -> None:
+        GraphRecord(self.records).save_templates([template_row(template, version, time.time())])
+
     def close(self) -> None:
         self._close_notifier()
         self.records.close()
@@ -145,12 +171,14 @@ class Experiments:
         out = []
         for template in builtin_templates(KNOWN_EXECUTORS):
             version, created = self.dags.register_template(template)
+            self._record_template(template, version)
             out.append({"type": template.type, "version": version, "created": created})
         return out
 
     def register(self, path: str | Path) -> dict[str, Any]:
         template = load_template_file(path, KNOWN_EXECUTORS)
         version, created = self.dags.register_template(template)
+        self._record_template(template, version)
         return {"type": template.type, "version": version, "created": created, "tasks": len(template.tasks)}
 
     def show_template(self, type_: str) -> dict[str, Any]:
@@ -177,14 +205,14 @@ class Experiments:
         check_params_size(params)
         template.check_overrides(params)
         with _safe_to_retry([experiment_id], type_):
-            row_new = self.records.insert_experiment(experiment_id, type_, version, params)
+            row_new = self.records.insert_experiment(experiment_id, type_, version, params, template)
             if not row_new:  # the row is the record: a retry builds the DAG it describes
                 row = self.records.get_experiment(experiment_id)
                 if row["params"] is None:
                     raise ConflictError(f"experiment {experiment_id!r} cannot be resubmitted: {row['params_error']}")
                 version, params = row["template_version"], row["params"]
                 template, _ = self.dags.get_template(type_, version)
-            dag_new = self.dags.create_experiment(experiment_id, template, version, params)
+            dag_new = bool(self._create_dags(template, version, [(experiment_id, params)]))
         if notify and dag_new:
             self._notify([experiment_id])
         return {"experiment_id": experiment_id, "type": type_, "version": version, "created": row_new or dag_new}
@@ -201,8 +229,8 @@ class Experiments:
         template.check_overrides(params)
         items = [(experiment_id, params) for experiment_id in ids]
         with _safe_to_retry(ids, type_):
-            self.records.insert_experiments(type_, version, items)
-            created = self.dags.create_experiments(template, version, items)
+            self.records.insert_experiments(type_, version, items, template)
+            created = self._create_dags(template, version, items)
         if notify and created:
             self._notify(created)
         return created

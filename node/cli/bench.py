@@ -31,6 +31,8 @@ def throughput(experiments: int, batch1_experiments: int, workers: int, batch_si
     from bench import report
     from bench import throughput as tp
 
+    if not no_record:
+        report.benchmarks_file()  # one that cannot be recorded fails before the run, not after it
     result = tp.run(config(), experiments, batch1_experiments, workers, batch_size, progress=_progress)
     section = tp.render(result)
     if not no_record:
@@ -57,6 +59,8 @@ def failover(kills: int, timeouts: str, handovers: int, rescan_experiments: int,
         values = tuple(float(t) for t in timeouts.split(","))
     except ValueError:
         raise click.BadParameter(f"expected numbers like 0.5,2; got {timeouts!r}", param_hint="--timeouts") from None
+    if not no_record:
+        report.benchmarks_file()  # one that cannot be recorded fails before the run, not after it
     result = fo.run(config(), kills, values, handovers, rescan_experiments, progress=_progress)
     section = fo.render(result)
     if not no_record:
@@ -77,6 +81,8 @@ def docker(kills: int, session_timeout_s: float, cached_only: bool, no_record: b
     from bench import docker as dk
     from bench import report
 
+    if not no_record:
+        report.benchmarks_file()  # one that cannot be recorded fails before the run, not after it
     result = dk.run(config(), kills, session_timeout_s, cold=not cached_only, progress=_progress)
     section = dk.render(result)
     if not no_record:
@@ -97,8 +103,30 @@ def takeover(tasks: int, workers: int, timeout_s: float, no_record: bool, as_jso
     from bench import report
     from bench import takeover as tk
 
+    if not no_record:
+        report.benchmarks_file()  # one that cannot be recorded fails before the run, not after it
     result = tk.run(config(), tasks, workers, timeout_s, progress=_progress)
     section = tk.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
+@click.option("--experiments", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Experiments of the built-in types recorded in MariaDB (a fifth QUEUED, the rest RUNNING or "
+                   "COMPLETED).")
+@click.option("--page-size", type=click.IntRange(min=1, max=10_000), default=1000, show_default=True,
+              help="Experiments per Neo4j transaction.")
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def recover(experiments: int, page_size: int, no_record: bool, as_json: bool) -> None:
+    """Time to rebuild Neo4j from MariaDB (`haorch recover neo4j`); stops the cluster first."""
+    from bench import recover as rc
+    from bench import report
+
+    result = rc.run(config(), experiments, page_size, progress=_progress)
+    section = rc.render(result)
     if not no_record:
         report.append(section)
     emit(result, as_json, lambda _r: click.echo(section))

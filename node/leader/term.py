@@ -168,18 +168,32 @@ class LeaderTerm:
         with self.fence_guard(self.epoch):  # an older leader frozen mid-transaction may hold the lock
             self.dags.raise_fence(self.epoch, self.node_id)
         self.clock.mark("fence")
-        self._write_outbox()
+        self._drop_lost_step(self._write_outbox())
         self._finish_unsent()
         self.redispatch_page()
 
-    def _write_outbox(self, before: float | None = None) -> None:
+    def _drop_lost_step(self, boxes: set[str]) -> None:
+        """Forget a step of this term that Neo4j committed and MariaDB did not get if its Outbox node is gone: that
+        node stays until its rows are written, so the commit went with it — Neo4j was emptied and rebuilt from
+        MariaDB (``haorch recover neo4j``) in between. Writing its rows now would record changes the graph does not
+        have; its deliveries were never acknowledged and advance the rebuilt graph again."""
+        p = self.progress
+        if p.unsent is None or p.written or p.unsent.outbox_id is None or p.unsent.outbox_id in boxes:
+            return
+        log.warning("leader: epoch=%d drops a step whose Neo4j commit is gone (Neo4j was rebuilt): %d dispatches "
+                    "never recorded nor published", self.epoch, len(p.unsent.dispatches))
+        p.unsent = None
+
+    def _write_outbox(self, before: float | None = None) -> set[str]:
         """Write to MariaDB the transition rows of every write that committed in Neo4j only (its Outbox node is still
         there: a leader died between its two commits, or a cancel's caller did), oldest first, as its writer wrote
         them (epoch, node id, time); a batch MariaDB has already is not written again. The takeover writes them all
-        before advancing anything; the sweep, those written before ``before``."""
+        before advancing anything; the sweep, those written before ``before``. Returns the ids of the nodes."""
         written = boxes = 0
+        seen: set[str] = set()
         while True:
             page = self.dags.outbox(OUTBOX_PAGE, before)
+            seen.update(box["id"] for box in page)
             for box in page:
                 written += self.records.write_batch(self.epoch, self.node_id, box["rows"], box["states"], box["at"],
                                                     batch_id=box["id"], written_by=(box["epoch"], box["node"]))
@@ -191,6 +205,7 @@ class LeaderTerm:
         if written:
             log.warning("leader: epoch=%d wrote %d of %d batch(es) committed in Neo4j only (a previous leader or a "
                         "cancel died between its two writes)", self.epoch, written, boxes)
+        return seen
 
     def redispatch_page(self) -> bool:
         """One takeover page: rescan up to ``takeover_page_size`` ready tasks after the last page, leave those a

@@ -26,10 +26,24 @@ before it advances anything, with their original time (``applied_batches`` makes
 older than ``submit_grace_s`` (a cancel whose caller died before its MariaDB write) is written by the leader's
 sweep. Once MariaDB has a batch, its writer deletes the node (:meth:`DagStore.forget_outbox`; the leader once per
 sweep).
+
+**Neo4j first, then MariaDB** (a leader's batch, a cancel): the decision needs the graph, and the Outbox node keeps
+the rows until MariaDB has them. Neo4j is not the system of record, MariaDB is (``node/stores/graph_record.py``): if
+the graph is lost too before the rows reach MariaDB (a leader killed between its commits, then Neo4j emptied), the
+batch's deliveries were never acknowledged and its dispatches never published, so MariaDB and the queues hold a
+consistent earlier state; ``haorch recover neo4j`` rebuilds the graph from MariaDB and the redelivered responses
+advance it again.
+
+**The generation.** ``DagStore.generation``, when set, is the generation MariaDB records for the graph (the leader
+sets it for each term, submitters when they connect): every fenced transaction and every DAG creation checks that
+the Fence node carries it, and raises :class:`GraphNotReady` otherwise — an emptied Neo4j (its Fence node is new, or
+missing) or one ``haorch recover neo4j`` is rebuilding is never advanced, and no response is taken there for a task
+that does not exist yet.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -38,9 +52,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from neo4j import Driver, ManagedTransaction, Record, unit_of_work
-from neo4j.exceptions import ConstraintError
+from neo4j.exceptions import ClientError, ConstraintError
 
-from node.errors import ConflictError, FencedError, NotFoundError, UnknownTypeError
+from node.errors import ConflictError, DependencyError, FencedError, NotFoundError, UnknownTypeError
 from node.model.advance import AdvanceResult, Dispatch, Outcome, classify, transition_rows
 from node.model.executors import KNOWN_EXECUTORS
 from node.model.messages import static_request_bytes
@@ -52,7 +66,8 @@ from node.model.states import (
     TaskStatus,
 )
 from node.model.template import Template, parse_template
-from node.stores.failures import at_boundary, neo4j_boundary
+from node.stores.failures import Boundary, at_boundary, neo4j_boundary
+from node.stores.graph_record import template_definition
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,12 +78,57 @@ _OPEN = list(OPEN_TASK_STATUSES)
 _LIVE = list(LIVE_EXPERIMENT_STATES)
 
 
-def _check_fence(tx: ManagedTransaction, epoch: int) -> None:
+#: a server refusing haorch's credentials is not ready yet: a new store gets its password from the launcher after Bolt
+#: listens (a Neo4j started on an emptied store). A dependency failure to wait out, never a poison message
+NOT_READY_CODES = (".Security.Unauthorized", ".Security.AuthenticationRateLimit")
+
+
+def _dags_boundary(driver: Driver) -> Boundary:
+    base = neo4j_boundary(driver)
+
+    def failed(exc: BaseException) -> bool:
+        return base.failed(exc) or (isinstance(exc, ClientError) and (exc.code or "").endswith(NOT_READY_CODES))
+    return dataclasses.replace(base, failed=failed)
+
+
+class GraphNotReady(DependencyError):
+    """Neo4j does not hold the graph of this MariaDB: its Fence node lacks the generation MariaDB records (the store
+    was emptied or replaced, or ``haorch recover neo4j`` is rebuilding it). A dependency failure: the leader retries
+    its term until the graph is rebuilt; a submit says that a retry is safe."""
+
+    def __init__(self, endpoint: str, expected: str, found: str | None) -> None:
+        super().__init__("neo4j", endpoint, f"it holds no graph of generation {expected[:8]} (its generation: "
+                                            f"{found[:8] if found else 'none'}); rebuild it with `haorch recover "
+                                            "neo4j`, or wait for the rebuild in progress")
+        self.expected = expected
+        self.found = found
+
+
+def _check_fence(tx: ManagedTransaction, epoch: int) -> str | None:
+    """Lock the fence node, FencedError if it holds a newer epoch; returns its generation (None: no fence node)."""
     record = tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
-                    "RETURN f.epoch AS fence", epoch=epoch, now=time.time()).single()
+                    "RETURN f.epoch AS fence, f.generation AS generation", epoch=epoch, now=time.time()).single()
     fence = record["fence"] if record else 0
     if fence > epoch:
         raise FencedError("neo4j", epoch, fence)
+    return record["generation"] if record else None
+
+
+def create_template_nodes(tx: ManagedTransaction, template: Template, version: int, registered_at: float) -> None:
+    """The Template node of ``template`` at ``version``, its TemplateTask nodes and their DEPENDS_ON edges."""
+    tx.run("CREATE (t:Template {type: $type, version: $version, hash: $hash, definition: $definition, "
+           "description: $description, registered_at: $now}) "
+           "WITH t UNWIND $tasks AS task "
+           "CREATE (t)-[:HAS]->(:TemplateTask {key: $type + ':' + $version + ':' + task.name, "
+           "name: task.name, kind: task.kind, executor: task.executor, depends_on: task.depends_on})",
+           type=template.type, version=version, hash=template.content_hash(),
+           definition=template_definition(template), description=template.description, now=registered_at,
+           tasks=[{"name": s.name, "kind": s.kind, "executor": s.executor, "depends_on": list(s.depends_on)}
+                  for s in template.tasks])
+    tx.run("MATCH (t:Template {type: $type, version: $version})-[:HAS]->(a:TemplateTask) "
+           "UNWIND a.depends_on AS dep "
+           "MATCH (t)-[:HAS]->(b:TemplateTask {name: dep}) CREATE (a)-[:DEPENDS_ON]->(b)",
+           type=template.type, version=version)
 
 
 def _start_experiments(tx: ManagedTransaction, now: float, result: AdvanceResult) -> None:
@@ -111,7 +171,13 @@ class DagStore:
     def __init__(self, driver: Driver, tx_timeout_s: float | None = None) -> None:
         self.driver = driver
         self.tx_timeout_s = tx_timeout_s
-        self.boundary = neo4j_boundary(driver)  # every public method: driver failures leave as DependencyError
+        self.boundary = _dags_boundary(driver)  # every public method: driver failures leave as DependencyError
+        self.generation: str | None = None  # the graph's generation in MariaDB; None: not checked
+
+    def _gate(self, found: str | None) -> None:
+        """GraphNotReady unless the Fence node carries :attr:`generation` (when one is expected)."""
+        if self.generation is not None and found != self.generation:
+            raise GraphNotReady(self.boundary.endpoint, self.generation, found)
 
     def _timed(self, work: Callable[..., T]) -> Callable[..., T]:
         """``work`` with the server-side transaction timeout, if any: the server ends a transaction that runs (or
@@ -130,19 +196,7 @@ class DagStore:
             if latest and latest["h"] == digest:
                 return latest["v"], False
             version = (latest["v"] if latest else 0) + 1
-            tx.run("CREATE (t:Template {type: $type, version: $version, hash: $hash, definition: $definition, "
-                   "description: $description, registered_at: $now}) "
-                   "WITH t UNWIND $tasks AS task "
-                   "CREATE (t)-[:HAS]->(:TemplateTask {key: $type + ':' + $version + ':' + task.name, "
-                   "name: task.name, kind: task.kind, executor: task.executor, depends_on: task.depends_on})",
-                   type=template.type, version=version, hash=digest,
-                   definition=json.dumps(template.to_dict(), sort_keys=True), description=template.description,
-                   now=time.time(), tasks=[{"name": s.name, "kind": s.kind, "executor": s.executor,
-                                            "depends_on": list(s.depends_on)} for s in template.tasks])
-            tx.run("MATCH (t:Template {type: $type, version: $version})-[:HAS]->(a:TemplateTask) "
-                   "UNWIND a.depends_on AS dep "
-                   "MATCH (t)-[:HAS]->(b:TemplateTask {name: dep}) CREATE (a)-[:DEPENDS_ON]->(b)",
-                   type=template.type, version=version)
+            create_template_nodes(tx, template, version, time.time())
             return version, True
 
         with self.driver.session() as session:
@@ -187,6 +241,9 @@ class DagStore:
         defaults = template.param_defaults()
 
         def work(tx: ManagedTransaction) -> list[str]:
+            if self.generation is not None:
+                fence = tx.run("OPTIONAL MATCH (f:Fence {name: 'leader'}) RETURN f.generation AS g").single()
+                self._gate(fence["g"] if fence else None)
             ids = [experiment_id for experiment_id, _ in experiments]
             existing = {r["id"]: r["type"] for r in tx.run(
                 "UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) RETURN id, e.type AS type", ids=ids)}
@@ -232,7 +289,7 @@ class DagStore:
         Experiment nodes without tasks (fenced; an id that has a node already is left as it is)."""
 
         def work(tx: ManagedTransaction) -> None:
-            _check_fence(tx, epoch)
+            self._gate(_check_fence(tx, epoch))
             tx.run("UNWIND $rows AS row MERGE (e:Experiment {experiment_id: row[0]}) "
                    "ON CREATE SET e.type = row[1], e.version = row[2], e.state = $failed, e.remaining = 0, "
                    "e.created_at = $now, e.finished_at = $now, e.reason = row[3]",
@@ -260,9 +317,11 @@ class DagStore:
 
         def work(tx: ManagedTransaction) -> None:
             record = tx.run("MERGE (f:Fence {name: 'leader'}) ON CREATE SET f.epoch = 0 "
-                            "SET f.last_write_epoch = $epoch RETURN f.epoch AS fence", epoch=epoch).single(strict=True)
+                            "SET f.last_write_epoch = $epoch RETURN f.epoch AS fence, f.generation AS generation",
+                            epoch=epoch).single(strict=True)
             if record["fence"] > epoch:
                 raise FencedError("neo4j", epoch, record["fence"])
+            self._gate(record["generation"])
             tx.run("MATCH (f:Fence {name: 'leader'}) SET f.epoch = $epoch, f.holder = $node, f.raised_at = $now",
                    epoch=epoch, node=node_id, now=time.time())
 
@@ -294,7 +353,7 @@ class DagStore:
         if outcomes:
             self._apply_outcomes(tx, epoch, outcomes, now, result)
         else:
-            _check_fence(tx, epoch)
+            self._gate(_check_fence(tx, epoch))
         if submitted:
             rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
                           "WHERE t.status = $pending AND t.waiting = 0 "
@@ -314,11 +373,13 @@ class DagStore:
         rows = list(tx.run(
             "MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
             "WITH f UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
-            "RETURN f.epoch AS fence, k AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
-            "t.status AS status, t.attempt AS attempt, t.max_attempts AS max_attempts, t.lost AS lost, "
-            "t.dispatched_at AS dispatched_at", keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
+            "RETURN f.epoch AS fence, f.generation AS generation, k AS key, t.experiment_id AS experiment_id, "
+            "t.name AS name, t.kind AS kind, t.status AS status, t.attempt AS attempt, "
+            "t.max_attempts AS max_attempts, t.lost AS lost, t.dispatched_at AS dispatched_at",
+            keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
         if rows and rows[0]["fence"] > epoch:
             raise FencedError("neo4j", epoch, rows[0]["fence"])
+        self._gate(rows[0]["generation"] if rows else None)  # no row: no Fence node (an emptied store)
         verdict = classify(outcomes, {r["key"]: r for r in rows if r["status"] is not None})
         result.unknown += verdict.unknown
         result.duplicates += verdict.duplicates
@@ -422,7 +483,7 @@ class DagStore:
         if ``overdue``, dispatched tasks whose response is overdue, as dispatches."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
-            _check_fence(tx, epoch)
+            self._gate(_check_fence(tx, epoch))
             roots = tx.run("MATCH (t:Task {status: $pending}) WHERE t.waiting = 0 WITH t LIMIT $limit "
                            "SET t.status = $dispatched, t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
                            + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
@@ -470,7 +531,7 @@ class DagStore:
         did) is left alone."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
-            _check_fence(tx, epoch)
+            self._gate(_check_fence(tx, epoch))
             rows = tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) "
                           "WHERE t.executed = false AND t.status IN [$pending, $dispatched] "
                           "AND coalesce(t.epoch, 0) <> $epoch "

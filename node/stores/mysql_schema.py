@@ -1,7 +1,14 @@
-"""MariaDB schema: experiments, the transition log, the execution ledger, the fence row and leader terms.
+"""MariaDB schema: experiments, the transition log, the execution ledger, the fence row, leader terms, and what
+Neo4j is rebuilt from (template definitions, the graph's generation).
 
-Created idempotently by ``haorch stack up``. Times are UNIX seconds (DOUBLE) so that every process compares
-them the same way.
+Created idempotently by ``haorch stack up``: every statement creates only what is missing, so an existing database
+gains the tables and columns it lacks. Times are UNIX seconds (DOUBLE) so that every process compares them the
+same way.
+
+MariaDB is the system of record: Neo4j (Community, one server) can be rebuilt from it by ``haorch recover neo4j``
+(``node/recover.py``): every template definition (``templates``), every experiment with its type, template
+version and params (``experiments``), and every task's history (``transitions``, from which each task's status,
+attempt, retry state and executed flag follow).
 """
 
 from __future__ import annotations
@@ -89,9 +96,29 @@ SCHEMA = [
         elected_at DOUBLE NOT NULL,
         phases TEXT NULL
     ) ENGINE=InnoDB""",
+    # every template version an experiment may refer to, as Neo4j stores it (``definition``: the canonical JSON of
+    # Template.to_dict()); written when a template is registered and, in the same transaction, with every
+    # experiment row of that version (node/stores/graph_record.py)
+    """CREATE TABLE IF NOT EXISTS templates (
+        type VARCHAR(64) NOT NULL,
+        version INT NOT NULL,
+        hash CHAR(64) NOT NULL,
+        definition MEDIUMTEXT NOT NULL,
+        registered_at DOUBLE NOT NULL,
+        PRIMARY KEY (type, version)
+    ) ENGINE=InnoDB""",
+    # which Neo4j store holds the graph of this database: ``generation`` is also stamped on Neo4j's Fence node, and
+    # nobody advances a DAG in a Neo4j whose stamp differs (an emptied or replaced store: `haorch recover neo4j`)
+    """CREATE TABLE IF NOT EXISTS graph (
+        name VARCHAR(32) NOT NULL PRIMARY KEY,
+        generation CHAR(32) NULL,
+        changed_at DOUBLE NULL,
+        rebuilt_at DOUBLE NULL
+    ) ENGINE=InnoDB""",
+    "INSERT IGNORE INTO graph (name) VALUES ('neo4j')",
 ]
 
-TABLES = ("experiments", "transitions", "ledger", "fence", "applied_batches", "leader_terms")
+TABLES = ("experiments", "transitions", "ledger", "fence", "applied_batches", "leader_terms", "templates", "graph")
 
 
 def ensure_schema(cfg: Config) -> None:
