@@ -4,7 +4,7 @@ VENV := .venv
 HAORCH := $(VENV)/bin/haorch
 PYTEST_ARGS ?=
 
-.PHONY: setup lint test demo bench chaos stack-up stack-down stack-status deploy-docker clean
+.PHONY: setup lint test demo bench chaos stack-up stack-down stack-status deploy-docker dist clean
 
 setup:
 	@bash deploy/setup.sh
@@ -30,14 +30,25 @@ bench: setup
 deploy-docker: setup
 	$(HAORCH) deploy up --docker
 
-# two bounded campaigns (each run bounds its load, faults and waits): the mixed one (~8 min), then the adversarial
-# one (~5 min: 2-6 s tasks, bursts beyond the prefetch, poison, the failpoint freeze); both reports in CHAOS.md
+# dist/haorch-<version>.tar.gz and the wheel built from it, with the pinned `build` and setuptools of .venv (no
+# isolated env, so no download). `pip install dist/haorch-*.whl` on a host: see "Installing from a wheel" in README.md
+dist: setup
+	rm -rf dist
+	$(VENV)/bin/python -m build --no-isolation --outdir dist .
+
+LAB := HAORCH_HOME=.haorch-lab HAORCH_PORT_BASE=17500 $(HAORCH)
+
+# three bounded campaigns (each run bounds its load, faults and waits): the mixed one (~8 min), the adversarial
+# one (~5 min: 2-6 s tasks, bursts beyond the prefetch, poison, the failpoint freeze), then the host faults on a
+# 3-host lab (~25 min: each of 6 kinds 5 times); the reports in CHAOS.md
 chaos: setup
 	$(HAORCH) stack up
 	$(HAORCH) chaos run mixed --kills 50 --experiments 2000 --seed 1 --report docs/chaos; mixed=$$?; \
 	  $(HAORCH) chaos run adversarial --kills 40 --experiments 100 --seed 1 --report docs/chaos-adversarial; adv=$$?; \
-	  $(VENV)/bin/python -m chaos_tests.report docs/CHAOS.md docs/chaos docs/chaos-adversarial; \
-	  [ $$mixed -eq 0 ] && [ $$adv -eq 0 ]
+	  $(LAB) lab up --hosts 3 && $(LAB) chaos run hosts --kills 30 --experiments 6000 --rate 6 --seed 1 \
+	    --report docs/chaos-hosts; hosts=$$?; $(LAB) lab down; \
+	  $(VENV)/bin/python -m chaos_tests.report docs/CHAOS.md docs/chaos docs/chaos-adversarial docs/chaos-hosts; \
+	  [ $$mixed -eq 0 ] && [ $$adv -eq 0 ] && [ $$hosts -eq 0 ]
 
 stack-up: setup
 	$(HAORCH) stack up
@@ -49,7 +60,8 @@ stack-down:
 	@if [ -x $(HAORCH) ]; then $(HAORCH) stack down; fi
 
 clean: stack-down
+	@if [ -x $(HAORCH) ] && [ -f .haorch-lab/lab.json ]; then $(LAB) lab down --purge; fi
 	@if [ -x $(HAORCH) ]; then HAORCH_HOME=.haorch-test $(HAORCH) stack down --purge; fi
 	@if [ -x $(HAORCH) ] && [ -d .haorch-docker-test ]; then \
 	  HAORCH_HOME=.haorch-docker-test HAORCH_PORT_BASE=19000 $(HAORCH) deploy down --purge; fi
-	rm -rf .haorch .haorch-test $(VENV) deploy/neo4j/target build *.egg-info .pytest_cache
+	rm -rf .haorch .haorch-test .haorch-lab $(VENV) node/assets/neo4j/target build dist *.egg-info .pytest_cache

@@ -75,8 +75,16 @@ def markdown(result: dict[str, Any], timeline: str = "timeline.png") -> str:
         lines += ["| leader fault | count | failover p50 | max |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {k} | {v['count']} | {_ms(v['p50_s'])} | {_ms(v['max_s'])} |" for k, v in fo["by_fault"].items()]
         lines.append("")
-    lines += ["## Faults", "", "| # | fault | detail | at (s) | held (s) | new leader | elected after | failover |",
-              "| ---: | --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    if result.get("stalls"):
+        lines += ["| fault | count | stall p50 | stall p99 | stall max | after undo: p50 | max |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {k} | {v['count']} | {_ms(v['p50_s'])} | {_ms(v['p99_s'])} | {_ms(v['max_s'])} | "
+                  f"{_ms(v['repair_p50_s'])} | {_ms(v['repair_max_s'])} |" for k, v in result["stalls"].items()]
+        lines += ["", "Stall = the longest pause between task successes from the fault until its undo (advancing "
+                      "again within N s means stall ≤ N); after undo = the same for the 30 s after the undo.", ""]
+    lines += ["## Faults", "",
+              "| # | fault | detail | at (s) | held (s) | new leader | elected after | failover | stall |",
+              "| ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     t0 = result["started_at"]
     for rec in result["faults"]:
         at = rec.get("injected_at")
@@ -88,7 +96,7 @@ def markdown(result: dict[str, Any], timeline: str = "timeline.png") -> str:
         leader = (rec.get("next_leader") or "-") + (f" e{rec['next_epoch']}" if rec.get("next_epoch") else "")
         lines.append(f"| {rec['n']} | {rec['fault']} | {detail} | {(at - t0) if at else float('nan'):.1f} | "
                      f"{held if held is not None else float('nan'):.1f} | {leader} | {_ms(rec.get('elected_s'))} | "
-                     f"{_ms(rec.get('failover_s'))} |")
+                     f"{_ms(rec.get('failover_s'))} | {_ms(rec.get('stall_s'))} |")
     if result["errors"]:
         lines += ["", "Errors during the run:", ""] + [f"- {e}" for e in result["errors"]]
     lines += ["", "Failover = fault injected → first SUCCEEDED transition of the next epoch (from the stores). "

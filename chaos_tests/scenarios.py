@@ -39,6 +39,7 @@ from typing import Any
 from bench.probes import first_success_at, query
 from bench.scratch import Scratch
 from chaos_tests import faults as fault_mod
+from chaos_tests import host_faults
 from chaos_tests.workloads import Workload, like_prefix
 from node import cluster
 from node.config import Config, with_overrides
@@ -69,6 +70,8 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "poison": ("poison-kill-leader",),
     "freeze-publish": ("freeze-publish",),
     "adversarial": fault_mod.ADVERSARIAL_KINDS,
+    "hosts": host_faults.HOST_KINDS,  # a lab (`haorch lab up`): each kind in turn
+    **{kind: (kind,) for kind in host_faults.HOST_KINDS},
 }
 #: scenarios drawing a random plan from their kinds (the others cycle through them)
 RANDOM = ("mixed", "adversarial")
@@ -103,6 +106,8 @@ def plan(scenario: str, kills: int, seed: int, workers: int = 2) -> list[dict[st
         return fault_mod.random_mix(seed, kills, SCENARIOS[scenario], workers=workers)
     rng = random.Random(seed)
     kinds = SCENARIOS[scenario]
+    if set(kinds) <= set(host_faults.HOST_KINDS):
+        return [host_faults.host_spec(kinds[i % len(kinds)], rng) for i in range(kills)]
     return [fault_mod.spec(kinds[i % len(kinds)], rng, workers) for i in range(kills)]
 
 
@@ -210,6 +215,17 @@ def _failover_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
             "by_fault": {k: {"count": len(v), "p50_s": _pct(v, 0.5), "max_s": max(v)} for k, v in by_kind.items()}}
 
 
+def _stall_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per fault kind: how long task successes paused during the fault and after its undo (p50, p99, max)."""
+    out: dict[str, Any] = {}
+    for kind in sorted({r["fault"] for r in records if r.get("stall_s") is not None}):
+        stall = [r["stall_s"] for r in records if r["fault"] == kind and r.get("stall_s") is not None]
+        repair = [r["repair_stall_s"] for r in records if r["fault"] == kind and r.get("repair_stall_s") is not None]
+        out[kind] = {"count": len(stall), "p50_s": _pct(stall, 0.5), "p99_s": _pct(stall, 0.99), "max_s": max(stall),
+                     "repair_p50_s": _pct(repair, 0.5), "repair_max_s": max(repair) if repair else None}
+    return out
+
+
 def _throughput(cfg: Config, prefix: str, t0: float, end: float) -> dict[str, Any]:
     """Submissions, task successes and finished experiments per bucket, from MariaDB."""
     bucket = max(1.0, round((end - t0) / 300.0))
@@ -272,7 +288,8 @@ def _inject_all(run_cfg: Config, specs: list[dict[str, Any]], load: SteadyLoad, 
             progress(f"burst: {workload.burst(burst)}")
         time.sleep(min(2.0, 4.0 / load.rate + 0.5))
         for i, fault_spec in enumerate(specs):
-            fault = fault_mod.make_fault(run_cfg, fault_spec, workload, n=i + 1)
+            fault = (host_faults.make_host_fault(run_cfg, fault_spec) if fault_spec["kind"] in host_faults.HOST_KINDS
+                     else fault_mod.make_fault(run_cfg, fault_spec, workload, n=i + 1))
             made.append(fault)
             progress(f"fault {i + 1}/{len(specs)}: {fault_spec}")
             try:
@@ -360,6 +377,8 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
     workload = Workload(run_cfg, prefix, adversity.mix, workers) if adversity is not None else None
     if rate is None:
         planned_s = 4.0 + kills * (interval_s + 2 * run_cfg.zk_session_timeout_s + 3.0)
+        if set(SCENARIOS[scenario]) <= set(host_faults.HOST_KINDS):  # a host fault lasts 5-20 s, its undo more
+            planned_s += kills * 30.0
         rate = min(50.0, max(2.0, experiments / planned_s))
         if workload is not None:
             rate = min(rate, workload.max_rate(run_cfg.worker_concurrency))
@@ -390,6 +409,7 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
         ended = time.time()
         report = check(run_cfg, Scope(experiment_ids=ids))
         _leader_changes(run_cfg, records, ended)
+        host_faults.stalls(run_cfg, prefix, records)
         result: dict[str, Any] = {
             "scenario": scenario, "seed": seed, "kills": kills, "run_id": run_id, "prefix": prefix,
             "experiments_requested": experiments, "rate": rate, "interval_s": interval_s,
@@ -397,6 +417,7 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
             "started_at": started, "ended_at": ended, "duration_s": round(ended - started, 3),
             "plan": specs, "faults": records, "errors": errors,
             "leader_timeline": sampler.samples, "leader_samples": sampler.count, "failover": _failover_summary(records),
+            "stalls": _stall_summary(records),
             "throughput": _throughput(run_cfg, prefix, started, ended),
             "experiments": exp, "load_errors": load.errors,
             "check": report.to_dict(), "violations": len(report.violations),

@@ -35,10 +35,13 @@ class LeaderBeacon:
     """Both sides of the beacon for one candidate: serves it while leading, watches it otherwise."""
 
     def __init__(self, client: KazooClient, identifier: str, address: tuple[str, int],
-                 path: str = "/haorch/beacon") -> None:
+                 path: str = "/haorch/beacon", bind_host: str | None = None) -> None:
+        """``address`` is what candidates connect to (published while leading); the socket binds to ``bind_host``
+        (e.g. ``0.0.0.0``) on the same port, or to ``address`` itself."""
         self.client = client
         self.identifier = identifier
         self.address = address
+        self.bind_host = bind_host or address[0]
         self.path = path
         self._server: socket.socket | None = None
         self._accepted: list[socket.socket] = []
@@ -51,7 +54,7 @@ class LeaderBeacon:
         """Bind the beacon port (so a conflict shows at start-up) and begin following the published beacon."""
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(self.address)
+        server.bind((self.bind_host, self.address[1]))
         server.listen(16)
         self._server = server
         threading.Thread(target=self._accept, args=(server,), name=f"beacon-accept-{self.identifier}",

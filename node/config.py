@@ -3,8 +3,11 @@
 Values come from, in order of precedence: environment variables ``HAORCH_<NAME>`` (upper case), the file
 ``haorch.toml`` in the state dir, then the defaults below. The state dir is ``$HAORCH_HOME`` (default
 ``./.haorch``). Every port is derived from ``port_base`` so that two stacks (a user's and the test suite's)
-can live side by side on one machine. A stack uses ``port_base + 1 .. port_base + 229`` (services below +70,
-nodes +71..+99, workers +101..+199, leader beacons +201..+229): keep two stacks' bases at least 300 apart.
+can live side by side on one machine. A stack uses ``port_base + 1 .. port_base + 273`` (services below +70,
+nodes +71..+99, workers +101..+199, leader beacons +201..+229, Galera members +230..+241, RabbitMQ cluster nodes
++250..+272): keep two stacks' bases at least 300 apart. ``member_hosts`` spreads members, nodes and workers over
+several hosts (the lab, or three real machines: docs/OPERATIONS.md); ``topology = "ha"`` clusters RabbitMQ and
+MariaDB.
 ``runtime`` says whether the stack's programs run as processes or Docker containers; a state dir remembers the
 one its stack was started in (``<home>/runtime``), unless a setting names it::
 
@@ -21,6 +24,7 @@ client uses the managed stack on ``host``.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import secrets
@@ -34,6 +38,8 @@ from node.private_files import write_private
 
 HOST = "127.0.0.1"
 ZK_MEMBERS = 3
+HA_MEMBERS = 3  # RabbitMQ nodes and Galera members of the ``ha`` topology
+TOPOLOGIES = ("single", "ha")
 RABBIT_VHOST = "haorch"
 RABBIT_USER = "haorch"
 RABBIT_WORKER_USER = "haorch-worker"
@@ -91,7 +97,13 @@ class Config:
 
     home: Path
     port_base: int = 17100
-    host: str = HOST  # the address every managed service binds to and every client connects to
+    host: str = HOST  # the address of the managed single-instance services (all of them unless member_hosts is set)
+    # the addresses of hosts 1..N (comma-separated): ZooKeeper member i, RabbitMQ node i, Galera member i, node i
+    # and worker i run on host i (numbers above N wrap around); empty: everything on ``host``
+    member_hosts: str = ""
+    bind_address: str = ""  # what node and worker sockets bind to (e.g. 0.0.0.0); empty: their own address
+    client_addresses: str = ""  # further addresses haorch's clients connect from (MariaDB users are per address)
+    topology: str = "single"  # "ha": a 3-node RabbitMQ cluster and a 3-member Galera cluster instead of one each
     # services haorch uses but does not manage (empty: the managed stack on ``host``); lists are comma-separated
     # host:port members that clients try in order
     zookeeper: str = ""   # the ensemble's connect string
@@ -113,6 +125,9 @@ class Config:
     neo4j_tx_timeout_s: float = 15.0  # the server ends a leader transaction that runs or waits on a lock longer
     # RabbitMQ
     rabbit_heartbeat_s: int = 5  # a killed peer's TCP closes at once; this bounds a frozen one
+    # MariaDB and RabbitMQ connections: a member that does not acknowledge what is sent to it for this long (cut
+    # off, gone dark) is given up and the next member tried; also the connect timeout
+    peer_timeout_s: float = 4.0
     # workers
     worker_concurrency: int = 4
     worker_prefetch: int = 200
@@ -159,6 +174,15 @@ class Config:
     def prometheus_port(self) -> int:
         return self.port_base + 60
 
+    def rabbit_member_port(self, member: int, which: int = 0) -> int:
+        """Ports of RabbitMQ node ``member`` (1..3) in the ``ha`` topology: ``which`` 0 AMQP, 1 Erlang
+        distribution, 2 CLI distribution."""
+        return self.port_base + 240 + 10 * member + which
+
+    def galera_port(self, member: int, which: int = 0) -> int:
+        """Ports of Galera member ``member`` (1..3): ``which`` 0 SQL, 1 group communication, 2 IST, 3 SST."""
+        return self.port_base + 226 + 4 * member + which
+
     def node_http_port(self, node_id: int) -> int:
         """HTTP port (/metrics, /healthz, /api) of orchestrator node ``node_id`` (1..29)."""
         return self.port_base + 70 + node_id
@@ -171,18 +195,43 @@ class Config:
         """HTTP port (/metrics) of worker ``worker_id`` (1..99)."""
         return self.port_base + 100 + worker_id
 
+    # --- addresses ---------------------------------------------------------------------------------
+    def member_host(self, number: int) -> str:
+        """The address of host ``number`` (1-based; numbers beyond the list wrap around), ``host`` when unset."""
+        hosts = [h.strip() for h in self.member_hosts.split(",") if h.strip()]
+        return hosts[(number - 1) % len(hosts)] if hosts else self.host
+
+    @property
+    def sql_client_hosts(self) -> list[str]:
+        """Every address haorch's MariaDB users may connect from (a MariaDB account is per client address)."""
+        listed = [self.host, *self.member_hosts.split(","), *self.client_addresses.split(",")]
+        return sorted({"localhost", *(a.strip() for a in listed if a.strip())})
+
+    def bind_host(self, number: int) -> str:
+        """What node or worker ``number``'s sockets bind to."""
+        return self.bind_address or self.member_host(number)
+
     # --- derived connection strings: the external setting, else the managed stack's ----------------
     @property
     def zk_hosts(self) -> str:
-        return self.zookeeper or ",".join(f"{self.host}:{self.zk_client_port(m)}" for m in range(1, ZK_MEMBERS + 1))
+        return self.zookeeper or ",".join(f"{self.member_host(m)}:{self.zk_client_port(m)}"
+                                          for m in range(1, ZK_MEMBERS + 1))
 
     @property
     def rabbit_endpoints(self) -> list[tuple[str, int]]:
-        return _endpoints(self.rabbitmq) if self.rabbitmq else [(self.host, self.rabbit_port)]
+        if self.rabbitmq:
+            return _endpoints(self.rabbitmq)
+        if self.topology == "ha":
+            return [(self.member_host(m), self.rabbit_member_port(m)) for m in range(1, HA_MEMBERS + 1)]
+        return [(self.host, self.rabbit_port)]
 
     @property
     def mysql_endpoints(self) -> list[tuple[str, int]]:
-        return _endpoints(self.mariadb) if self.mariadb else [(self.host, self.mysql_port)]
+        if self.mariadb:
+            return _endpoints(self.mariadb)
+        if self.topology == "ha":
+            return [(self.member_host(m), self.galera_port(m)) for m in range(1, HA_MEMBERS + 1)]
+        return [(self.host, self.mysql_port)]
 
     @property
     def neo4j_uri(self) -> str:
@@ -199,11 +248,11 @@ class Config:
 
     def node_url(self, node_id: int) -> str:
         """Base URL of orchestrator node ``node_id``'s HTTP port (``/metrics``, ``/readyz``, ``/api``)."""
-        return f"http://{self.host}:{self.node_http_port(node_id)}"
+        return f"http://{self.member_host(node_id)}:{self.node_http_port(node_id)}"
 
     def worker_url(self, worker_id: int) -> str:
         """Base URL of worker ``worker_id``'s HTTP port (``/metrics``)."""
-        return f"http://{self.host}:{self.worker_http_port(worker_id)}"
+        return f"http://{self.member_host(worker_id)}:{self.worker_http_port(worker_id)}"
 
     @property
     def secrets(self) -> Secrets:
@@ -260,9 +309,9 @@ def load_config(home: str | Path | None = None, **overrides: object) -> Config:
             values[key] = _coerce(key, env)
     for key, raw in overrides.items():
         values[key] = _coerce(key, raw)
-    recorded = recorded_runtime(home_path)
-    if "runtime" not in values and recorded:  # the state dir's stack runs in it
-        values["runtime"] = recorded
+    for name, recorded in (("runtime", recorded_runtime(home_path)), ("topology", recorded_topology(home_path))):
+        if name not in values and recorded:  # the state dir's stack runs in it
+            values[name] = recorded
     return _validated(Config(home=home_path, **values))
 
 
@@ -274,10 +323,21 @@ def recorded_runtime(home: Path) -> str | None:
         return None
 
 
+def recorded_topology(home: Path) -> str | None:
+    """The topology (``single`` or ``ha``) the state dir's stack was last started with; None before its first
+    start."""
+    try:
+        return (home / "topology").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def record_runtime(cfg: Config) -> None:
-    """Remember in the state dir that its stack runs in ``cfg.runtime`` (read back by :func:`load_config`)."""
+    """Remember in the state dir that its stack runs in ``cfg.runtime`` with ``cfg.topology`` (read back by
+    :func:`load_config`)."""
     cfg.home.mkdir(parents=True, exist_ok=True)
     (cfg.home / "runtime").write_text(cfg.runtime + "\n")
+    (cfg.home / "topology").write_text(cfg.topology + "\n")
 
 
 def _endpoints(text: str) -> list[tuple[str, int]]:
@@ -291,6 +351,14 @@ def _endpoints(text: str) -> list[tuple[str, int]]:
     return pairs
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _validated(cfg: Config) -> Config:
     for name in ("zookeeper", "rabbitmq", "mariadb"):
         try:
@@ -301,6 +369,12 @@ def _validated(cfg: Config) -> Config:
         value = getattr(cfg, name)
         if value and not value.startswith(schemes):
             raise UsageError(f"config value {name}={value!r} must start with {' or '.join(schemes)}")
+    if cfg.topology not in TOPOLOGIES:
+        raise UsageError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {cfg.topology!r}")
+    for address in [cfg.host, cfg.bind_address, *cfg.member_hosts.split(","), *cfg.client_addresses.split(",")]:
+        if address.strip() and not _is_address(address.strip()):
+            raise UsageError(f"config value {address.strip()!r} is not an IPv4 address (host, member_hosts, "
+                             "bind_address, client_addresses)")
     if cfg.runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {cfg.runtime!r}")
     if not 1024 <= cfg.port_base <= 65000:

@@ -120,13 +120,14 @@ def _tcp(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def run_node(cfg: Config, node_id: str, http_port: int, beacon_port: int | None = None) -> None:
-    """Run a replica in the foreground until SIGTERM/SIGINT."""
+def run_node(cfg: Config, node_id: str, number: int) -> None:
+    """Run replica ``node_id`` (host ``number``: its ports and address) in the foreground until SIGTERM/SIGINT."""
+    http_port, beacon_port = cfg.node_http_port(number), cfg.node_beacon_port(number)
     shutdown = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shutdown.set())
     metrics.expose_node_series(builtin_kinds(), QUEUES, DependencyMonitor.SERVICES)
-    replica = Replica(cfg, node_id, beacon_port)
+    replica = Replica(cfg, node_id, beacon_port, number)
     deps = DependencyMonitor(cfg, is_leader=lambda: replica.role == "leader").start()
 
     def healthz() -> tuple[bool, dict[str, Any]]:
@@ -140,8 +141,8 @@ def run_node(cfg: Config, node_id: str, http_port: int, beacon_port: int | None 
         return ok, {"node_id": node_id, "role": replica.role, "epoch": replica.epoch, "session": session,
                     "ready": ok, "last_error": replica.last_error}
 
-    http = NodeHTTPServer(cfg, http_port, healthz, readyz).start()
-    log.info("node: http on %s:%d id=%s", cfg.host, http_port, node_id)
+    http = NodeHTTPServer(cfg, http_port, healthz, readyz, bind_host=cfg.bind_host(number)).start()
+    log.info("node: http on %s:%d id=%s", cfg.bind_host(number), http_port, node_id)
     try:
         replica.run(shutdown)
     finally:

@@ -20,11 +20,12 @@ from node import metrics
 from node.config import Config
 from node.errors import DependencyError, FencedError
 from node.leader.fence_guard import FenceGuard
+from node.leader.generation import expected_generation
 from node.leader.submits import SubmitRepair
 from node.leader.term import LeaderTerm, PhaseClock, TermProgress
 from node.retry import RECONNECT, RESUME, call
 from node.stores.connect import neo4j_driver, zookeeper_client
-from node.stores.dags import DagStore
+from node.stores.dags import DagStore, GraphNotReady
 from node.stores.ledger import Ledger
 from node.stores.rabbit import BatchConsumer, BatchPublisher, connect, pump
 from node.stores.records import Records
@@ -46,9 +47,10 @@ def _resumable(exc: BaseException) -> bool:
 class Replica:
     """A node of the cluster; see the module docstring."""
 
-    def __init__(self, cfg: Config, node_id: str, beacon_port: int | None = None) -> None:
+    def __init__(self, cfg: Config, node_id: str, beacon_port: int | None = None, number: int = 1) -> None:
         self.cfg = cfg
         self.node_id = node_id
+        self.number = number  # which host it runs on (Config.member_host)
         self.beacon_port = beacon_port
         self.beacon: LeaderBeacon | None = None
         self.ledger: Ledger | None = None
@@ -106,7 +108,8 @@ class Replica:
         zk = zookeeper_client(self.cfg, self.node_id, start_timeout_s=30)
         conn = connect(self.cfg, self.node_id)
         if self.cfg.leader_beacon and self.beacon_port:
-            self.beacon = LeaderBeacon(zk, self.node_id, (self.cfg.host, self.beacon_port)).start()
+            self.beacon = LeaderBeacon(zk, self.node_id, (self.cfg.member_host(self.number), self.beacon_port),
+                                       bind_host=self.cfg.bind_host(self.number)).start()
         self.election = LeaderElection(zk, self.node_id, on_elected=self._on_elected, on_revoked=self._on_revoked)
         election = self.election  # read on every scrape: a term holds the main loop for its whole length
         metrics.ZK_SESSION_STATE.set_function(lambda: SESSION_GAUGE.get(election.session_state, 0.0))
@@ -158,6 +161,7 @@ class Replica:
                 repair_submits=repair, pump=lambda: pump(conn), waiting=publisher.waiting)
             self.leader_term = term
             self._mark_last_seen(dags, clock)
+            dags.generation = expected_generation(dags, records)  # read again each retry: a rebuild changes it
             term.take_over()
             term.run()
 
@@ -166,6 +170,8 @@ class Replica:
             if isinstance(exc, DependencyError) and exc.service == "rabbitmq":
                 log.warning("node: rabbitmq connection lost id=%s (%s); reconnecting", self.node_id, exc.cause)
                 link[0] = self._reconnect(link[0])
+            elif isinstance(exc, GraphNotReady):  # Neo4j emptied or being rebuilt: repeats until the rebuild ends
+                self._log_term_failure(exc, trace=False)
             elif isinstance(exc, DependencyError):
                 log.error("node: dependency failure id=%s %s; retrying the term", self.node_id, exc)
             else:
@@ -187,15 +193,15 @@ class Replica:
                 metrics.NODE_IS_LEADER.set(0)
         return link[0]
 
-    def _log_term_failure(self, exc: BaseException) -> None:
-        """A term retried every 0.5 s on the same failure logs its traceback once, then one line on the 2nd, 4th,
-        8th, ... repetition: a failure that repeats for days stays a few dozen lines."""
+    def _log_term_failure(self, exc: BaseException, trace: bool = True) -> None:
+        """A term retried every 0.5 s on the same failure logs it once (with its traceback if ``trace``), then one
+        line on the 2nd, 4th, 8th, ... repetition: a failure that repeats for days stays a few dozen lines."""
         text = f"{type(exc).__name__}: {exc}"
         last, repeats = self._failure
         if text != last:
             self._failure = (text, 1)
-            log.error("node: term failed id=%s (%s); retrying the term", self.node_id, type(exc).__name__,
-                      exc_info=exc)
+            log.error("node: term failed id=%s (%s); retrying the term", self.node_id,
+                      text if not trace else type(exc).__name__, exc_info=exc if trace else None)
             return
         self._failure = (text, repeats + 1)
         if repeats & (repeats + 1) == 0:  # repeats + 1 is a power of two

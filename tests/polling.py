@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -21,3 +22,12 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, what: str = "the co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(poll_s)
+
+
+def home_for_mysql_account(home: Path, suffix: str) -> Path:
+    """A state dir beside ``home`` for stacks with Galera members, whose ``mysql`` account must enter every parent
+    of their data dirs; under /tmp (which every account may enter) when a parent of ``home`` is closed (a clone
+    under /root, say)."""
+    if all(parent.stat().st_mode & 0o001 for parent in home.resolve().parents if parent.exists()):
+        return Path(f"{home}-{suffix}")
+    return Path("/tmp") / f"haorch-{home.name}-{suffix}"

@@ -10,6 +10,7 @@ import click
 from node.cli.common import config, emit, json_option
 from node.config import RUNTIMES, with_overrides
 from node.errors import UsageError
+from node.runtime.placement import lab_hosts
 
 
 @click.group()
@@ -77,10 +78,13 @@ def check(since: str | None, experiment_ids: tuple[str, ...], as_json: bool) -> 
 @click.option("--backend", type=click.Choice(RUNTIMES), default=None,
               help="Run the stack and cluster as processes (signals by PID) or as Docker containers (docker kill, "
                    "pause/unpause, stop/start through the docker SDK). Default: the state dir's runtime.")
+@click.option("--workers", type=click.IntRange(1, 99), default=None,
+              help="Workers of the cluster [default: one per lab host in a lab, else 2].")
 @json_option
 def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | None, interval_s: float,
-        session_timeout_s: float | None, report_dir: str | None, backend: str | None, as_json: bool) -> None:
-    """Run SCENARIO: a 3-node cluster + 2 workers under steady load, KILLS faults, then the checker.
+        session_timeout_s: float | None, report_dir: str | None, backend: str | None, workers: int | None,
+        as_json: bool) -> None:
+    """Run SCENARIO: a 3-node cluster + workers under steady load, KILLS faults, then the checker.
 
     \b
     Scenarios: kill-leader, stop-leader, freeze-leader, partition-leader, kill-worker, zk-member,
@@ -89,6 +93,8 @@ def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | No
     slow-tasks (2-6 s tasks), backlog (bursts beyond all workers' prefetch), poison (on every queue, during
     leader kills), freeze-publish (a leader stopped between its fenced writes and its publish), adversarial
     (all of them mixed).
+    Hosts (a lab, `haorch lab up`; the last three also on `stack up --topology ha`): host-crash, host-isolate,
+    partition (2|1), rabbit-leader, galera-wipe, rolling-restart, and hosts (each of them in turn).
     """
     from chaos_tests import report as chaos_report
     from chaos_tests import scenarios
@@ -97,8 +103,10 @@ def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | No
     if scenario not in scenarios.SCENARIOS:
         raise UsageError(f"unknown scenario {scenario!r}; one of {', '.join(scenarios.SCENARIOS)}")
     cfg = with_overrides(config(), runtime=backend) if backend else config()
+    if workers is None:
+        workers = max(2, len(lab_hosts(cfg)) - 1)
     result = scenarios.run(cfg, scenario, kills=kills, experiments=experiments, seed=seed, rate=rate,
-                           interval_s=interval_s, session_timeout_s=session_timeout_s,
+                           interval_s=interval_s, session_timeout_s=session_timeout_s, workers=workers,
                            progress=lambda m: stderr.print(f"chaos {m}"))
     if report_dir:
         result["report_files"] = chaos_report.write(result, report_dir)

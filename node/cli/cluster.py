@@ -49,6 +49,16 @@ def status(as_json: bool) -> None:
         sys.exit(1)
 
 
+@cluster.command()
+@click.option("--rolling/--all-at-once", default=True, show_default=True,
+              help="One node at a time (standbys first, the leader last, each back before the next) or all together.")
+@json_option
+def restart(rolling: bool, as_json: bool) -> None:
+    """Restart every running node with SIGTERM (a leader hands over), e.g. after an upgrade."""
+    rows = cluster_ops.restart(config(), rolling, progress=_progress)
+    emit(rows, as_json, lambda rs: table(rs, ["node_id", "seconds"]))
+
+
 @cluster.command("kill-leader")
 @click.option("--signal", "sig", type=click.Choice(["KILL", "TERM", "STOP"], case_sensitive=False), default="KILL",
               show_default=True, help="KILL: crash; TERM: graceful handover; STOP: freeze (resume: kill -CONT; "

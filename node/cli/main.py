@@ -58,11 +58,11 @@ def demo(rate: float, duration: float, kills: int, as_json: bool) -> None:
 
 
 def _register_commands() -> None:
-    from node.cli import bench, chaos, cluster, deploy, experiments, node, stack, worker
+    from node.cli import bench, chaos, cluster, deploy, experiments, lab, node, recover, stack, worker
 
     for command in (stack.stack, cluster.cluster, deploy.deploy, bench.bench, node.node, worker.worker,
                     experiments.template, experiments.submit, experiments.status, experiments.list_,
-                    experiments.cancel, experiments.wait, chaos.chaos):
+                    experiments.cancel, experiments.wait, chaos.chaos, lab.lab, recover.recover):
         cli.add_command(command)
     from node.cli.dashboard import dashboard
     cli.add_command(dashboard)

@@ -34,4 +34,4 @@ def run(node_id: str) -> None:
     cfg = config()
     number = node_number(node_id)
     configure_logging(os.environ.get("HAORCH_LOG_LEVEL", "INFO"))
-    run_node(cfg, node_id, cfg.node_http_port(number), cfg.node_beacon_port(number))
+    run_node(cfg, node_id, number)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from node.cli.common import config, emit, json_option, stderr, table
+from node.config import TOPOLOGIES, with_overrides
 from node.errors import UsageError
 from node.runtime.programs import names, recorded
 from node.stack import manager
@@ -19,14 +20,17 @@ def _progress(message: str) -> None:
 
 @click.group()
 def stack() -> None:
-    """Start, stop and inspect the service stack (all on the configured host)."""
+    """Start, stop and inspect the service stack (ZooKeeper x3, RabbitMQ, MariaDB, Neo4j, Prometheus)."""
 
 
 @stack.command()
+@click.option("--topology", type=click.Choice(TOPOLOGIES), default=None,
+              help="single: one RabbitMQ and one MariaDB; ha: a 3-node RabbitMQ cluster (quorum queues on all 3) and "
+                   "a 3-member Galera cluster. Remembered by the state dir [default: its last, else single]")
 @json_option
-def up(as_json: bool) -> None:
+def up(topology: str | None, as_json: bool) -> None:
     """Start every service that is not running and create schemas (idempotent)."""
-    cfg = config()
+    cfg = with_overrides(config(), topology=topology) if topology else config()
     result = manager.up(cfg, progress=_progress)
     data = {"started": result.started, "already_running": result.already_running, "seconds": round(result.seconds, 2),
             "home": str(cfg.home)}

@@ -1,4 +1,5 @@
-"""The node's HTTP port (on ``cfg.host`` only): ``/metrics``, ``/healthz``, ``/readyz`` and the experiments API.
+"""The node's HTTP port (on its host's address, or ``bind_address``): ``/metrics``, ``/healthz``, ``/readyz``
+and the experiments API.
 
     GET  /healthz                          process alive, dependency view                 200 | 503
     GET  /readyz                           leader: acting; standby: ready to take over   200 | 503
@@ -64,14 +65,15 @@ def _status_for(exc: HaorchError) -> int:
 class NodeHTTPServer:
     """Serves a node's endpoints from a daemon thread; ``healthz``/``readyz`` are callables of the owner."""
 
-    def __init__(self, cfg: Config, port: int, healthz: Probe, readyz: Probe, api: bool = True) -> None:
+    def __init__(self, cfg: Config, port: int, healthz: Probe, readyz: Probe, api: bool = True,
+                 bind_host: str | None = None) -> None:
         self.cfg = cfg
         self.port = port
         self.healthz = healthz
         self.readyz = readyz
         self.api = api
         self._local = threading.local()
-        self.server = ThreadingHTTPServer((cfg.host, port), self._handler())
+        self.server = ThreadingHTTPServer((bind_host or cfg.host, port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name=f"http-{port}", daemon=True)
 

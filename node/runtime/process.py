@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.runtime.placement import Placement
+
 log = logging.getLogger(__name__)
 
 START_MARKER = b"\n--- haorch start"
@@ -92,6 +94,7 @@ class ManagedProcess:
     name: str
     run_dir: Path
     log_dir: Path
+    placement: Placement | None = None  # a lab host it runs on (node/runtime/placement.py); None: this machine
 
     @property
     def pid_file(self) -> Path:
@@ -121,6 +124,8 @@ class ManagedProcess:
         """Start ``argv`` in the background (own session, output appended to the log file); ``env`` adds to
         this process's environment."""
         env = {**os.environ, **env} if env else None
+        if self.placement is not None:
+            argv = self.placement.argv(argv)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
@@ -169,7 +174,10 @@ class ManagedProcess:
         return (group_members(pid) or [pid]) if pid else []
 
     def run(self, argv: list[str], timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """Run a one-off command of this program's kind (a client, an init tool) and capture its output."""
+        """Run a one-off command of this program's kind (a client, an init tool) and capture its output; on a lab
+        host, inside its network namespace."""
+        if self.placement is not None:
+            argv = self.placement.argv(argv, in_cgroup=False)
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
 
     def output_since_start(self, max_bytes: int = 65536) -> bytes:

@@ -1,5 +1,5 @@
 """The handle of a program of the state dir for ``cfg.runtime``, found by name, and how a command line names
-haorch and the repository's files in that runtime::
+haorch and haorch's asset files in that runtime::
 
     h = handle(cfg, "node-2", "node", TcpCheck(17172, "GET /healthz HTTP/1.0\\r\\n\\r\\n", "200 OK"))
     names(cfg)                          # ["mariadb", "neo4j", "node-1", ...]
@@ -12,19 +12,22 @@ import sys
 from pathlib import Path
 
 from node.config import Config
-from node.paths import REPO_ROOT
+from node.paths import ASSETS_DIR, NEO4J_LAUNCHER_TARGET
 from node.runtime.container import ManagedContainer, container_names
 from node.runtime.handle import Handle, TcpCheck
+from node.runtime.placement import placement
 from node.runtime.process import ManagedProcess
 
 IMAGE_ASSETS = Path("/opt/haorch/assets")
+#: host folder -> where the images carry it (the launcher build first: in a checkout it lies inside the assets)
+IMAGE_PATHS = ((NEO4J_LAUNCHER_TARGET, IMAGE_ASSETS / "neo4j" / "target"), (ASSETS_DIR, IMAGE_ASSETS))
 
 
 def handle(cfg: Config, name: str, image: str, health: TcpCheck | None = None) -> Handle:
     """The program ``name`` of ``cfg``'s state dir, run from ``image`` when the runtime is docker."""
     if cfg.runtime == "docker":
         return ManagedContainer(cfg, name, image, health)
-    return ManagedProcess(name, cfg.run_dir, cfg.log_dir)
+    return ManagedProcess(name, cfg.run_dir, cfg.log_dir, placement(cfg, name))
 
 
 def recorded(cfg: Config, name: str) -> Handle:
@@ -48,7 +51,11 @@ def haorch_argv(cfg: Config, *args: str) -> list[str]:
 
 
 def asset(cfg: Config, path: Path) -> Path:
-    """Where the repository file ``path`` is for a program of the runtime."""
-    if cfg.runtime == "docker":
-        return IMAGE_ASSETS / path.relative_to(REPO_ROOT)
-    return path
+    """Where the asset ``path`` (under ``node/assets`` or the Neo4j launcher build) is for a program of the
+    runtime. A path outside both is a programming error (ValueError)."""
+    if cfg.runtime != "docker":
+        return path
+    for host, image in IMAGE_PATHS:
+        if path.is_relative_to(host):
+            return image / path.relative_to(host)
+    raise ValueError(f"{path} is not under {ASSETS_DIR} or {NEO4J_LAUNCHER_TARGET}")

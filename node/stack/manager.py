@@ -17,14 +17,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from node.config import ZK_MEMBERS, Config, record_runtime, recorded_runtime, with_overrides
+from node.config import ZK_MEMBERS, Config, record_runtime, recorded_runtime, recorded_topology, with_overrides
 from node.errors import HaorchError, ServiceError, UsageError
 from node.runtime.handle import Handle
 from node.runtime.programs import names, recorded
+from node.stack.galera import galera_members
 from node.stack.mariadb import MariaDB
 from node.stack.neo4j import Neo4j
 from node.stack.prometheus import Prometheus
-from node.stack.rabbitmq import RabbitMQ
+from node.stack.rabbitmq import RabbitMQ, rabbitmq_cluster
 from node.stack.service import Service
 from node.stack.zookeeper import ZooKeeperMember
 from node.stores import mysql_schema, neo4j_schema
@@ -37,6 +38,8 @@ Progress = Callable[[str], None]
 
 def _all_services(cfg: Config) -> list[Service]:
     zk: list[Service] = [ZooKeeperMember(cfg, m) for m in range(1, ZK_MEMBERS + 1)]
+    if cfg.topology == "ha":
+        return [*zk, *rabbitmq_cluster(cfg), *galera_members(cfg), Neo4j(cfg), Prometheus(cfg)]
     return [*zk, RabbitMQ(cfg), MariaDB(cfg), Neo4j(cfg), Prometheus(cfg)]
 
 
@@ -65,7 +68,7 @@ class UpResult:
     seconds: float
 
 
-def _wait_ready(service: Service, progress: Progress) -> None:
+def wait_ready(service: Service, progress: Progress) -> None:
     start = time.monotonic()
     deadline = start + service.start_timeout_s
     last_error = "no answer"
@@ -104,7 +107,7 @@ def up(cfg: Config, progress: Progress = lambda _m: None) -> UpResult:
         progress(f"{service.name} starting on port {service.port}")
         service.start()
     with ThreadPoolExecutor(max_workers=max(1, len(stack))) as pool:
-        futures = {s.name: pool.submit(_wait_ready, s, progress) for s in to_start}
+        futures = {s.name: pool.submit(wait_ready, s, progress) for s in to_start}
         for future in futures.values():
             future.result()
         boots = {s.name: pool.submit(s.bootstrap) for s in stack}
@@ -121,7 +124,14 @@ def up(cfg: Config, progress: Progress = lambda _m: None) -> UpResult:
 
 
 def _check_runtime(cfg: Config) -> None:
-    """Refuse to start a stack in one runtime while the state dir's programs run in the one it recorded."""
+    """Refuse to start a stack in one runtime or topology while the state dir's programs run in the one it
+    recorded."""
+    topology = recorded_topology(cfg.home)
+    if topology not in (None, cfg.topology):
+        running = [s.name for s in services(with_overrides(cfg, topology=topology)) if s.proc.alive()]
+        if running:
+            raise UsageError(f"the stack of {cfg.home} runs in the {topology} topology ({', '.join(running)}); "
+                             f"stop it first (`haorch stack down`) or use --topology {topology}")
     recorded = recorded_runtime(cfg.home)
     if recorded in (None, cfg.runtime):
         return
@@ -138,7 +148,7 @@ def _check_runtime(cfg: Config) -> None:
 
 def _extra_processes(cfg: Config) -> list[Handle]:
     """Programs haorch started besides the services (cluster nodes, workers): stopped first on ``down``."""
-    known = {s.proc.name for s in _all_services(cfg)} | {"rabbitmq-epmd"}  # a service named external: left alone
+    known = {p.name for s in _all_services(cfg) for p in (s.proc, getattr(s, "epmd", s.proc))}  # externals: left alone
     return [recorded(cfg, name) for name in names(cfg) if name not in known]
 
 

@@ -1,21 +1,18 @@
-"""Neo4j Community, embedded in the small Maven-built launcher under ``deploy/neo4j`` (Bolt on loopback, auth on)."""
+"""Neo4j Community, embedded in the small Maven-built launcher (``node/stack/neo4j_launcher.py``; Bolt on loopback,
+auth on)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from node.errors import ServiceError, SetupError
-from node.paths import NEO4J_LAUNCHER_DIR
+from node.errors import ServiceError
 from node.private_files import write_private
 from node.runtime.handle import TcpCheck
 from node.runtime.programs import asset
+from node.stack.neo4j_launcher import LAUNCHER_JAR, LAUNCHER_LIB, ensure_launcher
 from node.stack.service import Launch, Service
 from node.stores.connect import neo4j_driver
 from node.stores.neo4j_schema import ensure_schema
-
-LAUNCHER_JAR = NEO4J_LAUNCHER_DIR / "target" / "haorch-neo4j.jar"
-LAUNCHER_LIB = NEO4J_LAUNCHER_DIR / "target" / "lib"
-
 
 
 class Neo4j(Service):
@@ -39,9 +36,8 @@ class Neo4j(Service):
 
     def check_binaries(self) -> None:
         super().check_binaries()
-        if self.cfg.runtime == "process" and not LAUNCHER_JAR.exists():
-            raise SetupError(f"neo4j: launcher {LAUNCHER_JAR} is not built; run `make setup` "
-                             f"(or {NEO4J_LAUNCHER_DIR / 'build.sh'})")
+        if self.cfg.runtime == "process":
+            ensure_launcher()
 
     def prepare(self) -> None:
         data = self.cfg.data_dir(self.name)
@@ -54,7 +50,8 @@ class Neo4j(Service):
             "--add-opens=java.base/java.nio=ALL-UNNAMED", "-Djava.net.preferIPv4Stack=true",
             "-cp", f"{asset(self.cfg, LAUNCHER_JAR)}:{asset(self.cfg, LAUNCHER_LIB)}/*", "io.haorch.neo4j.Launcher",
             "--home", str(self.cfg.data_dir(self.name) / "db"), "--bolt-port", str(self.port),
-            "--password-file", str(self.password_file), "--pagecache", self.cfg.neo4j_pagecache])
+            "--bolt-address", self.cfg.host, "--password-file", str(self.password_file),
+            "--pagecache", self.cfg.neo4j_pagecache])
 
     def probe(self) -> None:
         # Bolt listens before the launcher has set the password: an early login fails, and three failures lock

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from node.config import Config
 from node.errors import ServiceError, SetupError
-from node.paths import SETUP_SCRIPT
+from node.paths import setup_hint
 from node.runtime.handle import TcpCheck
 from node.runtime.process import rss_bytes
 from node.runtime.programs import handle
@@ -42,6 +42,11 @@ class Service:
         self.proc = handle(cfg, self.name, self.image, self.health)
 
     # --- to implement ---------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """The address it listens on (a cluster member's is its host's: ``Config.member_host``)."""
+        return self.cfg.host
+
     @property
     def port(self) -> int:
         """The port clients use (shown in status)."""
@@ -75,12 +80,12 @@ class Service:
             return
         for binary in self.binaries:
             if not shutil.which(binary):
-                raise SetupError(f"{self.name}: {binary} not found; run `make setup` (or {SETUP_SCRIPT})")
+                raise SetupError(f"{self.name}: {binary} not found; {setup_hint()}")
 
     def check_ports_free(self) -> None:
         for port in self.owned_ports():
-            if port_in_use(self.cfg.host, port):
-                raise ServiceError(f"{self.name}: port {port} on {self.cfg.host} is already in use by another process "
+            if port_in_use(self.address, port):
+                raise ServiceError(f"{self.name}: port {port} on {self.address} is already in use by another process "
                                    f"(change port_base in {self.cfg.home / 'haorch.toml'} or HAORCH_PORT_BASE)")
 
     def start(self) -> int:

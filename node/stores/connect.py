@@ -16,6 +16,7 @@ exactly that).
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Literal
 
 import neo4j
@@ -52,21 +53,67 @@ def mysql_connect_args(cfg: Config, role: Role = "orchestrator", member: int = 0
                       else (MYSQL_USER, cfg.secrets.mysql_password))
     host, port = cfg.mysql_endpoints[member]
     return {"host": host, "port": port, "user": user, "password": password,
-            "database": MYSQL_DATABASE, "charset": "utf8mb4", "autocommit": False, "connect_timeout": 5,
+            "database": MYSQL_DATABASE, "charset": "utf8mb4", "autocommit": False,
+            "connect_timeout": CONNECT_TIMEOUT_S,
             "read_timeout": 30, "write_timeout": 30, "init_command": STRICT_SESSION}
 
 
+CONNECT_TIMEOUT_S = 2  # a member that does not answer a connect this fast is skipped (the next is tried)
+_last_good_member: dict[tuple[str, ...], int] = {}  # per endpoint list: where this process last got a connection
+
+
 def mysql_connect(cfg: Config, role: Role = "orchestrator", **overrides: Any) -> pymysql.connections.Connection:
-    """A connection to the first MariaDB endpoint that accepts one, in the configured order (the members of a
-    Galera cluster); the last endpoint's error when none does."""
-    endpoints = len(cfg.mysql_endpoints)
-    for member in range(endpoints):
+    """A connection to a MariaDB endpoint that serves, trying the configured endpoints (the members of a Galera
+    cluster) in order from the one this process last connected to: a member that is unreachable costs one connect
+    timeout once, not at every reconnect. A Galera member that is not ready (cut off from the majority: non-Primary,
+    it refuses every query with 1047) is skipped. The last endpoint's error when none serves."""
+    endpoints = cfg.mysql_endpoints
+    key = tuple(f"{h}:{p}" for h, p in endpoints)
+    first = _last_good_member.get(key, 0)
+    for tried in range(len(endpoints)):
+        member = (first + tried) % len(endpoints)
         try:
-            return pymysql.connect(**{**mysql_connect_args(cfg, role, member), **overrides})
+            conn = pymysql.connect(**{**mysql_connect_args(cfg, role, member), **overrides})
+            _silent_peer_timeout(getattr(conn, "_sock", None), cfg.peer_timeout_s)  # pymysql has no socket options
+            if len(endpoints) > 1 and not _wsrep_ready(conn):
+                conn.close()
+                raise pymysql.err.OperationalError(1047, f"{key[member]}: Galera member not ready (non-Primary)")
         except pymysql.err.OperationalError:
-            if member == endpoints - 1:
+            if tried == len(endpoints) - 1:
                 raise
+            continue
+        _last_good_member[key] = member
+        return conn
     raise AssertionError("a config always has at least one MariaDB endpoint")
+
+
+def _silent_peer_timeout(sock: socket.socket | None, timeout_s: float) -> None:
+    """Abort the connection when its peer goes silent (cut off by the network, or a host gone dark) for about
+    ``timeout_s``, busy or idle, instead of after the read timeout or at the next use: TCP_USER_TIMEOUT for data sent
+    and not acknowledged, keepalive probes for an idle connection. A server that is merely slow to answer still
+    acknowledges at the TCP level and is not affected."""
+    if sock is None:
+        return
+    for option, value in _tcp_options(timeout_s).items():
+        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def _tcp_options(timeout_s: float) -> dict[str, int]:
+    """TCP options (names as pika's ``tcp_options`` takes them) that give up on a silent peer after ~``timeout_s``."""
+    probes = 3
+    interval = max(1, round(timeout_s / (probes + 1)))
+    return {"TCP_USER_TIMEOUT": int(timeout_s * 1000), "TCP_KEEPIDLE": interval, "TCP_KEEPINTVL": interval,
+            "TCP_KEEPCNT": probes}
+
+
+def _wsrep_ready(conn: pymysql.connections.Connection) -> bool:
+    """False for a Galera member that does not accept queries; True for a ready member or a plain MariaDB."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW STATUS LIKE 'wsrep_ready'")
+        row = cur.fetchone()
+    conn.rollback()
+    return row is None or str(row[1]).upper() == "ON"
 
 
 def neo4j_driver(cfg: Config, **kwargs: Any) -> neo4j.Driver:
@@ -85,7 +132,10 @@ def amqp_parameters(cfg: Config, heartbeat_s: int | None = None, name: str = "ha
         host=host, port=port, virtual_host=RABBIT_VHOST,
         credentials=pika.PlainCredentials(user, password),
         heartbeat=cfg.rabbit_heartbeat_s if heartbeat_s is None else heartbeat_s,
-        blocked_connection_timeout=30, connection_attempts=1, socket_timeout=5,
+        # a silent (isolated) member costs a connection attempt peer_timeout_s, not pika's 15 s stack timeout, and an
+        # open connection to it fails once a frame (a heartbeat at least) stays unacknowledged that long
+        blocked_connection_timeout=30, connection_attempts=1, socket_timeout=CONNECT_TIMEOUT_S,
+        stack_timeout=cfg.peer_timeout_s + 1, tcp_options=_tcp_options(cfg.peer_timeout_s),
         client_properties={"connection_name": name}) for host, port in cfg.rabbit_endpoints]
 
 

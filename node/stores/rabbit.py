@@ -5,6 +5,10 @@ pika's ``BlockingChannel.basic_publish`` waits for the broker's confirm of each 
 asynchronous channel and then waits once for all its confirms (10x faster), which is what the leader loop needs:
 "publish newly ready tasks, persistent, publisher confirms, then ack the consumed batch".
 
+In a cluster (the ``ha`` topology) a publisher outlives the death of a queue's leader node: the messages the
+broker refused are published again on a new channel (see :class:`BatchPublisher`), and a connection lost with its
+node is reopened by the caller through :func:`connect`, which tries the next node first.
+
     conn = connect(cfg, "node-1")
     publisher = BatchPublisher(conn)
     publisher.publish_batch(REQUESTS, [body1, body2])       # returns once the broker confirmed both
@@ -16,6 +20,7 @@ asynchronous channel and then waits once for all its confirms (10x faster), whic
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -40,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+NACK_FIRST_PAUSE_S = 0.2  # before refused messages are published again on a new channel; doubled each time
+NACK_MAX_PAUSE_S = 2.0
+
 
 def connect(cfg: Config, name: str, policy: RetryPolicy = CONNECT, heartbeat_s: int | None = None,
             stop: Stop | None = None, on_failure: Callable[[BaseException], None] | None = None,
@@ -52,7 +60,8 @@ def connect(cfg: Config, name: str, policy: RetryPolicy = CONNECT, heartbeat_s: 
 
     def once() -> BlockingConnection:
         with boundary:
-            conn = pika.BlockingConnection(params)
+            conn = pika.BlockingConnection(_next_first(params))
+            _connected(conn, params)
             try:
                 channel = conn.channel()
                 if role == "worker":
@@ -69,6 +78,26 @@ def connect(cfg: Config, name: str, policy: RetryPolicy = CONNECT, heartbeat_s: 
     return call(policy, once, what=f"{name}: rabbitmq", stop=stop, on_failure=on_failure)
 
 
+# per broker (its endpoints): the endpoint this process connected to last
+_last_endpoint: dict[tuple[tuple[str, int], ...], int] = {}
+
+
+def _next_first(params: list[pika.ConnectionParameters]) -> list[pika.ConnectionParameters]:
+    """``params`` (a cluster's nodes) starting after the one this process connected to last (pika tries them in
+    order): a client whose node died, or stopped answering, reconnects to the next node at once instead of waiting
+    for that one to fail again."""
+    endpoints = tuple((p.host, p.port) for p in params)
+    start = (_last_endpoint.get(endpoints, -1) + 1) % len(params)
+    return params[start:] + params[:start]
+
+
+def _connected(conn: BlockingConnection, params: list[pika.ConnectionParameters]) -> None:
+    """Remember the endpoint ``conn`` reached (pika has no public accessor for it)."""
+    reached = conn._impl.params  # noqa: SLF001
+    endpoints = [(p.host, p.port) for p in params]
+    _last_endpoint[tuple(endpoints)] = endpoints.index((reached.host, reached.port))
+
+
 def pump(conn: BlockingConnection, seconds: float = 0.0) -> None:
     """Serve the connection's events (heartbeats, confirms, deliveries) for ``seconds``, or only those pending;
     DependencyError once the connection is gone."""
@@ -83,37 +112,52 @@ def pump(conn: BlockingConnection, seconds: float = 0.0) -> None:
 class BatchPublisher:
     """Publishes batches of persistent messages and waits once per batch for the broker's confirms; each queue is
     reached through ``exchange`` under its own name (the default exchange routes to every queue; a worker's
-    ``haorch.worker`` only to the queues it may write)."""
+    ``haorch.worker`` only to the queues it may write).
+
+    Messages the broker refuses (nacks) are published again on a new channel, after 0.2 s and then twice as long
+    each time (up to 2 s), until ``confirm_timeout_s``: RabbitMQ 3.10 nacks every publish of a channel whose first
+    publish came just after a quorum queue's leader node died, until that node is back, while a new channel
+    reaches the new leader. A message published again may reach its queue twice (its consumers dedupe by message
+    id, the workers by the ledger)."""
 
     def __init__(self, conn: BlockingConnection, confirm_timeout_s: float = 30.0, exchange: str = "") -> None:
         self.conn = conn
         self.confirm_timeout_s = confirm_timeout_s
         self.exchange = exchange
+        self.resent = 0  # messages published again after the broker refused them
         self._boundary = rabbitmq_boundary(conn)
         with self._boundary:
-            self.channel: BlockingChannel = conn.channel()
-            # pika's blocking channel confirms message by message; its asynchronous channel (``_impl``) lets us
-            # pipeline a batch and count the broker's acks ourselves.
-            self._impl = self.channel._impl  # noqa: SLF001
-            self._published = 0
-            self._acked = 0
-            self._nacked = 0
-            selected: list[bool] = []
-            self._impl.confirm_delivery(ack_nack_callback=self._on_confirm,
-                                        callback=lambda _f: selected.append(True))
-            self._wait(lambda: bool(selected), "confirm.select")
+            self._open_channel(time.monotonic() + confirm_timeout_s)
 
-    def _on_confirm(self, frame: pika.frame.Method) -> None:
+    def _open_channel(self, deadline: float) -> None:
+        """A new channel in confirm mode (its delivery tags count from 1)."""
+        self.channel: BlockingChannel = self.conn.channel()
+        # pika's blocking channel confirms message by message; its asynchronous channel (``_impl``) lets us
+        # pipeline a batch and match the broker's acks and nacks to the messages ourselves.
+        impl = self._impl = self.channel._impl  # noqa: SLF001
+        self._next_tag = 1
+        self._unconfirmed: dict[int, int] = {}  # delivery tag -> index of the message in the batch, in tag order
+        self._refused: list[int] = []  # indexes of the batch's nacked messages
+        selected: list[bool] = []
+        impl.confirm_delivery(ack_nack_callback=lambda frame: self._on_confirm(impl, frame),
+                              callback=lambda _f: selected.append(True))
+        self._wait(lambda: bool(selected), "confirm.select", deadline)
+
+    def _on_confirm(self, impl: pika.channel.Channel, frame: pika.frame.Method) -> None:
+        if impl is not self._impl:  # a late answer on a channel given up
+            return
         method = frame.method
-        upto = method.delivery_tag if method.multiple else None
-        count = 1 if upto is None else upto - (self._acked + self._nacked)
-        if isinstance(method, Basic.Nack):
-            self._nacked += count
+        if method.multiple:
+            tags = list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, self._unconfirmed))
         else:
-            self._acked += count
+            tags = [method.delivery_tag]
+        refused = isinstance(method, Basic.Nack)
+        for tag in tags:
+            index = self._unconfirmed.pop(tag, None)
+            if refused and index is not None:
+                self._refused.append(index)
 
-    def _wait(self, done, what: str) -> None:
-        deadline = time.monotonic() + self.confirm_timeout_s
+    def _wait(self, done: Callable[[], bool], what: str, deadline: float) -> None:
         while not done():
             if time.monotonic() > deadline:
                 raise self._failure(f"no {what} within {self.confirm_timeout_s:.0f} s")
@@ -122,20 +166,38 @@ class BatchPublisher:
     def publish_batch(self, queue: str, bodies: Iterable[bytes],
                       properties: pika.BasicProperties = PERSISTENT) -> int:
         """Publish every body to ``queue`` and return once all are confirmed; DependencyError if the connection
-        fails, the confirms do not come or the broker refused (nacked) any."""
-        nacked_before = self._nacked
-        count = 0
+        fails, or the confirms do not come, or the broker still refuses some at ``confirm_timeout_s``."""
+        messages = list(bodies)
+        if not messages:
+            return 0
+        deadline = time.monotonic() + self.confirm_timeout_s
+        pause = NACK_FIRST_PAUSE_S
         with self._boundary:
-            for body in bodies:
-                self._impl.basic_publish(exchange=self.exchange, routing_key=queue, body=body, properties=properties)
-                count += 1
-            if not count:
-                return 0
-            self._published += count
-            self._wait(lambda: self._acked + self._nacked >= self._published, "publisher confirms")
-        if self._nacked != nacked_before:
-            raise self._failure(f"broker refused {self._nacked - nacked_before} of {count} messages to {queue}")
-        return count
+            todo = messages
+            while refused := self._publish(queue, todo, properties, deadline):
+                if time.monotonic() + pause > deadline:
+                    raise self._failure(f"broker refused {len(refused)} of {len(messages)} messages to {queue}")
+                log.warning("rabbitmq: broker refused %d of %d messages to %s; publishing them again on a new "
+                            "channel in %.1f s", len(refused), len(messages), queue, pause)
+                self.conn.sleep(pause)
+                with contextlib.suppress(pika.exceptions.AMQPChannelError):  # closed already
+                    self.channel.close()
+                self._open_channel(deadline)
+                self.resent += len(refused)
+                todo, pause = refused, min(2 * pause, NACK_MAX_PAUSE_S)
+        return len(messages)
+
+    def _publish(self, queue: str, messages: list[bytes], properties: pika.BasicProperties,
+                 deadline: float) -> list[bytes]:
+        """Publish ``messages`` on the current channel, wait for all their confirms; the ones refused. (What an
+        earlier batch left unconfirmed, when it failed, is forgotten: its caller gave up on it.)"""
+        self._unconfirmed, self._refused = {}, []
+        for index, body in enumerate(messages):
+            self._unconfirmed[self._next_tag] = index
+            self._next_tag += 1
+            self._impl.basic_publish(exchange=self.exchange, routing_key=queue, body=body, properties=properties)
+        self._wait(lambda: not self._unconfirmed, "publisher confirms", deadline)
+        return [messages[i] for i in sorted(self._refused)]
 
     def waiting(self, queue: str) -> int:
         """Messages ready in ``queue`` (delivered but unacknowledged ones not counted): one passive declare."""

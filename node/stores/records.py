@@ -23,10 +23,12 @@ from node.config import Config
 from node.errors import ConflictError, FencedError, NotFoundError
 from node.model.api_limits import encode_params
 from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
+from node.model.template import Template
 from node.periodic import Periodic
 from node.retry import STORE_OPERATION, call
 from node.stores.connect import mysql_connect
 from node.stores.failures import MARIADB_ERRORS, mariadb_boundary
+from node.stores.graph_record import TEMPLATE_INSERT, template_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +38,8 @@ BLOCKERS = ("SELECT b.trx_mysql_thread_id FROM information_schema.INNODB_LOCK_WA
             "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id "
             "WHERE r.trx_mysql_thread_id = %s")
 APPLIED_BATCHES_KEEP_S = 86400.0  # far longer than any retry of a batch; pruned by the leader's sweep, bounded
+CONFLICT = 1213  # ER_LOCK_DEADLOCK: also how Galera reports a transaction that lost certification
+CONFLICT_RERUNS = 20  # then the conflict counts as a failure: the store retry policy waits and tries again
 EXPERIMENT_COLUMNS = "experiment_id, type, template_version, state, params, created_at, updated_at, finished_at"
 
 
@@ -65,24 +69,39 @@ class Records:
 
     def transaction(self, work: Callable[[pymysql.cursors.Cursor], T]) -> T:
         """Run ``work(cursor)`` in one transaction; reconnect and retry it while MariaDB is unreachable (for up to
-        ``retry_for_s``), then :class:`~node.errors.DependencyError`."""
+        ``retry_for_s``), then :class:`~node.errors.DependencyError`. A conflict (error 1213 at any statement or at
+        COMMIT: a deadlock, or on Galera a certification conflict with a write committed on another member) rolled
+        the transaction back, and ``work`` runs again at once (up to CONFLICT_RERUNS times, then as a failure): a
+        fenced transaction's rerun re-reads the fence with its conditional write, so a leader deposed meanwhile
+        gets FencedError and steps down, and a new leader's raise is retried."""
+        def rolled_back(conn: pymysql.connections.Connection) -> bool:
+            try:
+                conn.rollback()
+            except MARIADB_ERRORS:
+                self.close()
+                return False
+            return True
+
         def once() -> T:
             with self._boundary:
-                conn = self._connection()
-                try:
-                    with conn.cursor() as cur:
-                        value = work(cur)
-                    conn.commit()
-                    return value
-                except MARIADB_ERRORS:
-                    self.close()
-                    raise
-                except BaseException:
+                reruns = 0
+                while True:
+                    conn = self._connection()
                     try:
-                        conn.rollback()
-                    except MARIADB_ERRORS:
+                        with conn.cursor() as cur:
+                            value = work(cur)
+                        conn.commit()
+                        return value
+                    except MARIADB_ERRORS as exc:
+                        if reruns < CONFLICT_RERUNS and exc.args[:1] == (CONFLICT,) and rolled_back(conn):
+                            reruns += 1
+                            log.info("records: transaction conflicted (1213), rerun %d", reruns)
+                            continue
                         self.close()
-                    raise
+                        raise
+                    except BaseException:
+                        rolled_back(conn)
+                        raise
 
         with self._lock:
             return call(self._policy, once, what="records: mariadb")
@@ -118,6 +137,10 @@ class Records:
         epoch belongs to one node: ZooKeeper hands each out once, so a tie means the fence was raised by hand or
         ZooKeeper's data was replaced; the later claimant steps down and is re-elected with a higher epoch)."""
         def work(cur: pymysql.cursors.Cursor) -> None:
+            # the term row first, the fence write last: between that write and the commit, an older leader's
+            # write applied from another Galera member aborts the raise (1213, rerun), so that window stays short
+            cur.execute("INSERT INTO leader_terms (epoch, node_id, elected_at) VALUES (%s, %s, %s) "
+                        "ON DUPLICATE KEY UPDATE node_id = node_id", (epoch, node_id, elected_at))
             with self._unblocked_raise(epoch):
                 raised = cur.execute(
                     "UPDATE fence SET epoch = %s, holder = %s, raised_at = %s, hb = hb + 1 WHERE name = 'leader' "
@@ -125,8 +148,6 @@ class Records:
                     (epoch, node_id, time.time(), epoch, epoch, node_id))
             if raised != 1:
                 self._refuse(cur, epoch)
-            cur.execute("INSERT INTO leader_terms (epoch, node_id, elected_at) VALUES (%s, %s, %s) "
-                        "ON DUPLICATE KEY UPDATE node_id = node_id", (epoch, node_id, elected_at))
         self.transaction(work)
 
     def prune_applied_batches(self, limit: int) -> int:
@@ -189,13 +210,17 @@ class Records:
         return self.transaction(work)
 
     # --- experiments -------------------------------------------------------------------------------------
-    def insert_experiment(self, experiment_id: str, type_: str, version: int, params: dict[str, str]) -> bool:
+    def insert_experiment(self, experiment_id: str, type_: str, version: int, params: dict[str, str],
+                          template: Template | None = None) -> bool:
         """Insert a QUEUED experiment; False if the id exists with the same type (idempotent submit)."""
-        return bool(self.insert_experiments(type_, version, [(experiment_id, params)]))
+        return bool(self.insert_experiments(type_, version, [(experiment_id, params)], template))
 
-    def insert_experiments(self, type_: str, version: int, items: list[tuple[str, dict[str, str]]]) -> list[str]:
+    def insert_experiments(self, type_: str, version: int, items: list[tuple[str, dict[str, str]]],
+                           template: Template | None = None) -> list[str]:
         """Insert QUEUED experiments of one type in ONE transaction; returns the ids that were new. An id that
-        exists with another type is a ConflictError (and nothing is inserted)."""
+        exists with another type is a ConflictError (and nothing is inserted). ``template`` (the definition of
+        ``version``) is recorded in the same transaction unless it is already: no experiment row exists without
+        the definition Neo4j is rebuilt from (``node/stores/graph_record.py``)."""
         now = time.time()
         ids = [experiment_id for experiment_id, _ in items]
 
@@ -209,6 +234,8 @@ class Records:
                     raise ConflictError(f"experiment {experiment_id!r} exists with type {existing_type!r}, "
                                         f"not {type_!r}")
             new = [(i, p) for i, p in items if i not in existing]
+            if new and template is not None:
+                cur.execute(TEMPLATE_INSERT, template_row(template, version, now))
             if new:
                 # never INSERT IGNORE: it turns a value too long for its column into a warning and stores it cut
                 # short; the session is strict (connect.py) and check_params_size() keeps params far below TEXT

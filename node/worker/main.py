@@ -1,6 +1,6 @@
 """Run one worker process: its ``/metrics`` endpoint, signal handling and the :class:`Worker` loop.
 
-    run_worker(cfg, "worker-3", concurrency=4)   # serves /metrics on cfg.host:cfg.worker_http_port(3)
+    run_worker(cfg, "worker-3", concurrency=4)   # serves /metrics on cfg.bind_host(3):cfg.worker_http_port(3)
 
 SIGTERM or SIGINT sets the stop event: the batch in hand is finished and acknowledged, unprocessed prefetched
 deliveries go back to the queue, and the function returns 0 — or ends the process at once with status 0 when a
@@ -43,14 +43,14 @@ def run_worker(cfg: Config, worker_id: str, concurrency: int) -> int:
     if number is None:
         log.info("worker: %s has no number in 1..%d: no /metrics endpoint", worker_id, MAX_WORKER_NUMBER)
     else:
-        port = cfg.worker_http_port(number)
+        port, address = cfg.worker_http_port(number), cfg.bind_host(number)
         try:
             expose_worker_series(builtin_kinds(), DEPENDENCIES)
-            server, _thread = start_http_server(port, addr=cfg.host, registry=WORKER_REGISTRY)
+            server, _thread = start_http_server(port, addr=address, registry=WORKER_REGISTRY)
         except OSError as exc:
-            raise ServiceError(f"{worker_id}: cannot serve /metrics on {cfg.host}:{port} ({exc.strerror}); "
+            raise ServiceError(f"{worker_id}: cannot serve /metrics on {address}:{port} ({exc.strerror}); "
                                f"is another {worker_id} running?") from None
-        log.info("worker: %s serves /metrics on http://%s:%d/metrics", worker_id, cfg.host, port)
+        log.info("worker: %s serves /metrics on http://%s:%d/metrics", worker_id, address, port)
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda _signum, _frame: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
