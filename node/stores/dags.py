@@ -43,7 +43,6 @@ that does not exist yet.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -52,7 +51,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from neo4j import Driver, ManagedTransaction, Record, unit_of_work
-from neo4j.exceptions import ClientError, ConstraintError
+from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, DependencyError, FencedError, NotFoundError, UnknownTypeError
 from node.model.advance import AdvanceResult, Dispatch, Outcome, classify, transition_rows
@@ -66,7 +65,7 @@ from node.model.states import (
     TaskStatus,
 )
 from node.model.template import Template, parse_template
-from node.stores.failures import Boundary, at_boundary, neo4j_boundary
+from node.stores.failures import at_boundary, neo4j_boundary
 from node.stores.graph_record import template_definition
 
 log = logging.getLogger(__name__)
@@ -76,19 +75,6 @@ T = TypeVar("T")
 # cache hit (Neo4j would turn literals into parameters anyway, so the plans are the same).
 _OPEN = list(OPEN_TASK_STATUSES)
 _LIVE = list(LIVE_EXPERIMENT_STATES)
-
-
-#: a server refusing haorch's credentials is not ready yet: a new store gets its password from the launcher after Bolt
-#: listens (a Neo4j started on an emptied store). A dependency failure to wait out, never a poison message
-NOT_READY_CODES = (".Security.Unauthorized", ".Security.AuthenticationRateLimit")
-
-
-def _dags_boundary(driver: Driver) -> Boundary:
-    base = neo4j_boundary(driver)
-
-    def failed(exc: BaseException) -> bool:
-        return base.failed(exc) or (isinstance(exc, ClientError) and (exc.code or "").endswith(NOT_READY_CODES))
-    return dataclasses.replace(base, failed=failed)
 
 
 class GraphNotReady(DependencyError):
@@ -171,7 +157,7 @@ class DagStore:
     def __init__(self, driver: Driver, tx_timeout_s: float | None = None) -> None:
         self.driver = driver
         self.tx_timeout_s = tx_timeout_s
-        self.boundary = _dags_boundary(driver)  # every public method: driver failures leave as DependencyError
+        self.boundary = neo4j_boundary(driver)  # every public method: driver failures leave as DependencyError
         self.generation: str | None = None  # the graph's generation in MariaDB; None: not checked
 
     def _gate(self, found: str | None) -> None:

@@ -37,7 +37,10 @@ NEO4J_ERRORS = (neo4j.exceptions.DriverError, neo4j.exceptions.Neo4jError)
 #: client errors that still mean "try again": our transaction was terminated (a newer leader's fence guard) or
 #: outlived its timeout (``DagStore(tx_timeout_s=...)``: it ran, or waited on a lock, too long)
 NEO4J_RETRYABLE_CODES = (".Transaction.Terminated", ".Transaction.LockClientStopped",
-                         ".Transaction.TransactionTimedOut", ".Transaction.TransactionTimedOutClientConfiguration")
+                         ".Transaction.TransactionTimedOut", ".Transaction.TransactionTimedOutClientConfiguration",
+                         # a server refusing haorch's credentials is not ready yet: a new store gets its password
+                         # from the launcher after Bolt listens (a Neo4j started on an emptied store)
+                         ".Security.Unauthorized", ".Security.AuthenticationRateLimit")
 
 
 def _always(_exc: BaseException) -> bool:
@@ -84,7 +87,7 @@ def rabbitmq_boundary(source: Config | BlockingConnection, extra: tuple[type[Bas
 
 def _neo4j_failed(exc: BaseException) -> bool:
     """Driver errors (unreachable, session expired) and server errors other than the caller's own mistakes
-    (a bad query, a constraint violation, bad credentials) — except a terminated transaction."""
+    (a bad query, a constraint violation) — a terminated transaction and refused credentials included."""
     if not isinstance(exc, neo4j.exceptions.ClientError):
         return True
     return (exc.code or "").endswith(NEO4J_RETRYABLE_CODES)

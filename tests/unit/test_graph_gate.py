@@ -23,7 +23,8 @@ from node.leader.term import LeaderTerm, PhaseClock, TermProgress
 from node.model.messages import TaskResponse
 from node.model.states import REDISPATCHED, ExperimentState, TaskStatus
 from node.model.template import TaskSpec
-from node.stores.dags import DagStore, GraphNotReady, _dags_boundary
+from node.stores.dags import DagStore, GraphNotReady
+from node.stores.failures import neo4j_boundary
 from node.stores.queues import REQUESTS, RESPONSES
 
 EPOCH = 2
@@ -52,7 +53,7 @@ def test_the_dag_store_refuses_a_graph_without_the_expected_generation() -> None
 @pytest.mark.parametrize("code", ["Neo.ClientError.Security.Unauthorized",
                                   "Neo.ClientError.Security.AuthenticationRateLimit"])
 def test_credentials_refused_by_a_starting_neo4j_are_a_dependency_failure_not_a_poison_message(code: str) -> None:
-    boundary = _dags_boundary(_Driver())  # type: ignore[arg-type]
+    boundary = neo4j_boundary(_Driver())  # type: ignore[arg-type]
     with pytest.raises(DependencyError), boundary:
         raise neo4j.exceptions.ClientError._hydrate_neo4j(code=code, message="refused")
     with pytest.raises(neo4j.exceptions.CypherSyntaxError), boundary:  # the caller's own mistake stays one
