@@ -16,8 +16,10 @@ after its undo (``repair_stall_s``); see :func:`stalls`.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,7 @@ from node.config import HA_MEMBERS, RABBIT_VHOST, Config
 from node.errors import ServiceError, UsageError
 from node.lab import lab
 from node.model.states import TaskStatus
-from node.runtime.placement import lab_hosts
+from node.runtime.placement import lab_hosts, placement
 from node.stack import manager
 from node.stack.rabbitmq import RabbitMQ
 from node.stores.queues import RESPONSES
@@ -88,6 +90,19 @@ class HostIsolate(Fault):
         self.detail.update({"victim": f"host-{self.host}", "leader_on_victim": _leader_on(self.cfg, self.host),
                             "from": [f"host-{p}" for p in self.peers] or "all"})
         lab.isolate(self.cfg, f"host-{self.host}", [f"host-{p}" for p in self.peers] or None)
+
+    def hold(self) -> None:
+        """Hold for ``down_s``; when the victim led, watch it from inside its host (which still reaches itself) and
+        record when it stopped acting as leader (``stepped_down_s``)."""
+        deadline = time.monotonic() + self.down_s
+        if self.detail.get("leader_on_victim"):
+            start = time.time()
+            while time.monotonic() < deadline:
+                if _role_inside(self.cfg, self.host) not in ("leader", None):
+                    self.detail["stepped_down_s"] = round(time.time() - start, 3)
+                    break
+                time.sleep(0.2)
+        time.sleep(max(0.0, deadline - time.monotonic()))
 
     def _undo(self) -> None:
         if "victim" in self.detail:
@@ -196,6 +211,19 @@ def make_host_fault(cfg: Config, spec: dict[str, Any]) -> Fault:
     if kind == "rolling-restart":
         return RollingRestart(cfg)
     raise ValueError(f"unknown host fault {kind!r}")
+
+
+def _role_inside(cfg: Config, host: int) -> str | None:
+    """The role node ``host`` reports on /readyz, asked from inside its own host (None: no answer)."""
+    place = placement(cfg, f"node-{host}")
+    if place is None:
+        return None
+    try:
+        out = subprocess.run(place.argv(["curl", "-s", "--max-time", "1", f"{cfg.node_url(host)}/readyz"],
+                                        in_cgroup=False), capture_output=True, text=True, timeout=5)
+        return str(json.loads(out.stdout).get("role"))
+    except (subprocess.SubprocessError, ValueError, AttributeError):
+        return None
 
 
 def _leader_on(cfg: Config, host: int) -> bool:

@@ -76,12 +76,16 @@ def markdown(result: dict[str, Any], timeline: str = "timeline.png") -> str:
         lines += [f"| {k} | {v['count']} | {_ms(v['p50_s'])} | {_ms(v['max_s'])} |" for k, v in fo["by_fault"].items()]
         lines.append("")
     if result.get("stalls"):
-        lines += ["| fault | count | stall p50 | stall p99 | stall max | after undo: p50 | max |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["| fault | count | stall p50 | stall p99 | stall max | after undo: p50 | max | "
+                  "cut-off leader stepped down after (max) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         lines += [f"| {k} | {v['count']} | {_ms(v['p50_s'])} | {_ms(v['p99_s'])} | {_ms(v['max_s'])} | "
-                  f"{_ms(v['repair_p50_s'])} | {_ms(v['repair_max_s'])} |" for k, v in result["stalls"].items()]
+                  f"{_ms(v['repair_p50_s'])} | {_ms(v['repair_max_s'])} | {_ms(v.get('stepped_down_max_s'))} |"
+                  for k, v in result["stalls"].items()]
         lines += ["", "Stall = the longest pause between task successes from the fault until its undo (advancing "
-                      "again within N s means stall ≤ N); after undo = the same for the 30 s after the undo.", ""]
+                      "again within N s means stall ≤ N); after undo = the same for the 30 s after the undo (or until "
+                      "the next fault). Stepped down = an isolated leader, watched from inside its own host, stopped "
+                      "reporting itself leader.", ""]
     lines += ["## Faults", "",
               "| # | fault | detail | at (s) | held (s) | new leader | elected after | failover | stall |",
               "| ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]

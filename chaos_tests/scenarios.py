@@ -221,8 +221,10 @@ def _stall_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     for kind in sorted({r["fault"] for r in records if r.get("stall_s") is not None}):
         stall = [r["stall_s"] for r in records if r["fault"] == kind and r.get("stall_s") is not None]
         repair = [r["repair_stall_s"] for r in records if r["fault"] == kind and r.get("repair_stall_s") is not None]
+        down = [r["stepped_down_s"] for r in records if r["fault"] == kind and r.get("stepped_down_s") is not None]
         out[kind] = {"count": len(stall), "p50_s": _pct(stall, 0.5), "p99_s": _pct(stall, 0.99), "max_s": max(stall),
-                     "repair_p50_s": _pct(repair, 0.5), "repair_max_s": max(repair) if repair else None}
+                     "repair_p50_s": _pct(repair, 0.5), "repair_max_s": max(repair) if repair else None,
+                     "stepped_down_max_s": max(down) if down else None}
     return out
 
 
