@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 HAORCH := $(VENV)/bin/haorch
 PYTEST_ARGS ?=
+LAB := HAORCH_HOME=.haorch-lab HAORCH_PORT_BASE=17500 $(HAORCH)
 
 .PHONY: setup lint test demo bench chaos stack-up stack-down stack-status deploy-docker dist clean
 
@@ -26,6 +27,8 @@ bench: setup
 	$(HAORCH) bench failover
 	$(HAORCH) bench docker
 	$(HAORCH) bench takeover
+	$(HAORCH) bench recover
+	$(LAB) lab up --hosts 3 && $(HAORCH) bench hosts --lab-home .haorch-lab; rc=$$?; $(LAB) lab down; exit $$rc
 
 deploy-docker: setup
 	$(HAORCH) deploy up --docker
@@ -35,8 +38,6 @@ deploy-docker: setup
 dist: setup
 	rm -rf dist
 	$(VENV)/bin/python -m build --no-isolation --outdir dist .
-
-LAB := HAORCH_HOME=.haorch-lab HAORCH_PORT_BASE=17500 $(HAORCH)
 
 # three bounded campaigns (each run bounds its load, faults and waits): the mixed one (~8 min), the adversarial
 # one (~5 min: 2-6 s tasks, bursts beyond the prefetch, poison, the failpoint freeze), then the host faults on a

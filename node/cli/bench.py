@@ -41,6 +41,32 @@ def throughput(experiments: int, batch1_experiments: int, workers: int, batch_si
 
 
 @bench.command()
+@click.option("--lab-home", type=click.Path(file_okay=False, exists=True), required=True,
+              help="State dir of a running lab (`haorch lab up`).")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--experiments", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="4-step chains per run.")
+@click.option("--workers", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def hosts(lab_home: str, rounds: int, experiments: int, workers: int, no_record: bool, as_json: bool) -> None:
+    """Throughput of a 3-host lab (Galera + RabbitMQ clusters) vs this single-host stack, as a ratio."""
+    from bench import hosts as bench_hosts
+    from bench import report
+    from node.lab.lab import lab_config
+
+    if not no_record:
+        report.benchmarks_file()
+    single = config()
+    lab = lab_config(lab_home)
+    result = bench_hosts.run(single, lab, rounds, experiments, workers, progress=_progress)
+    section = bench_hosts.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
 @click.option("--kills", type=click.IntRange(min=1), default=20, show_default=True,
               help="SIGKILLs per session timeout.")
 @click.option("--timeouts", default="0.5,2", show_default=True, help="ZooKeeper session timeouts (s), comma-separated.")

@@ -85,6 +85,14 @@ def _check_machine(cfg: Config) -> None:
         raise UsageError("haorch lab runs programs as processes; set runtime = \"process\" for this state dir")
 
 
+def lab_config(home: str | Path) -> Config:
+    """The config of the lab in ``home`` with the port base it was made with (whatever ``HAORCH_PORT_BASE`` says:
+    a command about another stack may run with it set)."""
+    cfg = load_config(home)
+    recorded = _read(cfg).get("port_base")
+    return load_config(home, port_base=recorded) if recorded else cfg
+
+
 def host_index(cfg: Config, host: str) -> int:
     """``host-2`` or ``2`` as 2; UsageError for a host the lab does not have."""
     hosts = lab_hosts(cfg)
@@ -106,6 +114,7 @@ def up(cfg: Config, hosts: int = 3, progress: Progress = lambda _m: None) -> lis
         raise UsageError(f"the lab of {cfg.home} has {int(record['hosts_count']) - 1} hosts; `haorch lab down` first")
     if not record.get("subnet"):
         record = {"subnet": str(network.pick_subnet()), "hosts_count": hosts + 1}
+    record["port_base"] = cfg.port_base
     net = _net(cfg, record)
     if not record.get("hosts") and network.exists("link", net.bridge):
         raise ServiceError(f"lab: bridge {net.bridge} exists but {cfg.home} has no lab on it: another state dir with "
