@@ -109,11 +109,16 @@ def _tcp_options(timeout_s: float) -> dict[str, int]:
 
 def _wsrep_ready(conn: pymysql.connections.Connection) -> bool:
     """False for a Galera member that does not accept queries; True for a ready member or a plain MariaDB."""
-    with conn.cursor() as cur:
+    with conn.cursor() as cur:  # SHOW, because a member that is not ready refuses every other statement
+        cur.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+        galera = cur.fetchone()
+        if galera is None or str(galera[1]).upper() != "ON":  # a plain MariaDB (its wsrep_ready is OFF)
+            conn.rollback()
+            return True
         cur.execute("SHOW STATUS LIKE 'wsrep_ready'")
         row = cur.fetchone()
     conn.rollback()
-    return row is None or str(row[1]).upper() == "ON"
+    return row is not None and str(row[1]).upper() == "ON"
 
 
 def neo4j_driver(cfg: Config, **kwargs: Any) -> neo4j.Driver:

@@ -27,7 +27,7 @@ from node.config import Config
 from node.experiments import BUILTIN_TYPES, Experiments
 from node.load import Load
 from node.stack import manager
-from node.stores.connect import neo4j_driver
+from node.stores.connect import mysql_connect, neo4j_driver
 from node.stores.graph_record import GraphRecord
 from node.stores.records import Records
 from node.verify import EXACTLY_ONCE_KINDS, Scope, check
@@ -96,6 +96,20 @@ def recover_cli(cfg: Config) -> dict:
     return json.loads(done.stdout)
 
 
+def states_of(cfg: Config, ids: list[str]) -> Counter[str]:
+    """The states MariaDB records for ``ids`` (the session's stack holds other tests' experiments too)."""
+    if not ids:
+        return Counter()
+    conn = mysql_connect(cfg)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT state, COUNT(*) FROM experiments WHERE experiment_id IN ("
+                        + ",".join(["%s"] * len(ids)) + ") GROUP BY state", ids)
+            return Counter({state: count for state, count in cur.fetchall()})
+    finally:
+        conn.close()
+
+
 def neo4j_experiments(cfg: Config, ids: list[str]) -> int:
     with neo4j_driver(cfg) as driver:
         records, _, _ = driver.execute_query("UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) "
@@ -121,24 +135,20 @@ def test_neo4j_emptied_under_load_is_rebuilt_and_every_experiment_completes_exac
     load = Load(cfg, rate=10, total=300, types=TYPES, params={"ms": "400"}, threads=2).start()
     leader = cluster.wait_for_leader(cfg, 10)
     offsets = {node: log_size(cfg, node) for node in NODES}
-    records = Records(cfg, retry_for_s=30.0)
-    try:
-        # some experiments finished, others in flight (dispatched, running, answered): all of it must survive
-        before = wait_until(lambda: (c := records.state_counts()).get("COMPLETED", 0) >= 20 and c, 90,
-                            "no experiment completed", poll_s=0.5)
-        neo4j = manager.find_service(cfg, "neo4j")
-        assert neo4j is not None
-        t0 = time.monotonic()
-        neo4j.stop()
-        shutil.rmtree(cfg.data_dir("neo4j"))
-        manager.up(cfg)  # Neo4j starts with an empty store (and the schema, no generation stamp)
-        restarted_s = time.monotonic() - t0
-        time.sleep(2.0)  # the leader meets the empty store: it must hold, not fail anything
-        failed = records.state_counts().get("FAILED", 0)
-        summary = recover_cli(cfg)
-        recovered_s = time.monotonic() - t0
-    finally:
-        records.close()
+    # some experiments finished, others in flight (dispatched, running, answered): all of it must survive
+    before = wait_until(lambda: (c := states_of(cfg, list(load.ids))).get("COMPLETED", 0) >= 20 and c, 90,
+                        "no experiment completed", poll_s=0.5)
+    neo4j = manager.find_service(cfg, "neo4j")
+    assert neo4j is not None
+    t0 = time.monotonic()
+    neo4j.stop()
+    shutil.rmtree(cfg.data_dir("neo4j"))
+    manager.up(cfg)  # Neo4j starts with an empty store (and the schema, no generation stamp)
+    restarted_s = time.monotonic() - t0
+    time.sleep(2.0)  # the leader meets the empty store: it must hold, not fail anything
+    failed = states_of(cfg, list(load.ids)).get("FAILED", 0)
+    summary = recover_cli(cfg)
+    recovered_s = time.monotonic() - t0
     _say(f"neo4j emptied with experiments {before}; back empty after {restarted_s:.1f} s, rebuilt "
          f"after {recovered_s:.1f} s: {summary}")
     assert failed == 0, "an experiment was failed while Neo4j was empty"
