@@ -124,6 +124,8 @@ class KillService(Fault):
 
     def _inject(self) -> None:
         _require_ha(self.cfg)
+        if not self.service:  # the responses queue's leader, found now
+            self.service = f"rabbitmq-{responses_leader(self.cfg)}"
         service = manager.find_service(self.cfg, self.service)
         if service is None:
             raise ServiceError(f"no service {self.service!r} in this stack")
@@ -146,9 +148,8 @@ class KillService(Fault):
 
 
 def rabbit_leader(cfg: Config) -> KillService:
-    """The RabbitMQ node that leads the responses queue, found when the fault is made."""
-    _require_ha(cfg)
-    return KillService(cfg, name="rabbit-leader", service=f"rabbitmq-{responses_leader(cfg)}")
+    """The RabbitMQ node that leads the responses queue, found when the fault is injected."""
+    return KillService(cfg, name="rabbit-leader")
 
 
 def responses_leader(cfg: Config) -> int:
@@ -156,7 +157,11 @@ def responses_leader(cfg: Config) -> int:
     for service in manager.services(cfg):
         if not isinstance(service, RabbitMQ) or not service.proc.alive():
             continue
-        listing = service.cli("rabbitmqctl", "list_queues", "-p", RABBIT_VHOST, "name", "leader", timeout_s=30).stdout
+        try:
+            listing = service.cli("rabbitmqctl", "list_queues", "-p", RABBIT_VHOST, "name", "leader",
+                                  timeout_s=15).stdout
+        except subprocess.TimeoutExpired:  # a member that does not answer: ask the next
+            continue
         for line in listing.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] == RESPONSES:
