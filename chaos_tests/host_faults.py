@@ -152,10 +152,14 @@ def rabbit_leader(cfg: Config) -> KillService:
     return KillService(cfg, name="rabbit-leader")
 
 
-def responses_leader(cfg: Config) -> int:
-    """The member number of the RabbitMQ node leading ``haorch.responses`` (asked of any running member)."""
-    for service in manager.services(cfg):
-        if not isinstance(service, RabbitMQ) or not service.proc.alive():
+def responses_leader(cfg: Config, settle_s: float = 60.0) -> int:
+    """The member number of the RabbitMQ node leading ``haorch.responses``, asked of a running member once every
+    member answers its probe (bounded by ``settle_s``): ``list_queues`` waits for every node of the cluster, and
+    hangs while one is cut off or restarting (autoheal restarts the losing side after a partition)."""
+    brokers = [s for s in manager.services(cfg) if isinstance(s, RabbitMQ)]
+    _wait(lambda: all(s.healthy() for s in brokers), settle_s)
+    for service in brokers:
+        if not service.proc.alive():
             continue
         try:
             listing = service.cli("rabbitmqctl", "list_queues", "-p", RABBIT_VHOST, "name", "leader",
