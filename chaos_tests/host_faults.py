@@ -152,24 +152,28 @@ def rabbit_leader(cfg: Config) -> KillService:
     return KillService(cfg, name="rabbit-leader")
 
 
+#: the queue's leader from the local copy of the queue's record (its pid is ``{RaName, LeaderNode}``): no call to
+#: other nodes, unlike ``list_queues ... leader``, which was seen to hang for minutes on a healthy cluster
+LEADER_OF = ('{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, <<"{queue}">>)), '
+             'amqqueue:get_pid(Q).')
+
+
 def responses_leader(cfg: Config, settle_s: float = 60.0) -> int:
     """The member number of the RabbitMQ node leading ``haorch.responses``, asked of a running member once every
-    member answers its probe (bounded by ``settle_s``): ``list_queues`` waits for every node of the cluster, and
-    hangs while one is cut off or restarting (autoheal restarts the losing side after a partition)."""
+    member answers its probe (bounded by ``settle_s``)."""
     brokers = [s for s in manager.services(cfg) if isinstance(s, RabbitMQ)]
     _wait(lambda: all(s.healthy() for s in brokers), settle_s)
     for service in brokers:
         if not service.proc.alive():
             continue
         try:
-            listing = service.cli("rabbitmqctl", "list_queues", "-p", RABBIT_VHOST, "name", "leader",
-                                  timeout_s=15).stdout
+            answer = service.cli("rabbitmqctl", "eval", LEADER_OF.format(vhost=RABBIT_VHOST, queue=RESPONSES),
+                                 timeout_s=15).stdout
         except subprocess.TimeoutExpired:  # a member that does not answer: ask the next
             continue
-        for line in listing.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == RESPONSES:
-                return _member_of(cfg, parts[1])
+        node = answer.strip().rstrip("}").split(",")[-1].strip().strip("'")
+        if "@" in node:
+            return _member_of(cfg, node)
     raise ServiceError(f"no RabbitMQ member answered who leads {RESPONSES}")
 
 
