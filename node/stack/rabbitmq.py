@@ -17,8 +17,8 @@ within seconds; ``autoheal`` restarts the nodes of the losing side once the part
 itself (``pause_minority`` did not, in the lab: after a healed 2|1 partition Mnesia reported an inconsistent
 database and the pauses cascaded until a majority node paused too, leaving a node unhealthy; quorum queues keep
 their data safe either way, since a minority cannot commit). A node that was frozen (SIGSTOP) reconnects at once
-when thawed, before it notices it was cut off, and may need a restart. The bootstrap waits for all three nodes before declaring the
-quorum queues, so that each gets one member on every node.
+when thawed, before it notices it was cut off, and may need a restart. The bootstrap waits for all three nodes
+before declaring the quorum queues, so that each gets one member on every node.
 
     nodes = rabbitmq_cluster(cfg)       # [RabbitMQ(cfg, 1), RabbitMQ(cfg, 2), RabbitMQ(cfg, 3)]
     nodes[0].node_name                  # "haorch17100-1@localhost"
