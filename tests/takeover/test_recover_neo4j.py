@@ -133,7 +133,7 @@ def finish(cfg: Config, load: Load, timeout_s: float) -> None:
 def test_neo4j_emptied_under_load_is_rebuilt_and_every_experiment_completes_exactly_once(running: Config) -> None:
     cfg = running
     load = Load(cfg, rate=10, total=300, types=TYPES, params={"ms": "400"}, threads=2).start()
-    leader = cluster.wait_for_leader(cfg, 10)
+    cluster.wait_for_leader(cfg, 10)
     offsets = {node: log_size(cfg, node) for node in NODES}
     # some experiments finished, others in flight (dispatched, running, answered): all of it must survive
     before = wait_until(lambda: (c := states_of(cfg, list(load.ids))).get("COMPLETED", 0) >= 20 and c, 90,
@@ -158,7 +158,8 @@ def test_neo4j_emptied_under_load_is_rebuilt_and_every_experiment_completes_exac
     assert summary["live"]["left_out"] == summary["finished"]["left_out"] == 0, summary
     finish(cfg, load, timeout_s=240)
     logs = {node: log_since(cfg, node, offset) for node, offset in offsets.items()}
-    assert "GraphNotReady" in logs[leader["node_id"]], "the leader never found the emptied store"
+    # whoever led meanwhile (a loaded machine may move the lead) met the emptied store and held
+    assert any("GraphNotReady" in text for text in logs.values()), "no leader found the emptied store"
     assert not [node for node, text in logs.items() if "dead-lettered" in text], "a message was dead-lettered"
     assert neo4j_experiments(cfg, load.ids) == len(load.ids)
 
