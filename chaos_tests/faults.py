@@ -85,6 +85,7 @@ class Fault:
     detail: dict[str, Any] = field(default_factory=dict)
     epoch_before: int | None = None
     leader_fault: bool = False
+    down_s: float = 1.0  # how long ``hold`` lets the fault last, unless a subclass holds otherwise
 
     def inject(self) -> dict[str, Any]:
         """Apply the fault once (a second call does nothing); returns its record."""
@@ -102,7 +103,7 @@ class Fault:
         time.sleep(self.hold_s())
 
     def hold_s(self) -> float:
-        return 1.0
+        return self.down_s
 
     def undo(self) -> None:
         """Revert the fault; idempotent, and safe after a failed or missing inject."""
@@ -501,10 +502,6 @@ class KillWorker(Fault):
 
     name: str = "kill-worker"
     worker: int = 1
-    down_s: float = 1.0
-
-    def hold_s(self) -> float:
-        return self.down_s
 
     def _inject(self) -> None:
         proc = cluster.worker_process(self.cfg, self.worker)
@@ -525,10 +522,6 @@ class StopServices(Fault):
 
     name: str = "stop-services"
     services: tuple[str, ...] = ()
-    down_s: float = 1.0
-
-    def hold_s(self) -> float:
-        return self.down_s
 
     def _inject(self) -> None:
         self.detail["services"] = list(self.services)

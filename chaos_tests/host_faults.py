@@ -21,6 +21,7 @@ import random
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from node.errors import ServiceError, UsageError
 from node.lab import lab
 from node.model.states import TaskStatus
 from node.runtime.placement import lab_hosts, placement
+from node.runtime.process import wait_gone
 from node.stack import manager
 from node.stack.rabbitmq import RabbitMQ
 from node.stores.queues import RESPONSES
@@ -60,9 +62,6 @@ class HostCrash(Fault):
     host: int = 1
     down_s: float = 8.0
 
-    def hold_s(self) -> float:
-        return self.down_s
-
     def _inject(self) -> None:
         _require_lab(self.cfg)
         self.detail.update({"victim": f"host-{self.host}", "leader_on_victim": _leader_on(self.cfg, self.host)})
@@ -81,9 +80,6 @@ class HostIsolate(Fault):
     host: int = 1
     peers: tuple[int, ...] = ()
     down_s: float = 20.0
-
-    def hold_s(self) -> float:
-        return self.down_s
 
     def _inject(self) -> None:
         _require_lab(self.cfg)
@@ -119,9 +115,6 @@ class KillService(Fault):
     wipe: bool = False
     down_s: float = 5.0
 
-    def hold_s(self) -> float:
-        return self.down_s
-
     def _inject(self) -> None:
         _require_ha(self.cfg)
         if not self.service:  # the responses queue's leader, found now
@@ -131,7 +124,8 @@ class KillService(Fault):
             raise ServiceError(f"no service {self.service!r} in this stack")
         self.detail.update({"victim": self.service, "pid": service.proc.pid()})
         service.proc.kill()
-        _wait(lambda: not service.proc.alive(), 10.0)
+        if self.detail["pid"]:
+            wait_gone(self.detail["pid"], 10.0)
         if self.wipe:
             shutil.rmtree(self.cfg.data_dir(self.service), ignore_errors=True)
             self.detail["wiped"] = True
@@ -189,9 +183,7 @@ class RollingRestart(Fault):
     """``cluster restart --rolling`` under load: inject restarts every node, one at a time."""
 
     name: str = "rolling-restart"
-
-    def hold_s(self) -> float:
-        return 0.0
+    down_s: float = 0.0
 
     def _inject(self) -> None:
         self.detail.update({"victim": "nodes", "started_at": time.time()})
@@ -244,7 +236,7 @@ def _leader_on(cfg: Config, host: int) -> bool:
     return row is not None and int(row["node_id"].split("-")[1]) == host
 
 
-def _wait(condition: Any, timeout_s: float) -> bool:
+def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():

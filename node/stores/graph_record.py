@@ -152,7 +152,7 @@ class GraphRecord:
                         f"FROM experiments WHERE {where} ORDER BY created_at, experiment_id LIMIT %s",
                         (*args, limit))
             cols = [c[0] for c in cur.description]
-            return [_with_params(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
+            return [decoded_params(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
         return self.records.transaction(work)
 
     def steps(self, ids: list[str]) -> dict[str, list[StepRow]]:
@@ -171,10 +171,12 @@ class GraphRecord:
         return self.records.transaction(work)
 
 
-def _with_params(row: dict[str, Any]) -> dict[str, Any]:
+def decoded_params(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its params decoded; a row whose params cannot be (cut short by an older version) says so in
+    ``params_error`` instead of failing every listing that includes it."""
     try:
         row["params"] = json.loads(row["params"])
     except ValueError:
-        row["params_error"] = f"stored params are not valid JSON ({len(row['params'])} characters)"
+        row["params_error"] = f"stored params are not valid JSON ({len(row['params'])} characters); not decoded"
         row["params"] = None
     return row

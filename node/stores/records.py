@@ -28,7 +28,7 @@ from node.periodic import Periodic
 from node.retry import STORE_OPERATION, call
 from node.stores.connect import mysql_connect
 from node.stores.failures import MARIADB_ERRORS, mariadb_boundary
-from node.stores.graph_record import TEMPLATE_INSERT, template_row
+from node.stores.graph_record import TEMPLATE_INSERT, decoded_params, template_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -264,7 +264,7 @@ class Records:
         def work(cur: pymysql.cursors.Cursor) -> list[dict[str, Any]]:
             cur.execute(sql, args)
             cols = [c[0] for c in cur.description]
-            return [_decoded(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
+            return [decoded_params(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
         return self.transaction(work)
 
     def experiments_page(self, state: str | None, after: tuple[float, str] | None, limit: int,
@@ -318,17 +318,6 @@ class Records:
             row = cur.fetchone()
             return None if row is None else (row[0], row[1], row[2])
         return self.transaction(work)
-
-
-def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` with its params decoded; a row whose params cannot be (cut short by an older version) says so in
-    ``params_error`` instead of failing every listing that includes it."""
-    try:
-        row["params"] = json.loads(row["params"])
-    except ValueError:
-        row["params_error"] = f"stored params are not valid JSON ({len(row['params'])} characters); not decoded"
-        row["params"] = None
-    return row
 
 
 class _FenceUnblocker:
