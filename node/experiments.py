@@ -37,12 +37,12 @@ from neo4j import Driver
 
 from node.config import Config
 from node.errors import ConflictError, DependencyError, IncompleteSubmit, TimeoutExpired, UnknownTypeError, UsageError
-from node.model.advance import transition_rows
+from node.model.advance import Dispatch, transition_rows
 from node.model.api_limits import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, check_params_size
 from node.model.builtin import builtin_templates
 from node.model.executors import KNOWN_EXECUTORS
 from node.model.limits import id_problem
-from node.model.messages import SubmissionNotice
+from node.model.messages import SubmissionNotice, TaskRequest
 from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
 from node.model.template import NAME_RE, Template, load_template_file
 from node.retry import REOPEN_ONCE, call
@@ -50,7 +50,7 @@ from node.stores.connect import amqp_parameters, neo4j_driver
 from node.stores.dags import DagStore, GraphNotReady
 from node.stores.failures import rabbitmq_boundary
 from node.stores.graph_record import GraphRecord, template_row
-from node.stores.queues import SUBMISSIONS
+from node.stores.queues import REQUESTS, SUBMISSIONS
 from node.stores.rabbit import BatchPublisher
 from node.stores.records import Records
 
@@ -241,16 +241,31 @@ class Experiments:
         bodies = [SubmissionNotice(experiment_id).encode() for experiment_id in ids]
 
         def send() -> None:
-            if self._notifier is None:
-                with rabbitmq_boundary(self.cfg):
-                    conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-submit"))
-                self._notifier = BatchPublisher(conn)
-            self._notifier.publish_batch(SUBMISSIONS, bodies)
+            self._publisher().publish_batch(SUBMISSIONS, bodies)
 
         try:  # a kept connection may have died (broker restart): reconnect once
             call(REOPEN_ONCE, send, what=None, on_failure=lambda _exc: self._close_notifier())
         except DependencyError as exc:
             log.warning("submit: no notice sent (%s); the leader's sweep will dispatch it", exc.cause)
+
+    def _publish_undos(self, undos: builtins.list[Dispatch]) -> None:
+        """Ask workers to reverse what the cancelled experiment's tasks started outside haorch (its SLURM jobs). Best
+        effort: a task still running when this is sent is undone by the leader when its success comes in."""
+        now = time.time()
+        bodies = [TaskRequest.from_static(d.request, d.attempt, 0, now, undo=True).encode() for d in undos]
+        try:
+            call(REOPEN_ONCE, lambda: self._publisher().publish_batch(REQUESTS, bodies), what=None,
+                 on_failure=lambda _exc: self._close_notifier())
+        except DependencyError as exc:
+            log.warning("cancel: could not ask workers to undo %d task(s): %s", len(undos), exc.cause)
+
+    def _publisher(self) -> BatchPublisher:
+        """The kept connection for notices and undos (opened on first use)."""
+        if self._notifier is None:
+            with rabbitmq_boundary(self.cfg):
+                conn = pika.BlockingConnection(amqp_parameters(self.cfg, heartbeat_s=0, name="haorch-submit"))
+            self._notifier = BatchPublisher(conn)
+        return self._notifier
 
     def _close_notifier(self) -> None:
         if self._notifier is not None:
@@ -261,11 +276,14 @@ class Experiments:
             self._notifier = None
 
     def status(self, experiment_id: str) -> dict[str, Any]:
-        """The experiment row, its tasks (state, attempts, timings) from Neo4j."""
+        """The experiment row, its tasks (state, attempts, timings, what a waiting one waits on) from Neo4j, each with
+        its outputs (from the ledger: ``{}`` until it succeeds)."""
         row = self.records.get_experiment(experiment_id)
         template, _ = self.dags.get_template(row["type"], row["template_version"])
         order = {name: i for i, name in enumerate(template.topological_order())}
-        row["tasks"] = sorted(self.dags.experiment_tasks(experiment_id), key=lambda t: order.get(t["name"], 1 << 30))
+        outputs = self.records.task_outputs(experiment_id)
+        tasks = sorted(self.dags.experiment_tasks(experiment_id), key=lambda t: order.get(t["name"], 1 << 30))
+        row["tasks"] = [{**t, "outputs": outputs.get(t["name"], {})} for t in tasks]
         return row
 
     def list(self, state: str | None = None, limit: int | None = None, after: str | None = None) -> Page:
@@ -293,7 +311,11 @@ class Experiments:
             self.records.write_batch(0, "cancel", transition_rows(result), result.experiments, now,
                                      batch_id=result.outbox_id, fenced=False)
             self.dags.forget_outbox([result.outbox_id])
-        return {"experiment_id": experiment_id, "state": state, "cancelled_tasks": len(result.cancelled)}
+        undos = self.dags.undo_dispatches(experiment_id) if result.cancelled else []
+        if undos:
+            self._publish_undos(undos)
+        return {"experiment_id": experiment_id, "state": state, "cancelled_tasks": len(result.cancelled),
+                "undone_tasks": len(undos)}
 
     # builtins.list: in this class body below the method, ``list`` is Experiments.list
     def wait(self, ids: builtins.list[str], timeout_s: float,

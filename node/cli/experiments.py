@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -80,7 +81,7 @@ def submit(type_: str, experiment_id: str | None, params: tuple[str, ...], as_js
 @click.argument("experiment_id", metavar="ID")
 @json_option
 def status(experiment_id: str, as_json: bool) -> None:
-    """Show an experiment: state, and each task's state, attempts and timings."""
+    """Show an experiment: state, and each task's state, attempts, timings and outputs (--json: all of them)."""
     with Experiments(config()) as exps:
         data = exps.status(experiment_id)
 
@@ -89,9 +90,16 @@ def status(experiment_id: str, as_json: bool) -> None:
         click.echo(f"{d['experiment_id']}  type={d['type']} v{d['template_version']}  state={d['state']}{took}")
         table([{"task": t["name"], "kind": t["kind"], "state": t["status"],
                 "attempts": f"{t['attempt']}/{t['max_attempts']}", "dispatched": _fmt_time(t["dispatched_at"]),
-                "finished": _fmt_time(t["finished_at"]), "error": (t.get("last_error") or "")[:60] or None}
-               for t in d["tasks"]], ["task", "kind", "state", "attempts", "dispatched", "finished", "error"])
+                "finished": _fmt_time(t["finished_at"]),
+                "note": (t.get("last_error") or (f"waiting: {t['waiting_on']}" if t.get("waiting_on") else "")
+                         or _short_json(t.get("outputs")))[:60] or None}
+               for t in d["tasks"]], ["task", "kind", "state", "attempts", "dispatched", "finished", "note"])
     emit(data, as_json, human)
+
+
+def _short_json(value: Any) -> str:
+    """Outputs on one line (the table cuts it; ``--json`` has all of it)."""
+    return json.dumps(value, separators=(",", ":")) if value else ""
 
 
 @click.command("list")

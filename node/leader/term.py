@@ -273,6 +273,11 @@ class LeaderTerm:
 
     def _send(self, result: AdvanceResult) -> None:
         self._publish(result.dispatches)
+        if result.undos:  # rare: a task that ended after its experiment was cancelled (its response is not acked yet)
+            now = time.time()
+            self.publisher.publish_batch(REQUESTS, [
+                TaskRequest.from_static(d.request, d.attempt, self.epoch, now, undo=True).encode()
+                for d in result.undos])
         self.progress.unsent = None
 
     def _finish_unsent(self) -> None:
@@ -350,7 +355,8 @@ class LeaderTerm:
                 else:
                     r = TaskResponse.decode(d.body)
                     key = f"{r.experiment_id}/{r.task}"
-                    outcomes.append(Outcome(key, r.attempt, r.outcome == "success", r.error, r.lost))
+                    outcomes.append(Outcome(key, r.attempt, r.outcome == "success", r.error, r.lost,
+                                            r.recheck_after_s, r.waiting_on))
                     by_key.setdefault(key, []).append(d)
             except MalformedMessage as exc:
                 dead.append((d, exc.reason))

@@ -8,4 +8,8 @@ store or a command validates a template against the names alone, without importi
 
 from __future__ import annotations
 
-KNOWN_EXECUTORS: tuple[str, ...] = ("noop", "sleep", "fail", "shell", "mark")
+#: executors with an undo: what they start outside haorch (SLURM jobs) is reversed when their experiment is cancelled
+UNDO_EXECUTORS: tuple[str, ...] = ("slurm_submit",)
+
+KNOWN_EXECUTORS: tuple[str, ...] = ("noop", "sleep", "fail", "shell", "mark", "wait_file", "stage_in", "stage_out",
+                                     "slurm_submit", "slurm_monitor", "slurm_cancel")

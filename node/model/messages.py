@@ -41,7 +41,8 @@ from node.model.limits import (
 from node.model.template import TaskSpec
 
 VERSION = 1
-Outcome = Literal["success", "failure"]
+Outcome = Literal["success", "failure", "waiting"]
+MAX_RECHECK_S = 3600.0  # the longest a waiting attempt may ask the leader to wait before checking again
 
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "an object"}
 
@@ -106,11 +107,16 @@ class StaticRequest(_Message):
 
 @dataclass(frozen=True)
 class TaskRequest(StaticRequest):
-    """One attempt of a task, as the leader publishes it to ``haorch.requests``."""
+    """One attempt of a task, as the leader publishes it to ``haorch.requests``.
+
+    ``undo`` marks no attempt but a request to reverse what the task's executor started outside haorch (cancel its
+    SLURM jobs) because its experiment was cancelled or failed: a worker runs the executor's undo, which must be
+    idempotent, without a ledger claim and without a response."""
 
     attempt: int
     epoch: int
     dispatched_at: float
+    undo: bool = False
 
     @staticmethod
     def wire_from_static(blob: bytes, attempt: int, epoch: int, dispatched_at: float) -> bytes:
@@ -123,10 +129,10 @@ class TaskRequest(StaticRequest):
         return bytes(blob[:-1]) + extra.encode()
 
     @classmethod
-    def from_static(cls, blob: bytes, attempt: int, epoch: int, dispatched_at: float) -> Self:
-        """The wire request for attempt ``attempt`` of the stored scheduling request ``blob``."""
+    def from_static(cls, blob: bytes, attempt: int, epoch: int, dispatched_at: float, undo: bool = False) -> Self:
+        """The wire request for attempt ``attempt`` of the stored scheduling request ``blob`` (or its undo)."""
         static = StaticRequest.decode(blob)
-        return cls(**vars(static), attempt=attempt, epoch=epoch, dispatched_at=dispatched_at)
+        return cls(**vars(static), attempt=attempt, epoch=epoch, dispatched_at=dispatched_at, undo=undo)
 
     def _problem(self) -> str | None:
         return (_range_problem("attempt", self.attempt, 1, INT_MAX)
@@ -140,7 +146,8 @@ class TaskResponse(_Message):
     A success has no ``error``; a failure has one (and ``result`` is what the executor returned, if anything).
     ``replayed`` marks a response rebuilt from the execution ledger for a redelivered request; ``lost`` a failure
     that is no fault of the task: its worker died or froze while holding it, and another worker abandoned the
-    claim (``node/stores/ledger.py``).
+    claim (``node/stores/ledger.py``). A *waiting* response has not ended the attempt: the task waits on something
+    outside haorch (``waiting_on`` says what, one line) and asks to be checked again in ``recheck_after_s``.
     """
 
     experiment_id: str
@@ -154,8 +161,19 @@ class TaskResponse(_Message):
     ended_at: float
     replayed: bool = False
     lost: bool = False
+    recheck_after_s: float | None = None
+    waiting_on: str | None = None
 
     def _problem(self) -> str | None:
+        waiting = self.outcome == "waiting"
+        if waiting != (self.recheck_after_s is not None) or waiting != (self.waiting_on is not None):
+            return "recheck_after_s and waiting_on come with a waiting outcome, and only with it"
+        if waiting and (self.error is not None or self.lost or self.replayed):
+            return "a waiting response carries no error and is neither lost nor replayed"
+        if self.recheck_after_s is not None and not 0 < self.recheck_after_s <= MAX_RECHECK_S:
+            return f"recheck_after_s must be within (0, {MAX_RECHECK_S:g}], got {self.recheck_after_s}"
+        if self.waiting_on is not None and len(self.waiting_on) > MAX_ERROR_CHARS:
+            return f"waiting_on is longer than {MAX_ERROR_CHARS} characters"
         if self.outcome == "success" and self.error is not None:
             return "a success carries no error"
         if self.outcome == "success" and self.lost:

@@ -52,6 +52,7 @@ import yaml
 from node.errors import NotFoundError, TemplateError, UsageError
 from node.model.api_limits import PARAM_KEY_MAX_CHARS, PARAM_NAME_RE, PARAM_NAME_RULE
 from node.model.limits import MAX_ID_CHARS, name_problem, text_problem
+from node.model.references import REF_RE, reference_problem
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _NAME_RULE = "names are 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter"
@@ -317,6 +318,28 @@ def _check_graph(template: Template) -> None:
     cycle = _find_cycle(template.successors())
     if cycle:
         raise _Invalid("cycle: " + " -> ".join(cycle))
+    _check_output_refs(template)
+
+
+def _check_output_refs(template: Template) -> None:
+    """References in a task's params (``node/model/references.py``) name an ancestor's outputs or a param the task
+    has; declared defaults reference nothing (they reach every task)."""
+    for name, default in template.params.items():
+        if isinstance(default, str) and REF_RE.search(default):
+            raise _Invalid(f"the default of param {name!r} is a reference; put it in the params of the task that "
+                           "reads it")
+    preds = template.predecessors()
+    for spec in template.tasks:
+        ancestors: set[str] = set()
+        todo = list(preds[spec.name])
+        while todo:
+            task = todo.pop()
+            if task not in ancestors:
+                ancestors.add(task)
+                todo.extend(preds[task])
+        problem = reference_problem(spec.params, ancestors, {*template.params, *spec.params})
+        if problem:
+            raise _Invalid(f"task {spec.name!r} {problem}")
 
 
 def _find_cycle(successors: Mapping[str, tuple[str, ...]]) -> list[str] | None:

@@ -55,8 +55,8 @@ from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, DependencyError, FencedError, NotFoundError, UnknownTypeError
 from node.model.advance import AdvanceResult, Dispatch, Outcome, classify, transition_rows
-from node.model.executors import KNOWN_EXECUTORS
-from node.model.messages import static_request_bytes
+from node.model.executors import KNOWN_EXECUTORS, UNDO_EXECUTORS
+from node.model.messages import StaticRequest, static_request_bytes
 from node.model.states import (
     LIVE_EXPERIMENT_STATES,
     OPEN_TASK_STATUSES,
@@ -128,9 +128,14 @@ def _start_experiments(tx: ManagedTransaction, now: float, result: AdvanceResult
         result.experiments.setdefault(r["id"], ExperimentState.RUNNING)
 
 
-def _dispatch_rows(rows: list, redispatch: bool = False) -> list[Dispatch]:
-    return [Dispatch(r["key"], r["experiment_id"], r["name"], r["kind"], r["request"], r["attempt"], redispatch)
-            for r in rows]
+def _dispatch_rows(rows: list, redispatch: bool = False, recheck: bool = False) -> list[Dispatch]:
+    return [Dispatch(r["key"], r["experiment_id"], r["name"], r["kind"], r["request"], r["attempt"], redispatch,
+                     recheck) for r in rows]
+
+
+def undoable(dispatches: list[Dispatch]) -> list[Dispatch]:
+    """Those of ``dispatches`` whose executor has an undo (``UNDO_EXECUTORS``)."""
+    return [d for d in dispatches if StaticRequest.decode(d.request).executor in UNDO_EXECUTORS]
 
 
 def _outbox(tx: ManagedTransaction, epoch: int, now: float, result: AdvanceResult,
@@ -285,6 +290,14 @@ class DagStore:
             session.execute_write(work)
 
     @at_boundary
+    def undo_dispatches(self, experiment_id: str) -> list[Dispatch]:
+        """The tasks of an experiment that were ever dispatched and whose executor has an undo, to reverse."""
+        records, _, _ = self.driver.execute_query(
+            "MATCH (t:Task {experiment_id: $id}) WHERE coalesce(t.attempt, 0) >= 1 " + _RETURN_DISPATCH,
+            id=experiment_id)
+        return undoable(_dispatch_rows(list(records)))
+
+    @at_boundary
     def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
         """Every task of an experiment with its state, attempts and timings, in a stable order."""
         records, _, _ = self.driver.execute_query(
@@ -292,8 +305,9 @@ class DagStore:
             "WITH t, collect(p.name) AS deps "
             "RETURN t.name AS name, t.kind AS kind, t.status AS status, t.executed AS executed, "
             "t.attempt AS attempt, t.max_attempts AS max_attempts, t.dispatched_at AS dispatched_at, "
-            "t.finished_at AS finished_at, t.last_error AS last_error, t.epoch AS epoch, deps AS depends_on "
-            "ORDER BY coalesce(t.dispatched_at, 1e18), t.name", id=experiment_id)
+            "t.finished_at AS finished_at, t.last_error AS last_error, t.epoch AS epoch, deps AS depends_on, "
+            "CASE WHEN t.status = $dispatched THEN t.waiting_on END AS waiting_on "
+            "ORDER BY coalesce(t.dispatched_at, 1e18), t.name", id=experiment_id, dispatched=TaskStatus.DISPATCHED)
         return [dict(r) for r in records]
 
     # --- fencing -----------------------------------------------------------------------------------------
@@ -361,14 +375,23 @@ class DagStore:
             "WITH f UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
             "RETURN f.epoch AS fence, f.generation AS generation, k AS key, t.experiment_id AS experiment_id, "
             "t.name AS name, t.kind AS kind, t.status AS status, t.attempt AS attempt, "
-            "t.max_attempts AS max_attempts, t.lost AS lost, t.dispatched_at AS dispatched_at",
+            "t.max_attempts AS max_attempts, t.lost AS lost, t.dispatched_at AS dispatched_at, "
+            "t.timeout_s AS timeout_s, t.waiting_since AS waiting_since",
             keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
         if rows and rows[0]["fence"] > epoch:
             raise FencedError("neo4j", epoch, rows[0]["fence"])
         self._gate(rows[0]["generation"] if rows else None)  # no row: no Fence node (an emptied store)
-        verdict = classify(outcomes, {r["key"]: r for r in rows if r["status"] is not None})
+        verdict = classify(outcomes, {r["key"]: r for r in rows if r["status"] is not None}, now)
         result.unknown += verdict.unknown
         result.duplicates += verdict.duplicates
+        if verdict.orphans:
+            found = tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) " + _RETURN_DISPATCH, keys=verdict.orphans)
+            result.undos += undoable(_dispatch_rows(list(found)))
+        if verdict.waits:
+            tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.recheck_at = r.recheck_at, "
+                   "t.waiting_since = coalesce(t.waiting_since, $now), t.waiting_on = r.waiting_on, t.epoch = $epoch",
+                   rows=verdict.waits, now=now, epoch=epoch)
+            result.waits += verdict.waits
         if verdict.successes:
             self._flag(tx, epoch, verdict.successes, now, result)
         if verdict.retries:
@@ -379,7 +402,8 @@ class DagStore:
                    "WHEN t.backoff_s * t.backoff_factor ^ (r.attempt - 1) > t.max_backoff_s "
                    "THEN t.max_backoff_s ELSE t.backoff_s * t.backoff_factor ^ (r.attempt - 1) END, "
                    "t.lost = coalesce(t.lost, 0) + CASE WHEN r.lost THEN 1 ELSE 0 END, "
-                   "t.last_error = r.error, t.epoch = $epoch", rows=verdict.retries, epoch=epoch, now=now,
+                   "t.last_error = r.error, t.epoch = $epoch, t.recheck_at = null, t.waiting_since = null, "
+                   "t.waiting_on = null", rows=verdict.retries, epoch=epoch, now=now,
                    retry_wait=TaskStatus.RETRY_WAIT)
             result.retries += verdict.retries
         if verdict.fails:
@@ -465,8 +489,9 @@ class DagStore:
     # --- periodic work and takeover ----------------------------------------------------------------------
     @at_boundary
     def due_work(self, epoch: int, now: float, grace_s: float, limit: int, overdue: bool = True) -> AdvanceResult:
-        """Roots never dispatched (a submission whose notice was lost), retries whose backoff has passed and,
-        if ``overdue``, dispatched tasks whose response is overdue, as dispatches."""
+        """Roots never dispatched (a submission whose notice was lost), retries whose backoff has passed, waiting
+        attempts whose re-check is due and, if ``overdue``, dispatched tasks whose response is overdue (not those
+        waiting for their re-check), as dispatches."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
             self._gate(_check_fence(tx, epoch))
@@ -481,8 +506,13 @@ class DagStore:
                              "t.epoch = $epoch " + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
                              retry_wait=TaskStatus.RETRY_WAIT, dispatched=TaskStatus.DISPATCHED)
             found += _dispatch_rows(list(retries))
+            rechecks = tx.run("MATCH (t:Task {status: $dispatched}) WHERE t.recheck_at <= $now WITH t LIMIT $limit "
+                              "SET t.recheck_at = null, t.dispatched_at = $now, t.epoch = $epoch " + _RETURN_DISPATCH,
+                              now=now, limit=limit, epoch=epoch, dispatched=TaskStatus.DISPATCHED)
+            found += _dispatch_rows(list(rechecks), redispatch=True, recheck=True)
             late = tx.run("MATCH (t:Task {status: $dispatched}) "
-                          "WHERE t.dispatched_at + t.timeout_s + $grace < $now WITH t LIMIT $limit "
+                          "WHERE t.recheck_at IS NULL AND t.dispatched_at + t.timeout_s + $grace < $now "
+                          "WITH t LIMIT $limit "
                           "SET t.dispatched_at = $now, t.epoch = $epoch " + _RETURN_DISPATCH,
                           now=now, grace=grace_s, limit=limit if overdue else 0, epoch=epoch,
                           dispatched=TaskStatus.DISPATCHED)
@@ -523,7 +553,7 @@ class DagStore:
                           "AND coalesce(t.epoch, 0) <> $epoch "
                           "WITH t, t.status = $dispatched AS again "
                           "SET t.attempt = CASE WHEN again THEN t.attempt ELSE 1 END, "
-                          "t.status = $dispatched, t.dispatched_at = $now, t.epoch = $epoch "
+                          "t.status = $dispatched, t.dispatched_at = $now, t.epoch = $epoch, t.recheck_at = null "
                           + _RETURN_DISPATCH + ", again", keys=keys, now=now, epoch=epoch,
                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
             result = AdvanceResult(dispatches=[

@@ -162,6 +162,22 @@ class Ledger:
         """The start of each attempt among ``keys`` that a worker claimed and has not ended (one SELECT)."""
         return {row.key: row.started_at for row in self._rows(keys, "ended_at IS NULL")}
 
+    def outputs(self, tasks: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """The outputs (result) of the attempt of each ``(experiment_id, task)`` that succeeded, if one did (one
+        SELECT): what ``{{ tasks.NAME.outputs.KEY }}`` references resolve against (``node/model/outputs.py``)."""
+        wanted = list(dict.fromkeys(tasks))
+        if not wanted:
+            return {}
+        sql = ("SELECT experiment_id, task, result FROM ledger WHERE (experiment_id, task) IN ("
+               + ",".join(["(%s,%s)"] * len(wanted)) + ") AND outcome = 'success' ORDER BY attempt")
+        args = [value for pair in wanted for value in pair]
+
+        def select(cur: Cursor) -> list[tuple]:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
+        return {(exp, task): _load_json(result) or {} for exp, task, result in self._transaction(select)}
+
     def _rows(self, keys: Iterable[Key], condition: str) -> list[LedgerRow]:
         """Rows of ``keys`` that meet ``condition``, in id order."""
         wanted = list(dict.fromkeys(keys))

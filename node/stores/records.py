@@ -298,6 +298,14 @@ class Records:
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         return self.transaction(work)
 
+    def task_outputs(self, experiment_id: str) -> dict[str, dict[str, Any]]:
+        """Task name -> the outputs (result) of its attempt that succeeded, for the tasks of an experiment that did."""
+        def work(cur: pymysql.cursors.Cursor) -> dict[str, dict[str, Any]]:
+            cur.execute("SELECT task, result FROM ledger WHERE experiment_id = %s AND outcome = 'success'",
+                        (experiment_id,))
+            return {task: json.loads(result) if result else {} for task, result in cur.fetchall()}
+        return self.transaction(work)
+
     def states(self, ids: list[str]) -> dict[str, str]:
         """experiment_id -> state of the ids that exist."""
         if not ids:

@@ -18,6 +18,10 @@ Built-ins:
   run as argv; a string is split like a shell would and run directly, unless it uses shell syntax (pipes,
   redirections, ``$``, globs, ``~``, ``;``, ``&&``, newlines), then it runs under ``/bin/sh -c``. Off unless
   ``shell_executor_enabled = true``, because it runs anything a template says.
+- ``wait_file``: a sensor: succeeds with ``{"path", "size"}`` once the absolute ``path`` exists; until then it raises
+  :class:`NotYet` (re-checked every ``poll_s``, default 1 s, without holding a worker slot meanwhile).
+- ``stage_in``, ``stage_out``, ``slurm_submit``, ``slurm_monitor``, ``slurm_cancel``: data and SLURM jobs on an HPC
+  site over SSH (``node/worker/hpc_executors.py``); the undo of ``slurm_submit`` scancels the task's live jobs.
 - ``mark``: evidence of exactly-once execution for chaos runs. Sleeps ``seconds`` (default 0), then creates the
   marker file ``<mark_dir>/<experiment_id>.<task>.<attempt>`` exclusively (``O_CREAT | O_EXCL``); if that attempt
   left its marker already, it creates ``<marker>.twice.<pid>.<time_ns>`` instead, and succeeds either way: the
@@ -61,6 +65,19 @@ class ExecutionContext:
 
 class ExecutorFailure(Exception):
     """The task failed; the message (one line) is reported as the response's ``error``."""
+
+
+class NotYet(Exception):
+    """The task waits on something outside haorch (a SLURM job): check again in ``recheck_after_s`` seconds.
+
+    The worker answers the attempt as *waiting* without ending it, and frees its slot; the leader dispatches the
+    same attempt again when the re-check is due, until it ends or the task's ``timeout_s`` (counted from the
+    attempt's first dispatch) has passed. The check must therefore be idempotent."""
+
+    def __init__(self, recheck_after_s: float, status: str) -> None:
+        super().__init__(status)
+        self.recheck_after_s = recheck_after_s
+        self.status = status
 
 
 Executor = Callable[[dict[str, Any], ExecutionContext], dict[str, Any]]
@@ -163,8 +180,46 @@ def _mark_dir(raw: object, home: str) -> str:
     return real
 
 
+def run_wait_file(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any]:
+    """A sensor: succeed once the absolute ``path`` exists, checking every ``poll_s`` seconds (default 1) without
+    holding a worker slot in between (:class:`NotYet`); the task's ``timeout_s`` bounds the wait."""
+    path = params.get("path")
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ExecutorFailure(f"param 'path' must be an absolute path, got {path!r:.200}")
+    poll_s = _param(params, "poll_s", float, 1.0)
+    if not 0 < poll_s <= 3600:
+        raise ExecutorFailure(f"param 'poll_s' must be within (0, 3600], got {poll_s}")
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise NotYet(poll_s, f"{path} does not exist yet") from None
+    except OSError as exc:
+        raise ExecutorFailure(f"cannot stat {path!r:.200}: {exc.strerror}") from None
+    return {"path": path, "size": size}
+
+
+def _hpc(name: str) -> Any:
+    """The function ``name`` of ``node/worker/hpc_executors.py``, imported at its first call: that module imports
+    this one (and paramiko, which a worker without HPC tasks never loads)."""
+
+    def run(params: dict[str, Any], ctx: ExecutionContext) -> Any:
+        from node.worker import hpc_executors
+
+        return getattr(hpc_executors, name)(params, ctx)
+
+    run.__name__ = name
+    return run
+
+
+#: undo functions of the executors in ``UNDO_EXECUTORS`` (same keys): ``undo(params, ctx)`` reverses what the task
+#: may have started outside haorch, for any of its attempts; it must be idempotent (a redelivery runs it again)
+UNDOS: dict[str, Callable[[dict[str, Any], ExecutionContext], None]] = {
+    "slurm_submit": _hpc("undo_slurm_submit")}
+
 EXECUTORS: dict[str, Executor] = {"noop": run_noop, "sleep": run_sleep, "fail": run_fail, "shell": run_shell,
-                                  "mark": run_mark}
+                                  "mark": run_mark, "wait_file": run_wait_file, "stage_in": _hpc("run_stage_in"),
+                                  "stage_out": _hpc("run_stage_out"), "slurm_submit": _hpc("run_slurm_submit"),
+                                  "slurm_monitor": _hpc("run_slurm_monitor"), "slurm_cancel": _hpc("run_slurm_cancel")}
 
 
 def get_executor(name: str, shell_enabled: bool) -> Executor:

@@ -55,8 +55,9 @@ from node.metrics import (
     WORKER_IN_PROGRESS,
 )
 from node.model.limits import MAX_ERROR_CHARS, name_problem, value_problem
+from node.model.messages import MAX_RECHECK_S, TaskRequest, TaskResponse
 from node.model.messages import Outcome as OutcomeName
-from node.model.messages import TaskRequest, TaskResponse
+from node.model.references import UnresolvedReference, find_refs, resolve
 from node.retry import RECONNECT, RESUME, call
 from node.stores.ledger import ABANDONED, CLAIM_LEASE_S, Finish, Key, Ledger, LedgerRow, Start
 from node.stores.ports import Consumer, Publisher
@@ -69,7 +70,7 @@ from node.stores.rabbit import (
     dead_letter,
     pump,
 )
-from node.worker.executors import ExecutionContext, ExecutorFailure, get_executor
+from node.worker.executors import UNDOS, ExecutionContext, ExecutorFailure, NotYet, get_executor
 from node.worker.ports import ExecutionLedger
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ MAX_RESULT_BYTES = 60_000  # ledger column result (TEXT: 65,535 bytes)
 RENEW_S = CLAIM_LEASE_S / 6  # how often a worker renews the claims it holds while their tasks run or wait
 TARGET_BATCH_S = 1.0  # a batch of slow tasks is cut to about this much work per thread (see batch_limit)
 POLL_S = 0.05  # longest wait without pumping AMQP events (heartbeats) or checking timeouts
+MIN_RECHECK_S = 0.5  # a waiting task's re-checks come at most this often
 DEPENDENCIES = ("rabbitmq", "mariadb")  # the services of the worker's haorch_dependency_up
 
 
@@ -91,6 +93,8 @@ class Outcome:
     started_at: float
     ended_at: float
     seconds: float
+    recheck_after_s: float | None = None  # a waiting outcome: the task waits on something outside haorch
+    waiting_on: str | None = None
 
 
 def request_key(request: TaskRequest) -> Key:
@@ -242,6 +246,10 @@ class Worker:
                 requests.append(TaskRequest.decode(delivery.body))
             except MalformedMessage as exc:
                 dead.append((delivery, exc.reason))
+        undos = [r for r in requests if r.undo]
+        if undos:
+            self._undo(undos)
+            requests = [r for r in requests if not r.undo]
         if requests:
             responses = self._answer(requests)
             DEPENDENCY_UP.labels(service="mariadb").set(1)
@@ -280,12 +288,17 @@ class Worker:
                         row.started_at)
 
         claimed = [request for key, request in fresh.items() if key in won]
-        outcomes = self._execute(claimed, [won[request_key(r)] for r in claimed])
-        ran = [(r, o) for r, o in zip(claimed, outcomes, strict=True) if o is not None]
+        outputs = self._outputs_referenced(claimed)
+        outcomes = self._execute(claimed, [won[request_key(r)] for r in claimed], outputs)
+        ran = [(r, o) for r, o in zip(claimed, outcomes, strict=True) if o is not None and o.outcome != "waiting"]
+        waiting = {request_key(r): o for r, o in zip(claimed, outcomes, strict=True)
+                   if o is not None and o.outcome == "waiting"}
         unstarted = [won[request_key(r)] for r, o in zip(claimed, outcomes, strict=True) if o is None]
         ended = self.ledger.finish([Finish(won[request_key(r)], o.ended_at, o.outcome, o.result, o.error,
                                            o.started_at) for r, o in ran])
         self._account([r for r, _ in ran], [o for _, o in ran])
+        if waiting:  # not ended: the re-check the leader sends later claims the attempt again
+            self.ledger.release([won[key] for key in waiting])
         if unstarted:
             self.ledger.release(unstarted)
             WORKER_CLAIMS.labels("released").inc(len(unstarted))
@@ -308,6 +321,9 @@ class Worker:
             if key in executed and key not in answered:
                 answered.add(key)
                 responses.append(self._response(request, executed[key]))
+            elif key in waiting and key not in answered:
+                answered.add(key)
+                responses.append(self._response(request, waiting[key]))
             elif key in executed:  # the same attempt twice in this batch: ran once, the copy is a replay
                 outcome = executed[key]
                 responses.append(replay_response(LedgerRow(
@@ -326,10 +342,49 @@ class Worker:
             self.replayed += len(replayed_ids)
         return responses
 
+    def _undo(self, requests: list[TaskRequest]) -> None:
+        """Run the undo of each request's executor (no claim, no response: undos are idempotent, and a crash before
+        the ack runs them again); a failure is logged in one line, it does not fail the batch."""
+        def one(request: TaskRequest) -> None:
+            undo = UNDOS.get(request.executor)
+            if undo is None:
+                log.warning("worker: exp=%s task=%s: executor %r has no undo", request.experiment_id, request.task,
+                            request.executor)
+                return
+            undo(request.params, ExecutionContext(request.experiment_id, request.task, request.attempt,
+                                                  seed=experiment_seed(request.experiment_id), home=str(self.cfg.home)))
+
+        futures = {self._pool.submit(one, r): r for r in requests}
+        deadline = time.monotonic() + max(r.timeout_s for r in requests)
+        while futures and time.monotonic() < deadline:
+            done, _ = wait(list(futures), timeout=POLL_S, return_when=ALL_COMPLETED)
+            self._pump()
+            for future in done:
+                request = futures.pop(future)
+                exc = future.exception()
+                if exc is None:
+                    log.info("worker: undid exp=%s task=%s (%s)", request.experiment_id, request.task,
+                             request.executor)
+                else:
+                    log.warning("worker: undo of exp=%s task=%s failed: %s", request.experiment_id, request.task,
+                                one_line(str(exc) or type(exc).__name__, 200))
+        for request in futures.values():
+            log.warning("worker: undo of exp=%s task=%s did not end within %g s", request.experiment_id,
+                        request.task, request.timeout_s)
+
+    def _outputs_referenced(self, runs: list[TaskRequest]) -> dict[str, dict[str, dict]]:
+        """The outputs the params of ``runs`` reference, by experiment and task (one ledger read for the batch)."""
+        wanted = [(r.experiment_id, task) for r in runs for task in find_refs(r.params)]
+        found: dict[str, dict[str, dict]] = {}
+        for (experiment_id, task), values in (self.ledger.outputs(wanted) if wanted else {}).items():
+            found.setdefault(experiment_id, {})[task] = values
+        return found
+
     def _response(self, request: TaskRequest, outcome: Outcome) -> TaskResponse:
         return TaskResponse(experiment_id=request.experiment_id, task=request.task, attempt=request.attempt,
                             outcome=outcome.outcome, result=outcome.result, error=outcome.error,
-                            worker=self.worker_id, started_at=outcome.started_at, ended_at=outcome.ended_at)
+                            worker=self.worker_id, started_at=outcome.started_at, ended_at=outcome.ended_at,
+                            recheck_after_s=outcome.recheck_after_s, waiting_on=outcome.waiting_on)
 
     def _account(self, runs: list[TaskRequest], outcomes: list[Outcome]) -> None:
         """Metrics and log lines for executed tasks (successes only at DEBUG: thousands per second)."""
@@ -352,15 +407,18 @@ class Worker:
             self._mean_s = mean if self._mean_s is None else 0.5 * self._mean_s + 0.5 * mean
 
     # --- execution ----------------------------------------------------------------------------
-    def _execute(self, runs: list[TaskRequest], claims: list[int]) -> list[Outcome | None]:
-        """Run every request on the pool, each within its timeout; pump AMQP events while waiting and renew the
-        claims (ledger ids ``claims``, in the order of ``runs``) of what has not ended every RENEW_S. Once the AMQP
-        connection is lost, what has not started does not start: its slot is None."""
+    def _execute(self, runs: list[TaskRequest], claims: list[int],
+                 outputs: dict[str, dict[str, dict]]) -> list[Outcome | None]:
+        """Run every request on the pool, each within its timeout, its output references resolved from ``outputs``;
+        pump AMQP events while waiting and renew the claims (ledger ids ``claims``, in the order of ``runs``) of
+        what has not ended every RENEW_S. Once the AMQP connection is lost, what has not started does not start: its
+        slot is None."""
         if not runs:
             return []
         renew_at = time.monotonic() + RENEW_S
         began: list[float | None] = [None] * len(runs)  # monotonic start, set by the executing thread
-        futures = [self._pool.submit(self._run_one, request, began, i) for i, request in enumerate(runs)]
+        futures = [self._pool.submit(self._run_one, request, began, i, outputs.get(request.experiment_id, {}))
+                   for i, request in enumerate(runs)]
         outcomes: list[Outcome | None] = [None] * len(runs)
         pending = set(range(len(runs)))
         abandoned = 0
@@ -422,14 +480,20 @@ class Worker:
             self._lost = exc
 
     @WORKER_IN_PROGRESS.track_inprogress()
-    def _run_one(self, request: TaskRequest, began: list[float | None], index: int) -> Outcome:
-        """Execute one request (on a pool thread); never raises."""
+    def _run_one(self, request: TaskRequest, began: list[float | None], index: int,
+                 outputs: dict[str, dict]) -> Outcome:
+        """Execute one request (on a pool thread), its references resolved (``node/model/references.py``; task
+        outputs from ``outputs``: task name -> outputs of its experiment's tasks); never raises."""
         began[index] = t0 = time.monotonic()
         started_at = time.time()
         result, error = None, None
         try:
             run = get_executor(request.executor, shell_enabled=self.cfg.shell_executor_enabled)
-            value = run(request.params, ExecutionContext(request.experiment_id, request.task, request.attempt,
+            try:
+                params = resolve(request.params, outputs, request.params, request.experiment_id)
+            except UnresolvedReference as exc:
+                raise ExecutorFailure(str(exc)) from None
+            value = run(params, ExecutionContext(request.experiment_id, request.task, request.attempt,
                                                          seed=experiment_seed(request.experiment_id),
                                                          home=str(self.cfg.home)))
             if not isinstance(value, dict):
@@ -444,6 +508,10 @@ class Worker:
             if size > MAX_RESULT_BYTES:
                 raise ExecutorFailure(f"result is {size} bytes of JSON, more than {MAX_RESULT_BYTES}")
             result = value
+        except NotYet as wait:
+            recheck = min(max(wait.recheck_after_s, MIN_RECHECK_S), MAX_RECHECK_S)
+            return Outcome("waiting", None, None, started_at, time.time(), time.monotonic() - t0, recheck,
+                           one_line(wait.status))
         except ExecutorFailure as exc:
             error = one_line(str(exc))
         except Exception as exc:  # noqa: BLE001 - a task's bug is the task's failure, not the worker's

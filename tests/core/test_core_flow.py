@@ -153,7 +153,7 @@ def test_cancel_running_experiment_ignores_later_responses(workers: Config, tmp_
     duplicates_before = metric(cfg, "haorch_duplicate_responses_total")
 
     out = cli_json(cfg, "cancel", exp)
-    assert out == {"experiment_id": exp, "state": "CANCELLED", "cancelled_tasks": 3}
+    assert out == {"experiment_id": exp, "state": "CANCELLED", "cancelled_tasks": 3, "undone_tasks": 0}
     assert experiment_states(cfg, [exp]) == {exp: "CANCELLED"}
     assert {n: t["status"] for n, t in dag_tasks(cfg, exp).items()} == {
         "one": "CANCELLED", "two": "CANCELLED", "three": "CANCELLED"}

@@ -23,6 +23,7 @@ from node.model.states import (
     task_may_move,
 )
 from node.model.template import TaskSpec
+from node.stores.dags import undoable
 
 
 class FakeDagStore:
@@ -83,16 +84,23 @@ class FakeDagStore:
     def advance(self, epoch: int, outcomes: list[Outcome], submitted: list[str], now: float) -> AdvanceResult:
         self._check_fence(epoch)
         result = AdvanceResult()
-        verdict = classify(outcomes, {o.key: self.tasks[o.key] for o in outcomes if o.key in self.tasks})
+        verdict = classify(outcomes, {o.key: self.tasks[o.key] for o in outcomes if o.key in self.tasks}, now)
         result.unknown += verdict.unknown
         result.duplicates += verdict.duplicates
+        result.undos += undoable([self._as_dispatch(self.tasks[key]) for key in verdict.orphans])
+        for info in verdict.waits:
+            task = self.tasks[info["key"]]
+            task.update(recheck_at=info["recheck_at"], waiting_on=info["waiting_on"], epoch=epoch,
+                        waiting_since=task.get("waiting_since") or now)
+            result.waits.append(info)
         for info in verdict.successes:
             self._flag(epoch, info, now, result)
         for info in verdict.retries:
             task = self.tasks[info["key"]]
             self._move(task, TaskStatus.RETRY_WAIT,
                        not_before=now if info["lost"] else now + task["retry"].delay(info["attempt"]),
-                       last_error=info["error"], epoch=epoch, lost=task["lost"] + info["lost"])
+                       last_error=info["error"], epoch=epoch, lost=task["lost"] + info["lost"], recheck_at=None,
+                       waiting_since=None, waiting_on=None)
             result.retries.append(info)
         for info in verdict.fails:
             self._fail(epoch, info, now, result)
@@ -151,10 +159,17 @@ class FakeDagStore:
                                          "name": other["name"], "attempt": other["attempt"]})
 
     def _dispatch(self, task: dict[str, Any], epoch: int, now: float, attempt: int,
-                  redispatch: bool = False) -> Dispatch:
+                  redispatch: bool = False, recheck: bool = False) -> Dispatch:
         self._move(task, TaskStatus.DISPATCHED, attempt=attempt, dispatched_at=now, epoch=epoch)
+        if not recheck:
+            task["recheck_at"] = None
         return Dispatch(task["key"], task["experiment_id"], task["name"], task["kind"], task["request"], attempt,
-                        redispatch)
+                        redispatch, recheck)
+
+    @staticmethod
+    def _as_dispatch(task: dict[str, Any]) -> Dispatch:
+        return Dispatch(task["key"], task["experiment_id"], task["name"], task["kind"], task["request"],
+                        task["attempt"])
 
     def _start_experiments(self, now: float, result: AdvanceResult) -> None:
         for experiment_id in sorted({d.experiment_id for d in result.dispatches}):
@@ -172,10 +187,17 @@ class FakeDagStore:
         tasks = sorted(self.tasks.values(), key=lambda t: t["key"])
         roots = [t for t in tasks if t["status"] == TaskStatus.PENDING and t["waiting"] == 0][:limit]
         retries = [t for t in tasks if t["status"] == TaskStatus.RETRY_WAIT and t["not_before"] <= now][:limit]
-        overdue = [t for t in tasks if t["status"] == TaskStatus.DISPATCHED
+        rechecks = [t for t in tasks if t["status"] == TaskStatus.DISPATCHED
+                    and t.get("recheck_at") is not None and t["recheck_at"] <= now][:limit]
+        for t in rechecks:
+            t["recheck_at"] = None
+        overdue = [t for t in tasks if t["status"] == TaskStatus.DISPATCHED and t.get("recheck_at") is None
+                   and t not in rechecks
                    and t["dispatched_at"] + t["timeout_s"] + grace_s < now][:limit if overdue else 0]
         result = AdvanceResult(dispatches=[self._dispatch(t, epoch, now, 1) for t in roots]
                                + [self._dispatch(t, epoch, now, t["attempt"] + 1) for t in retries]
+                               + [self._dispatch(t, epoch, now, t["attempt"], redispatch=True, recheck=True)
+                                  for t in rechecks]
                                + [self._dispatch(t, epoch, now, t["attempt"], redispatch=True) for t in overdue])
         self._start_experiments(now, result)
         self.journal.append("neo4j.due_work")

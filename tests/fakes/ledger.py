@@ -49,6 +49,11 @@ class FakeLedger:
         return {row.key: row._replace(expired=self.deadlines[row.id] < now)
                 for row in self.rows_by_id.values() if row.key in wanted}
 
+    def outputs(self, tasks: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        wanted = set(tasks)
+        return {(row.experiment_id, row.task): row.result or {} for row in self.rows_by_id.values()
+                if (row.experiment_id, row.task) in wanted and row.outcome == "success"}
+
     def in_progress(self, keys: Iterable[Key]) -> dict[Key, float]:
         return {key: row.started_at for key, row in self.rows(keys).items() if row.ended_at is None}
 

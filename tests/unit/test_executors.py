@@ -12,6 +12,7 @@ from node.worker.executors import (
     EXECUTORS,
     ExecutionContext,
     ExecutorFailure,
+    NotYet,
     failure_draw,
     get_executor,
 )
@@ -28,12 +29,12 @@ def run(name: str, params: dict, context: ExecutionContext | None = None, shell_
 
 
 def test_registry() -> None:
-    assert set(KNOWN_EXECUTORS) == {"noop", "sleep", "fail", "shell", "mark"}
+    assert {"noop", "sleep", "fail", "shell", "mark", "wait_file"} <= set(KNOWN_EXECUTORS)
     assert tuple(EXECUTORS) == KNOWN_EXECUTORS
 
 
 def test_unknown_executor() -> None:
-    with pytest.raises(ExecutorFailure, match=r"^unknown executor 'ssh' \(known: noop, sleep, fail, shell, mark\)$"):
+    with pytest.raises(ExecutorFailure, match=r"^unknown executor 'ssh' \(known: noop, sleep, fail, shell, mark, "):
         get_executor("ssh", shell_enabled=True)
 
 
@@ -205,3 +206,15 @@ def test_mark_fails_on_a_missing_dir_bad_seconds_and_a_slash_in_the_id(home) -> 
 def test_mark_refuses_to_run_without_a_home() -> None:
     with pytest.raises(ExecutorFailure, match="no haorch home"):
         run("mark", {"mark_dir": "/tmp/marks"})
+
+
+def test_wait_file_waits_without_sleeping_then_reports_the_file(tmp_path) -> None:
+    target = tmp_path / "ready.flag"
+    with pytest.raises(NotYet) as waiting:
+        run("wait_file", {"path": str(target), "poll_s": "2.5"})
+    assert waiting.value.recheck_after_s == 2.5 and str(target) in waiting.value.status
+    target.write_text("done")
+    assert run("wait_file", {"path": str(target)}) == {"path": str(target), "size": 4}
+    for bad, message in (({"path": "relative"}, "absolute path"), ({"path": "/x", "poll_s": 0}, "poll_s")):
+        with pytest.raises(ExecutorFailure, match=message):
+            run("wait_file", bad)

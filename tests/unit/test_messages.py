@@ -170,11 +170,14 @@ def test_malformed_request(changes: dict[str, Any], reason: str) -> None:
     assert reason_of(TaskRequest, body(REQUEST, **changes)) == reason
 
 
+ONLY_WAITING = "recheck_after_s and waiting_on come with a waiting outcome, and only with it"
+
+
 @pytest.mark.parametrize(
     ("message", "changes", "reason"),
     [
-        (SUCCESS, {"outcome": "ok"}, "field 'outcome' must be one of success, failure, got 'ok'"),
-        (SUCCESS, {"outcome": 1}, "field 'outcome' must be one of success, failure, got 1"),
+        (SUCCESS, {"outcome": "ok"}, "field 'outcome' must be one of success, failure, waiting, got 'ok'"),
+        (SUCCESS, {"outcome": 1}, "field 'outcome' must be one of success, failure, waiting, got 1"),
         (SUCCESS, {"result": "x"}, "field 'result' must be an object or null, got a string"),
         (SUCCESS, {"error": "boom"}, "a success carries no error"),
         (FAILURE, {"error": None}, "a failure needs an error"),
@@ -182,6 +185,12 @@ def test_malformed_request(changes: dict[str, Any], reason: str) -> None:
         (FAILURE, {"replayed": 1}, "field 'replayed' must be a boolean, got a number"),
         (FAILURE, {"worker": ...}, "missing field 'worker'"),
         (FAILURE, {"attempt": -1}, "attempt must be within 1..2147483647, got -1"),
+        (SUCCESS, {"outcome": "waiting"}, ONLY_WAITING),
+        (SUCCESS, {"recheck_after_s": 2}, ONLY_WAITING),
+        (SUCCESS, {"outcome": "waiting", "recheck_after_s": 0, "waiting_on": "job"},
+         "recheck_after_s must be within (0, 3600], got 0.0"),
+        (FAILURE, {"outcome": "waiting", "recheck_after_s": 1, "waiting_on": "job"},
+         "a waiting response carries no error and is neither lost nor replayed"),
     ],
 )
 def test_malformed_response(message: TaskResponse, changes: dict[str, Any], reason: str) -> None:

@@ -74,7 +74,7 @@ def error_of(data: object) -> str:
         (diamond(b={"depends_on": ["a", "a"]}), D + "task 'b' lists dependency 'a' twice"),
         (diamond(b={"depends_on": "a"}), D + "depends_on of task 'b' must be a list of task names, got 'a'"),
         (diamond(b={"executor": "ssh"}),
-         D + "task 'b' uses unknown executor 'ssh' (known: fail, mark, noop, shell, sleep)"),
+         D + "task 'b' uses unknown executor 'ssh' (known: fail, mark, noop, shell, sleep, "),
         (diamond(b={"retry": 3}), D + "task 'b' has unknown key 'retry' (allowed: name, kind, executor,"),
         (diamond(b={"kind": ""}), D + "kind of task 'b' must be 1-64 printable characters, got ''"),
         (diamond(b={"kind": "k" * 65}), D + "kind of task 'b' must be 1-64 printable characters, got 'kkk"),
@@ -308,3 +308,27 @@ def test_builtin_retry(builtins: dict[str, Template]) -> None:
 def test_builtin_validation_uses_known_executors() -> None:
     with pytest.raises(TemplateError, match=r"retry\.yaml \(type 'retry'\): task 'flaky' uses unknown executor 'fail'"):
         builtin_templates(("noop",))
+
+
+def test_output_references_must_name_an_ancestor_and_be_well_formed() -> None:
+    def tpl(params: dict, declared: dict | None = None) -> dict:
+        return {"type": "refs", "params": declared or {}, "tasks": [
+            {"name": "submit", "kind": "job_submission"},
+            {"name": "side", "kind": "k"},
+            {"name": "wait", "kind": "monitoring", "depends_on": ["submit"]},
+            {"name": "out", "kind": "output_staging", "depends_on": ["wait"], "params": params}]}
+
+    ok = parse_template(tpl({"job": "{{ tasks.submit.outputs.job_id }}", "n": ["{{tasks.wait.outputs.a.b}}"]}),
+                        KNOWN_EXECUTORS)
+    assert ok.task("out").params["job"] == "{{ tasks.submit.outputs.job_id }}"
+    assert error_of(tpl({"x": "{{ tasks.side.outputs.id }}"})) == (
+        "template 'refs': task 'out' references the outputs of 'side', which is not among the tasks it depends on "
+        "(directly or not)")
+    assert error_of(tpl({"x": "{{ tasks.submit.output.id }}"})).startswith(
+        "template 'refs': task 'out' has a malformed reference in '{{ tasks.submit.output.id }}'")
+    assert error_of(tpl({}, {"p": "{{ tasks.submit.outputs.id }}"})).startswith(
+        "template 'refs': the default of param 'p' is a reference")
+    assert parse_template(tpl({"src": "{{ params.inputs }}/{{ experiment.id }}"}, {"inputs": None}),
+                          KNOWN_EXECUTORS).task("out").params["src"] == "{{ params.inputs }}/{{ experiment.id }}"
+    assert error_of(tpl({"src": "{{ params.nope }}"})) == (
+        "template 'refs': task 'out' references the param 'nope', which it does not have")

@@ -38,8 +38,8 @@ class Bench:
         return [TaskResponse.decode(body) for body in self.broker.bodies(RESPONSES)]
 
 
-def request(task: str = "a", attempt: int = 1, executor: str = "noop") -> bytes:
-    return TaskRequest(experiment_id="e", task=task, kind="job_submission", executor=executor, params={},
+def request(task: str = "a", attempt: int = 1, executor: str = "noop", params: dict | None = None) -> bytes:
+    return TaskRequest(experiment_id="e", task=task, kind="job_submission", executor=executor, params=params or {},
                        timeout_s=5.0, attempt=attempt, epoch=2, dispatched_at=time.time()).encode()
 
 
@@ -156,3 +156,41 @@ def test_a_replay_of_an_abandoned_attempt_is_lost_too(bench: Bench) -> None:
                      error="abandoned: its worker did not end it")
     (response,) = bench.answer(request())
     assert response.replayed and response.lost and response.outcome == "failure"
+
+
+def test_a_waiting_attempt_is_answered_waiting_and_its_claim_released_for_the_re_check(bench: Bench,
+                                                                                      tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    (response,) = bench.answer(request("w", executor="wait_file", params={"path": str(flag), "poll_s": 3}))
+    assert (response.outcome, response.recheck_after_s, response.error) == ("waiting", 3.0, None)
+    assert str(flag) in (response.waiting_on or "")
+    assert bench.ledger.rows([("e", "w", 1)]) == {}, "the claim is released: the re-check claims the attempt again"
+    j = bench.journal
+    assert j.index_of(f"publish {RESPONSES}") < j.index_of("ack 1")
+    flag.write_text("x")
+    _, again = bench.answer(request("w", executor="wait_file", params={"path": str(flag)}))
+    assert (again.outcome, again.result) == ("success", {"path": str(flag), "size": 1})
+    assert bench.ledger.executions(("e", "w", 1)) == 1
+
+
+def test_output_references_are_resolved_from_the_ledger_before_the_executor_runs(bench: Bench) -> None:
+    bench.ledger.add(Start("e", "submit", 1, "worker-0", 2, time.time()), ended_at=time.time(), outcome="success",
+                     result={"job_id": "42", "nested": {"n": 7}})
+    ref = {"ms": "{{ tasks.submit.outputs.nested.n }}", "note": "job {{ tasks.submit.outputs.job_id }}",
+           "where": "{{ experiment.id }}/{{ params.note }}"}
+    (response,) = bench.answer(request("sleepy", executor="sleep", params=ref))
+    assert (response.outcome, response.result) == ("success", {"slept_ms": 7})
+    (missing,) = bench.answer(request("other", executor="noop", params={"x": "{{ tasks.ghost.outputs.id }}"}))[1:]
+    assert missing.outcome == "failure" and "task 'ghost' has no recorded outputs" in (missing.error or "")
+
+
+def test_an_undo_request_runs_the_executor_s_undo_without_a_claim_or_a_response(bench: Bench,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    undone: list[tuple[str, dict]] = []
+    monkeypatch.setitem(worker_module.UNDOS, "noop", lambda params, ctx: undone.append((ctx.task, params)))
+    body = TaskRequest(experiment_id="e", task="submit", kind="job_submission", executor="noop", params={"site": "x"},
+                       timeout_s=5.0, attempt=1, epoch=2, dispatched_at=time.time(), undo=True).encode()
+    assert bench.answer(body) == []
+    assert undone == [("submit", {"site": "x"})]
+    assert bench.ledger.rows([("e", "submit", 1)]) == {}
+    assert bench.consumer.idle()
