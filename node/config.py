@@ -3,11 +3,11 @@
 Values come from, in order of precedence: environment variables ``HAORCH_<NAME>`` (upper case), the file
 ``haorch.toml`` in the state dir, then the defaults below. The state dir is ``$HAORCH_HOME`` (default
 ``./.haorch``). Every port is derived from ``port_base`` so that two stacks (a user's and the test suite's)
-can live side by side on one machine. A stack uses ``port_base + 1 .. port_base + 273`` (services below +70,
+can live side by side on one machine. A stack uses ``port_base + 1 .. port_base + 299`` (services below +70,
 nodes +71..+99, workers +101..+199, leader beacons +201..+229, Galera members +230..+241, RabbitMQ cluster nodes
-+250..+272): keep two stacks' bases at least 300 apart. ``member_hosts`` spreads members, nodes and workers over
-several hosts (the lab, or three real machines: docs/OPERATIONS.md); ``topology = "ha"`` clusters RabbitMQ and
-MariaDB.
++250..+272, the HPC test site +280..+299): keep two stacks' bases at least 300 apart. ``member_hosts`` spreads
+members, nodes and workers over several hosts (the lab, or three real machines: docs/OPERATIONS.md);
+``topology = "ha"`` clusters RabbitMQ and MariaDB.
 ``runtime`` says whether the stack's programs run as processes or Docker containers; a state dir remembers the
 one its stack was started in (``<home>/runtime``), unless a setting names it::
 
@@ -182,6 +182,13 @@ class Config:
     def galera_port(self, member: int, which: int = 0) -> int:
         """Ports of Galera member ``member`` (1..3): ``which`` 0 SQL, 1 group communication, 2 IST, 3 SST."""
         return self.port_base + 226 + 4 * member + which
+
+    def hpc_ports(self) -> dict[str, int]:
+        """Ports of the HPC test site (``haorch hpc up``, node/hpc/site.py), by its program's name, and the first
+        and last of the range ``srun`` listens on."""
+        base = self.port_base + 280
+        return {"sshd": base, "slurmctld": base + 1, "slurmd-n1": base + 2, "slurmd-n2": base + 3,
+                "slurmdbd": base + 4, "hpc-mariadb": base + 5, "srun-first": base + 10, "srun-last": base + 19}
 
     def node_http_port(self, node_id: int) -> int:
         """HTTP port (/metrics, /healthz, /api) of orchestrator node ``node_id`` (1..29)."""

@@ -41,14 +41,27 @@ def cli(ctx: click.Context, home: str | None) -> None:
               help="Seconds of submissions.")
 @click.option("--kills", type=click.IntRange(0, 10), default=3, show_default=True,
               help="Times the leader is killed with SIGKILL.")
+@click.option("--hpc", is_flag=True,
+              help="Instead: run the example science workload (hpc_wordcount) on the HPC test site: stage in, a "
+                   "SLURM array job, monitor, stage out, check every result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def demo(rate: float, duration: float, kills: int, as_json: bool) -> None:
+def demo(rate: float, duration: float, kills: int, hpc: bool, as_json: bool) -> None:
     """Kill the leader of a 3-node cluster under load (SIGKILL, 3 times): nothing lost, nothing advanced twice.
 
     Needs the stack (`haorch stack up`); starts the cluster if it is not running and leaves it up. Exits 1
-    when an invariant is violated.
+    when an invariant is violated. With --hpc: starts the HPC test site (`haorch hpc up`) if needed and runs one
+    hpc_wordcount experiment on it; exits 1 when a result is wrong or the submit task has other than one job.
     """
     from node.cli.common import config, emit, stderr
+
+    if hpc:
+        from node.demo_hpc import print_hpc_summary, run_hpc_demo
+
+        result = run_hpc_demo(config(), console=stderr)
+        emit(result, as_json, lambda s: print_hpc_summary(s, stderr))
+        if not result["ok"]:
+            sys.exit(1)
+        return
     from node.demo import print_summary, run_demo
 
     summary = run_demo(config(), rate=rate, duration_s=duration, kills=kills, console=stderr)
@@ -66,6 +79,8 @@ def _register_commands() -> None:
         cli.add_command(command)
     from node.cli.dashboard import dashboard
     cli.add_command(dashboard)
+    from node.cli.hpc import hpc
+    cli.add_command(hpc)
 
 
 def main(argv: list[str] | None = None) -> None:
