@@ -156,3 +156,24 @@ def recover(experiments: int, page_size: int, no_record: bool, as_json: bool) ->
     if not no_record:
         report.append(section)
     emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
+@click.option("--jobs", type=click.IntRange(min=1, max=5000), default=200, show_default=True,
+              help="SLURM jobs per phase.")
+@click.option("--hold", "hold_s", type=click.IntRange(min=10, max=600), default=60, show_default=True,
+              help="Seconds SLURM holds the jobs of the slot phase (they must all be queued within it).")
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def hpc(jobs: int, hold_s: int, no_record: bool, as_json: bool) -> None:
+    """Short SLURM jobs through haorch against sbatch+sacct by hand (ratio), and worker slots held while jobs wait.
+
+    Needs the stack; starts the HPC test site and a 1-node cluster with 2 workers if they are not running."""
+    from bench import hpc as hp
+    from bench import report
+
+    result = hp.run(config(), jobs, hold_s, progress=_progress)
+    section = hp.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))
