@@ -122,12 +122,18 @@ def _check_counts(results: Path, expected: dict[str, int]) -> list[str]:
     return problems
 
 
-def _jobs_of_task(cfg: Config, experiment_id: str, task: str) -> int:
-    """Jobs SLURM's accounting holds for any attempt of ``task`` (by the names haorch gives them)."""
+def _jobs_of_task(cfg: Config, experiment_id: str, task: str, wait_s: float = 15.0) -> int:
+    """Jobs SLURM's accounting holds for any attempt of ``task`` (by the names haorch gives them; an array job is
+    one job). slurmdbd records a job a moment after it ends: an empty answer is asked again for up to ``wait_s``."""
     info = site_named(load_sites(cfg.home), DEFAULT_SITE)
     names = ",".join(slurm.job_name(experiment_id, task, attempt) for attempt in range(1, 6))
-    done = POOL.run(DEFAULT_SITE, info, f"sacct -n -X -P -S now-1days -o JobIDRaw --name={names}", timeout_s=30)
-    return len({line.split("_")[0] for line in done.stdout.split() if line.strip()})
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = POOL.run(DEFAULT_SITE, info, f"sacct -n -X -P -S now-1days -o JobID --name={names}", timeout_s=30)
+        jobs = {line.split("_")[0] for line in done.stdout.split() if line.strip()}
+        if jobs or time.monotonic() > deadline:
+            return len(jobs)
+        time.sleep(1.0)
 
 
 def print_hpc_summary(summary: dict[str, Any], console: Console) -> None:

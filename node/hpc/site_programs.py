@@ -7,7 +7,7 @@ hpc-mariadb    ``SELECT 1`` over its socket (the stack's MariaDB service on a da
 slurmdbd       ``sacctmgr show cluster`` (sacctmgr talks to slurmdbd)
 slurmctld      ``scontrol ping`` answers UP
 slurmd-nX      node nX is idle (or running jobs) and responding in ``sinfo``
-sshd           an SSH login with the site's key that runs ``sinfo``
+sshd           a new SSH login with the site's key that runs ``sinfo`` (node/hpc/ssh.py, as a worker logs in)
 =============  ===========================================================================================
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from node.config import Config
 from node.errors import ServiceError, SetupError
-from node.hpc.site_login import login_run
 from node.hpc.siteinfo import SiteInfo
-from node.hpc.slurm_conf import CLUSTER, DATABASE, DB_USER, PARTITION, SiteLayout
+from node.hpc.slurm_conf import CLUSTER, DATABASE, DB_USER, PARTITION, SITE_NAME, SiteLayout
+from node.hpc.ssh import SshError, login_run
 from node.paths import setup_hint
 from node.private_files import write_private
 from node.runtime.process import ManagedProcess, _proc_start_time, wait_gone
@@ -137,7 +137,8 @@ class SiteMariaDB(SiteProgram, MariaDB):
     def server_args(self) -> list[str]:
         # later options win: the stack's sizes are for haorch's load, the site's accounting needs little (the lock
         # wait is the one slurmdbd asks for at start)
-        return [*super().server_args(), "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=48M",
+        server, *args = super().server_args()
+        return [self.binary(server), *args, "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=48M",
                 "--max-connections=50", "--performance-schema=OFF", "--aria-pagecache-buffer-size=8M",
                 "--key-buffer-size=8M", "--innodb-lock-wait-timeout=900"]
 
@@ -251,7 +252,14 @@ class Sshd(SiteProgram):
         return Launch([self.binary("sshd"), "-D", "-e", "-f", str(self.layout.sshd_config)])
 
     def probe(self) -> None:
-        if PARTITION not in login_run(self.info, "sinfo -h -o %P", timeout_s=10):
+        """A new login each time (not a kept connection): the listener itself must answer."""
+        try:
+            result = login_run(SITE_NAME, self.info, "sinfo -h -o %P", timeout_s=10)
+        except SshError as exc:
+            raise ServiceError(str(exc)) from None
+        if result.exit_code != 0:
+            raise ServiceError(f"sinfo on the login node failed: {result.last_error_line()}")
+        if PARTITION not in result.stdout:
             raise ServiceError(f"sinfo on the login node does not list the partition {PARTITION}")
 
     def stop(self) -> bool:

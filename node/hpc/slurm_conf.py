@@ -201,6 +201,7 @@ StorageLoc={DATABASE}
 def sshd_config(layout: SiteLayout) -> str:
     """sshd_config of the login node: root by key only, its own host key and authorized keys, SLURM_CONF set."""
     # SHLVL=1: without it root's .bashrc made each remote command cost ~280 ms
+    # MaxSessions: OpenSSH allows 10 channels a connection; a worker's tasks share one (up to 2 each while staging)
     return f"""\
 # Written by haorch (node/hpc/slurm_conf.py) at every `haorch hpc up`: edits are overwritten.
 Port {layout.ports['sshd']}
@@ -217,5 +218,6 @@ StrictModes no
 PrintMotd no
 PrintLastLog no
 Subsystem sftp internal-sftp
+MaxSessions 64
 SetEnv SLURM_CONF={layout.slurm_conf} SHLVL=1
 """

@@ -317,6 +317,19 @@ class SshPool:
             chan.close()
 
 
+def login_run(name: str, site: SiteInfo, command: str, timeout_s: float) -> RunResult:
+    """``command`` over a new login to the site (a pool of its own, closed after: no kept connection is reused),
+    tried once (a caller that polls, like the site's sshd probe, tries again itself). SshError when the login or the
+    connection fails; the command's own failure is the result's exit code. A crash of the caller closes the
+    connection with its process."""
+    pool = SshPool(connect_timeout_s=min(timeout_s, CONNECT_TIMEOUT_S),
+                   retry=RetryPolicy(deadline_s=None, first_wait_s=0.0, max_wait_s=0.0, attempts=1))
+    try:
+        return pool.run(name, site, command, timeout_s)
+    finally:
+        pool.close()
+
+
 class SftpSession:
     """One SFTP session on a site's pooled connection for a transfer of many steps; reopened after a failure."""
 

@@ -23,10 +23,10 @@ from polling import wait_until
 from node.config import Config
 from node.errors import ServiceError, SetupError
 from node.hpc import site
-from node.hpc.site_login import connect, login_run, run
-from node.hpc.site_programs import SiteProgram
+from node.hpc.site_programs import SiteProgram, Sshd
 from node.hpc.siteinfo import SiteInfo, load_sites, site_named
-from node.hpc.slurm_conf import SiteLayout
+from node.hpc.slurm_conf import SITE_NAME, SiteLayout
+from node.hpc.ssh import SshError, SshPool, login_run
 from node.runtime.process import pid_alive
 
 NAMES = ["munged", "hpc-mariadb", "slurmdbd", "slurmctld", "slurmd-n1", "slurmd-n2", "sshd"]
@@ -39,7 +39,7 @@ def haorch(cfg: Config, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def local(cfg: Config) -> SiteInfo:
-    return site_named(load_sites(cfg.home), "local")
+    return site_named(load_sites(cfg.home), SITE_NAME)
 
 
 def other_key(folder: Path) -> tuple[Path, str]:
@@ -61,39 +61,49 @@ def test_the_registered_site_logs_in_and_sacct_finds_a_job_by_name(hpc_site: Con
     assert pinned.lookup(f"[{info.host}]:{info.port}") is not None
 
     name = f"hpc-test-{secrets.token_hex(4)}"
-    client = connect(info)
+    pool = SshPool()
     try:
-        code, out, err = run(client, info, f"cd {info.work_dir} && sbatch --parsable --job-name={name} "
-                                           f"--output={name}.out --wrap 'echo hello from $SLURM_JOB_ID'")
-        assert code == 0, err
-        job_id = out.strip()
+        submitted = pool.run(SITE_NAME, info, f"cd {info.work_dir} && sbatch --parsable --job-name={name} "
+                                              f"--output={name}.out --wrap 'echo hello from $SLURM_JOB_ID'",
+                             timeout_s=30, idempotent=False)
+        assert submitted.exit_code == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
 
         def state() -> str:
-            _code, listed, _err = run(client, info, f"sacct -n -X -P --name={name} -o JobID,State -S now-1hours")
-            return listed.strip() if listed.strip() == f"{job_id}|COMPLETED" else ""
+            listed = pool.run(SITE_NAME, info, f"sacct -n -X -P --name={name} -o JobID,State -S now-1hours",
+                              timeout_s=30).stdout.strip()
+            return listed if listed == f"{job_id}|COMPLETED" else ""
 
         started = time.monotonic()
         wait_until(state, 30, f"job {job_id} COMPLETED in sacct by name", poll_s=0.2)
         print(f"submit -> COMPLETED in sacct: {time.monotonic() - started:.2f} s")
     finally:
-        client.close()
+        pool.close()
     assert (Path(info.work_dir) / f"{name}.out").read_text() == f"hello from {job_id}\n"
 
 
 def test_a_login_that_is_not_the_sites_is_refused_in_one_line(hpc_site: Config, tmp_path: Path):
     info = local(hpc_site)
     key, public = other_key(tmp_path)
-    with pytest.raises(ServiceError, match=r"^SSH login to root@[\d.]+:\d+ refused with key .*other_ed25519") as bad:
-        login_run(replace(info, key_file=str(key)), "true")
-    assert "\n" not in str(bad.value)
+    with pytest.raises(SshError, match=r"^site 'local' \([\d.]+:\d+\): authentication failed with key "
+                                       r".*other_ed25519") as bad:
+        login_run(SITE_NAME, replace(info, key_file=str(key)), "true", timeout_s=10)
+    assert "\n" not in str(bad.value) and not bad.value.transient
+    # the sshd probe says the same, as the ServiceError of a program that is not ready
+    probe = Sshd(hpc_site, SiteLayout.of(hpc_site), replace(info, key_file=str(key)))
+    with pytest.raises(ServiceError) as refused:
+        probe.probe()
+    assert str(refused.value) == str(bad.value)
 
     impostor = tmp_path / "known_hosts"  # another host key pinned for the site's address
     impostor.write_text(f"[{info.host}]:{info.port} {public}\n")
-    with pytest.raises(ServiceError, match="its host key is not the one pinned in"):
-        login_run(replace(info, known_hosts=str(impostor)), "true")
+    with pytest.raises(SshError, match=f"host key does not match known_hosts {impostor}$") as changed:
+        login_run(SITE_NAME, replace(info, known_hosts=str(impostor)), "true", timeout_s=10)
+    assert not changed.value.transient
 
-    with pytest.raises(ServiceError, match=r"not found in known_hosts"):  # nothing pinned: unknown hosts refused
-        login_run(replace(info, known_hosts=""), "true")
+    with pytest.raises(SshError, match=r"host key not in known_hosts \(none configured\)$") as unknown:
+        login_run(SITE_NAME, replace(info, known_hosts=""), "true", timeout_s=10)  # nothing pinned: refused
+    assert not unknown.value.transient
 
 
 def test_status_json_lists_every_program_up_with_the_login(hpc_site: Config):
@@ -129,20 +139,22 @@ def test_a_missing_program_names_its_package(hpc_site: Config):
 def test_down_leaves_no_process_and_no_site(hpc_site: Config):
     info = local(hpc_site)
     # a job still running at down: its step daemon outlives slurmd, so down cancels it
-    login_run(info, f"cd {info.work_dir} && sbatch --job-name=hpc-test-long --output=/dev/null "
-                    "--wrap 'echo $$ > long.pid; exec sleep 300'")
+    submitted = login_run(SITE_NAME, info, f"cd {info.work_dir} && sbatch --job-name=hpc-test-long "
+                                           "--output=/dev/null --wrap 'echo $$ > long.pid; exec sleep 300'",
+                          timeout_s=30)
+    assert submitted.exit_code == 0, submitted.stderr
     pid_file = Path(info.work_dir) / "long.pid"
     job_pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "the job running"))
     pids = {r["name"]: r["pid"] for r in site.status(hpc_site)}
     assert all(isinstance(pid, int) for pid in pids.values())
-    kept = connect(info)  # a worker's kept connection: its session process outlives the listener unless stopped
+    kept = SshPool()  # a worker's kept connection: its session process outlives the listener unless stopped
     try:
-        code, session, _err = run(kept, info, "echo $PPID")
-        assert code == 0
+        session = kept.run(SITE_NAME, info, "echo $PPID", timeout_s=30)
+        assert session.exit_code == 0, session.stderr
         started = time.monotonic()
         done = haorch(hpc_site, "hpc", "down")
         print(f"hpc down: {time.monotonic() - started:.2f} s")
-        assert not pid_alive(int(session))  # while its client is still connected
+        assert not pid_alive(int(session.stdout))  # while its client is still connected
     finally:
         kept.close()
     assert done.returncode == 0, done.stderr
