@@ -5,7 +5,7 @@ HAORCH := $(VENV)/bin/haorch
 PYTEST_ARGS ?=
 LAB := HAORCH_HOME=.haorch-lab HAORCH_PORT_BASE=17500 $(HAORCH)
 
-.PHONY: setup lint test demo bench chaos stack-up stack-down stack-status deploy-docker dist clean
+.PHONY: setup lint test demo demo-hpc bench chaos stack-up stack-down stack-status deploy-docker dist clean
 
 setup:
 	@bash deploy/setup.sh
@@ -21,6 +21,11 @@ demo: setup
 	$(HAORCH) stack up
 	$(HAORCH) demo
 
+# the example science workload on the SLURM test site (haorch hpc up): stage in, array job, monitor, stage out
+demo-hpc: setup
+	$(HAORCH) stack up
+	$(HAORCH) demo --hpc
+
 bench: setup
 	$(HAORCH) stack up
 	$(HAORCH) bench throughput
@@ -28,6 +33,7 @@ bench: setup
 	$(HAORCH) bench docker
 	$(HAORCH) bench takeover
 	$(HAORCH) bench recover
+	$(HAORCH) bench hpc
 	$(LAB) lab up --hosts 3 && $(HAORCH) bench hosts --lab-home .haorch-lab; rc=$$?; $(LAB) lab down; exit $$rc
 
 deploy-docker: setup
@@ -61,6 +67,7 @@ stack-down:
 	@if [ -x $(HAORCH) ]; then $(HAORCH) stack down; fi
 
 clean: stack-down
+	@if [ -x $(HAORCH) ]; then $(HAORCH) hpc down; fi
 	@if [ -x $(HAORCH) ] && [ -f .haorch-lab/lab.json ]; then $(LAB) lab down --purge; fi
 	@if [ -x $(HAORCH) ]; then HAORCH_HOME=.haorch-test $(HAORCH) stack down --purge; fi
 	@if [ -x $(HAORCH) ] && [ -d .haorch-docker-test ]; then \

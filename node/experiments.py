@@ -303,7 +303,9 @@ class Experiments:
     def cancel(self, experiment_id: str) -> dict[str, Any]:
         """Cancel an experiment that is not finished (idempotent: a finished one is reported as it is): Neo4j first,
         with an Outbox node of its transition rows, then MariaDB (unfenced, epoch 0, node ``cancel``). A crash
-        between the two leaves the node, and the leader's sweep writes its rows after ``submit_grace_s``."""
+        between the two leaves the node, and the leader's sweep writes its rows after ``submit_grace_s``. Then,
+        for a cancelled experiment, workers are asked to undo what its tasks started outside haorch (scancel its
+        SLURM jobs: ``undone_tasks``)."""
         self.records.get_experiment(experiment_id)
         now = time.time()
         state, result = self.dags.cancel(experiment_id, now=now)
@@ -311,7 +313,9 @@ class Experiments:
             self.records.write_batch(0, "cancel", transition_rows(result), result.experiments, now,
                                      batch_id=result.outbox_id, fenced=False)
             self.dags.forget_outbox([result.outbox_id])
-        undos = self.dags.undo_dispatches(experiment_id) if result.cancelled else []
+        # every cancel of a cancelled experiment asks again (undos are idempotent): a CLI killed before this publish
+        # is repaired by running the cancel again
+        undos = self.dags.undo_dispatches(experiment_id) if state == ExperimentState.CANCELLED else []
         if undos:
             self._publish_undos(undos)
         return {"experiment_id": experiment_id, "state": state, "cancelled_tasks": len(result.cancelled),

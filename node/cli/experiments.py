@@ -126,7 +126,7 @@ def list_(state: str | None, limit: int | None, after: str | None, as_json: bool
 @click.argument("experiment_id", metavar="ID")
 @json_option
 def cancel(experiment_id: str, as_json: bool) -> None:
-    """Cancel an experiment and its open tasks (a finished experiment is left as it is)."""
+    """Cancel an experiment and its open tasks, and scancel its SLURM jobs (a finished one is left as it is)."""
     with Experiments(config()) as exps:
         out = exps.cancel(experiment_id)
     emit(out, as_json, lambda d: click.echo(f"{d['experiment_id']}: {d['state']} "
