@@ -15,6 +15,7 @@ from node.stack.service import Launch, Service
 
 ZK_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+ZK_ELECTION_CONNECT_MS = 1000  # zookeeper.cnxTimeout: how long an election waits to connect to one peer
 
 
 def four_letter_word(host: str, port: int, word: str, timeout_s: float = 1.0) -> str:
@@ -95,6 +96,9 @@ autopurge.purgeInterval=1
         return Launch([
             "java", f"-Xmx{self.cfg.zk_heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             f"-Dzookeeper.log.dir={self.cfg.log_dir}", "-Djava.net.preferIPv4Stack=true",
+            # an election connects to each peer in turn, synchronously: a peer whose packets are dropped (a cut-off
+            # host) held every notification back for the default 5 s
+            f"-Dzookeeper.cnxTimeout={ZK_ELECTION_CONNECT_MS}",
             "-cp", ZK_CLASSPATH, ZK_MAIN, str(self.conf_file)])
 
     def probe(self) -> None:
