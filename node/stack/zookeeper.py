@@ -13,7 +13,8 @@ from node.errors import ServiceError
 from node.runtime.handle import TcpCheck
 from node.stack.service import Launch, Service
 
-ZK_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+# slf4j-simple (Debian's libslf4j-java, a dependency of libzookeeper-java): without a binding ZooKeeper logs nothing
+ZK_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 ZK_ELECTION_CONNECT_MS = 1000  # zookeeper.cnxTimeout: how long an election waits to connect to one peer
 
@@ -96,6 +97,8 @@ autopurge.purgeInterval=1
         return Launch([
             "java", f"-Xmx{self.cfg.zk_heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             f"-Dzookeeper.log.dir={self.cfg.log_dir}", "-Djava.net.preferIPv4Stack=true",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd HH:mm:ss,SSS",
             # an election connects to each peer in turn, synchronously: a peer whose packets are dropped (a cut-off
             # host) held every notification back for the default 5 s
             f"-Dzookeeper.cnxTimeout={ZK_ELECTION_CONNECT_MS}",

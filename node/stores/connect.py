@@ -16,7 +16,10 @@ exactly that).
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import neo4j
@@ -42,6 +45,63 @@ from node.errors import ServiceError
 
 Role = Literal["orchestrator", "worker"]
 
+log = logging.getLogger(__name__)
+
+SUSPECT_S = 30.0  # how long a host one of this process's connections found silent is tried last and left early
+_suspects: dict[str, float] = {}  # host address -> monotonic time its suspicion ends
+_peers: dict[str, set[str]] = {}  # host address -> the other hosts of the clusters it is a member of
+
+
+def member_hosts(hosts: Iterable[str]) -> None:
+    """Note that ``hosts`` hold members of one cluster (a host is left only for another member's host)."""
+    group = set(hosts)
+    for host in group:
+        _peers.setdefault(host, set()).update(group - {host})
+
+
+def suspect_if_silent(host: str, exc: BaseException) -> None:
+    """Remember ``host`` as *suspect* when ``exc`` says a connection to it went silent (a timeout: the host is cut
+    off or dark, not merely a service restarting) and its clusters have members on other hosts: this process's other
+    connections to it (RabbitMQ, MariaDB) are then left at their next use, and reconnects try it last — a cut-off
+    host costs one timeout, not one per connection in turn."""
+    if _suspects.get(host, 0.0) > time.monotonic() or not _peers.get(host) or not _silent(exc):
+        return
+    _suspects[host] = time.monotonic() + SUSPECT_S
+    log.warning("connect: %s went silent (%s); its connections are left and it is tried last for %.0f s", host,
+                type(exc).__name__, SUSPECT_S)
+
+
+def suspected(host: str) -> bool:
+    """Whether to leave a connection to ``host``: it is suspect and a member host of its clusters is not."""
+    now = time.monotonic()
+    if _suspects.get(host, 0.0) <= now:
+        return False
+    return any(_suspects.get(other, 0.0) <= now for other in _peers.get(host, ()))
+
+
+def trusted(host: str) -> None:
+    """A connection to ``host`` was just opened: it is no longer suspect."""
+    _suspects.pop(host, None)
+
+
+def healthy_first(hosts: list[str], order: list[int]) -> list[int]:
+    """``order`` (indexes into ``hosts``) with the suspect hosts' members moved last, otherwise unchanged."""
+    now = time.monotonic()
+    return sorted(order, key=lambda i: _suspects.get(hosts[i], 0.0) > now)
+
+
+def _silent(exc: BaseException) -> bool:
+    """Whether ``exc``, or what it was raised from, is a timeout (TCP_USER_TIMEOUT, keepalive, heartbeat, connect)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, (TimeoutError, socket.timeout, pika.exceptions.AMQPHeartbeatTimeout)) \
+                or "timed out" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
 
 # a value too long for its column is an error, never a row stored cut short (whatever the server's default mode)
 STRICT_SESSION = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')"
@@ -64,25 +124,30 @@ _last_good_member: dict[tuple[str, ...], int] = {}  # per endpoint list: where t
 
 def mysql_connect(cfg: Config, role: Role = "orchestrator", **overrides: Any) -> pymysql.connections.Connection:
     """A connection to a MariaDB endpoint that serves, trying the configured endpoints (the members of a Galera
-    cluster) in order from the one this process last connected to: a member that is unreachable costs one connect
-    timeout once, not at every reconnect. A Galera member that is not ready (cut off from the majority: non-Primary,
-    it refuses every query with 1047) is skipped. The last endpoint's error when none serves."""
+    cluster) in order from the one this process last connected to, suspect hosts last: a member that is unreachable
+    costs one connect timeout once, not at every reconnect. A Galera member that is not ready (cut off from the
+    majority: non-Primary, it refuses every query with 1047) is skipped. The last endpoint's error when none
+    serves."""
     endpoints = cfg.mysql_endpoints
     key = tuple(f"{h}:{p}" for h, p in endpoints)
+    hosts = [h for h, _ in endpoints]
+    member_hosts(hosts)
     first = _last_good_member.get(key, 0)
-    for tried in range(len(endpoints)):
-        member = (first + tried) % len(endpoints)
+    order = healthy_first(hosts, [(first + tried) % len(endpoints) for tried in range(len(endpoints))])
+    for tried, member in enumerate(order):
         try:
             conn = pymysql.connect(**{**mysql_connect_args(cfg, role, member), **overrides})
             _silent_peer_timeout(getattr(conn, "_sock", None), cfg.peer_timeout_s)  # pymysql has no socket options
             if len(endpoints) > 1 and not _wsrep_ready(conn):
                 conn.close()
                 raise pymysql.err.OperationalError(1047, f"{key[member]}: Galera member not ready (non-Primary)")
-        except pymysql.err.OperationalError:
+        except pymysql.err.OperationalError as exc:
+            suspect_if_silent(hosts[member], exc)
             if tried == len(endpoints) - 1:
                 raise
             continue
         _last_good_member[key] = member
+        trusted(hosts[member])
         return conn
     raise AssertionError("a config always has at least one MariaDB endpoint")
 

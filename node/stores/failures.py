@@ -25,6 +25,7 @@ from pika.adapters.blocking_connection import BlockingConnection
 
 from node.config import Config
 from node.errors import DependencyError
+from node.stores.connect import suspect_if_silent
 
 T = TypeVar("T")
 
@@ -49,12 +50,14 @@ def _always(_exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Boundary:
-    """A context manager that turns ``errors`` (those ``failed`` accepts) into :class:`DependencyError`."""
+    """A context manager that turns ``errors`` (those ``failed`` accepts) into :class:`DependencyError`; the
+    connection's ``host``, when known, becomes suspect if the error says it went silent."""
 
     service: str
     endpoint: str
     errors: tuple[type[BaseException], ...]
     failed: Callable[[BaseException], bool] = _always
+    host: str | None = None
 
     def __enter__(self) -> Boundary:
         return self
@@ -62,6 +65,8 @@ class Boundary:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if exc is not None and isinstance(exc, self.errors) and self.failed(exc):
+            if self.host is not None:
+                suspect_if_silent(self.host, exc)
             raise DependencyError(self.service, self.endpoint, describe(exc)) from exc
 
 
@@ -78,11 +83,9 @@ def neo4j_boundary(driver: neo4j.Driver) -> Boundary:
 def rabbitmq_boundary(source: Config | BlockingConnection, extra: tuple[type[BaseException], ...] = ()) -> Boundary:
     """For the config's broker, or a connection opened from it (pika has no public accessor for its address)."""
     if isinstance(source, Config):
-        endpoint = ",".join(f"{h}:{p}" for h, p in source.rabbit_endpoints)
-    else:
-        params = source._impl.params  # noqa: SLF001
-        endpoint = f"{params.host}:{params.port}"
-    return Boundary("rabbitmq", endpoint, RABBITMQ_ERRORS + extra)
+        return Boundary("rabbitmq", ",".join(f"{h}:{p}" for h, p in source.rabbit_endpoints), RABBITMQ_ERRORS + extra)
+    params = source._impl.params  # noqa: SLF001
+    return Boundary("rabbitmq", f"{params.host}:{params.port}", RABBITMQ_ERRORS + extra, host=params.host)
 
 
 def _neo4j_failed(exc: BaseException) -> bool:

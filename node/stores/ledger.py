@@ -43,7 +43,7 @@ from pymysql.cursors import Cursor
 
 from node.config import Config
 from node.retry import STORE_OPERATION, Stop, call
-from node.stores.connect import Role, mysql_connect
+from node.stores.connect import Role, mysql_connect, suspect_if_silent, suspected
 from node.stores.failures import mariadb_boundary
 
 Key = tuple[str, str, int]  # (experiment_id, task, attempt)
@@ -295,12 +295,20 @@ class Ledger:
         try:
             policy = self._policy if within_s is None else STORE_OPERATION.within(within_s)
             return call(policy, once, what="ledger: mariadb", stop=self.stop, idle=self.idle,
-                        on_failure=lambda _exc: self._drop())
+                        on_failure=self._failed)
         except BaseException:  # nothing half-done may stay open on the connection
             self._drop()
             raise
 
+    def _failed(self, exc: BaseException) -> None:
+        """A failed try: its host becomes suspect if the connection went silent; the connection is dropped."""
+        if self._conn is not None:
+            suspect_if_silent(self._conn.host, exc)
+        self._drop()
+
     def _connection(self) -> pymysql.connections.Connection:
+        if self._conn is not None and suspected(self._conn.host):  # cut off, likely: reconnect to another member
+            self._drop()
         if self._conn is None:
             conn = mysql_connect(self.cfg, self.role)
             with conn.cursor() as cur:  # every statement sees what other workers committed before it

@@ -35,7 +35,7 @@ from pika.spec import Basic
 from node.config import Config
 from node.errors import DependencyError
 from node.retry import CONNECT, RetryPolicy, Stop, call
-from node.stores.connect import Role, amqp_parameters
+from node.stores.connect import Role, amqp_parameters, healthy_first, member_hosts, suspected, trusted
 from node.stores.failures import RABBITMQ_ERRORS, rabbitmq_boundary
 from node.stores.queues import DEAD, check_worker_topology, declare_topology
 
@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 NACK_FIRST_PAUSE_S = 0.2  # before refused messages are published again on a new channel; doubled each time
 NACK_MAX_PAUSE_S = 2.0
+# messages without a confirm this long are published again on a new channel: a channel that published while the
+# queue's leader node was being cut off stays bound to that leader (RabbitMQ 3.10) and confirms nothing until the
+# cut-off node is back — measured in the lab: 13.5 s, while the queue had a new leader 6.9 s after the cut
+RESEND_UNCONFIRMED_S = 3.0
 
 
 def connect(cfg: Config, name: str, policy: RetryPolicy = CONNECT, heartbeat_s: int | None = None,
@@ -87,8 +91,10 @@ def _next_first(params: list[pika.ConnectionParameters]) -> list[pika.Connection
     order): a client whose node died, or stopped answering, reconnects to the next node at once instead of waiting
     for that one to fail again."""
     endpoints = tuple((p.host, p.port) for p in params)
+    member_hosts(host for host, _ in endpoints)
     start = (_last_endpoint.get(endpoints, -1) + 1) % len(params)
-    return params[start:] + params[:start]
+    rotated = params[start:] + params[:start]
+    return [rotated[i] for i in healthy_first([p.host for p in rotated], list(range(len(rotated))))]
 
 
 def _connected(conn: BlockingConnection, params: list[pika.ConnectionParameters]) -> None:
@@ -96,11 +102,23 @@ def _connected(conn: BlockingConnection, params: list[pika.ConnectionParameters]
     reached = conn._impl.params  # noqa: SLF001
     endpoints = [(p.host, p.port) for p in params]
     _last_endpoint[tuple(endpoints)] = endpoints.index((reached.host, reached.port))
+    trusted(reached.host)
+
+
+def leave_if_suspect(conn: BlockingConnection) -> None:
+    """DependencyError if ``conn``'s host is suspect: another connection of this process to it went silent, so it is
+    likely cut off, and reconnecting to another member now beats waiting for this connection to time out too."""
+    params = conn._impl.params  # noqa: SLF001
+    if suspected(params.host):
+        raise DependencyError("rabbitmq", f"{params.host}:{params.port}", "its host went silent")
 
 
 def pump(conn: BlockingConnection, seconds: float = 0.0) -> None:
     """Serve the connection's events (heartbeats, confirms, deliveries) for ``seconds``, or only those pending;
-    DependencyError once the connection is gone."""
+    DependencyError once the connection is gone — or its host is suspect (``node/stores/connect.py``: another
+    connection of this process to it went silent), so that the caller reconnects to another member now instead of
+    waiting for this connection to time out too."""
+    leave_if_suspect(conn)
     # pika raises ValueError("Timeout closed before call") from a connection that died unnoticed
     with rabbitmq_boundary(conn, extra=(ValueError,)):
         if seconds > 0:
@@ -114,11 +132,12 @@ class BatchPublisher:
     reached through ``exchange`` under its own name (the default exchange routes to every queue; a worker's
     ``haorch.worker`` only to the queues it may write).
 
-    Messages the broker refuses (nacks) are published again on a new channel, after 0.2 s and then twice as long
-    each time (up to 2 s), until ``confirm_timeout_s``: RabbitMQ 3.10 nacks every publish of a channel whose first
-    publish came just after a quorum queue's leader node died, until that node is back, while a new channel
-    reaches the new leader. A message published again may reach its queue twice (its consumers dedupe by message
-    id, the workers by the ledger)."""
+    Messages the broker refuses (nacks), or does not confirm within RESEND_UNCONFIRMED_S, are published again on a
+    new channel, after 0.2 s and then twice as long each time (up to 2 s), until ``confirm_timeout_s``: RabbitMQ
+    3.10 nacks, or leaves unconfirmed, every publish of a channel whose first publish came just after a quorum
+    queue's leader node died or was cut off, until that node is back, while a new channel reaches the new leader. A
+    message published again may reach its queue twice (its consumers dedupe by message id, the workers by the
+    ledger)."""
 
     def __init__(self, conn: BlockingConnection, confirm_timeout_s: float = 30.0, exchange: str = "") -> None:
         self.conn = conn
@@ -177,11 +196,12 @@ class BatchPublisher:
             while refused := self._publish(queue, todo, properties, deadline):
                 if time.monotonic() + pause > deadline:
                     raise self._failure(f"broker refused {len(refused)} of {len(messages)} messages to {queue}")
-                log.warning("rabbitmq: broker refused %d of %d messages to %s; publishing them again on a new "
-                            "channel in %.1f s", len(refused), len(messages), queue, pause)
+                log.warning("rabbitmq: broker refused or did not confirm %d of %d messages to %s; publishing them "
+                            "again on a new channel in %.1f s", len(refused), len(messages), queue, pause)
                 self.conn.sleep(pause)
-                with contextlib.suppress(pika.exceptions.AMQPChannelError):  # closed already
-                    self.channel.close()
+                # not the blocking close: it would wait for the broker's close-ok behind what the channel waits on
+                with contextlib.suppress(Exception):
+                    self._impl.close()
                 self._open_channel(deadline)
                 self.resent += len(refused)
                 todo, pause = refused, min(2 * pause, NACK_MAX_PAUSE_S)
@@ -189,15 +209,17 @@ class BatchPublisher:
 
     def _publish(self, queue: str, messages: list[bytes], properties: pika.BasicProperties,
                  deadline: float) -> list[bytes]:
-        """Publish ``messages`` on the current channel, wait for all their confirms; the ones refused. (What an
-        earlier batch left unconfirmed, when it failed, is forgotten: its caller gave up on it.)"""
+        """Publish ``messages`` on the current channel, wait for all their confirms (up to RESEND_UNCONFIRMED_S);
+        the ones refused or still unconfirmed. (What an earlier batch left unconfirmed, when it failed, is forgotten:
+        its caller gave up on it.)"""
         self._unconfirmed, self._refused = {}, []
         for index, body in enumerate(messages):
             self._unconfirmed[self._next_tag] = index
             self._next_tag += 1
             self._impl.basic_publish(exchange=self.exchange, routing_key=queue, body=body, properties=properties)
-        self._wait(lambda: not self._unconfirmed, "publisher confirms", deadline)
-        return [messages[i] for i in sorted(self._refused)]
+        resend_at = time.monotonic() + RESEND_UNCONFIRMED_S
+        self._wait(lambda: not self._unconfirmed or time.monotonic() > resend_at, "publisher confirms", deadline)
+        return [messages[i] for i in sorted([*self._refused, *self._unconfirmed.values()])]
 
     def waiting(self, queue: str) -> int:
         """Messages ready in ``queue`` (delivered but unacknowledged ones not counted): one passive declare."""
@@ -273,7 +295,9 @@ class BatchConsumer:
         self.channel.close()
 
     def next_batch(self, max_n: int, max_wait_s: float, linger_s: float = 0.002) -> list[Delivery]:
-        """Up to ``max_n`` deliveries: waits up to ``max_wait_s`` for the first, then ``linger_s`` for more."""
+        """Up to ``max_n`` deliveries: waits up to ``max_wait_s`` for the first, then ``linger_s`` for more.
+        DependencyError when the connection is lost or its host is suspect (:func:`leave_if_suspect`)."""
+        leave_if_suspect(self.conn)
         deadline = time.monotonic() + max_wait_s
         with self._boundary:
             while not self._buffer and time.monotonic() < deadline:

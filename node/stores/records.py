@@ -26,7 +26,7 @@ from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
 from node.model.template import Template
 from node.periodic import Periodic
 from node.retry import STORE_OPERATION, call
-from node.stores.connect import mysql_connect
+from node.stores.connect import mysql_connect, suspect_if_silent, suspected
 from node.stores.failures import MARIADB_ERRORS, mariadb_boundary
 from node.stores.graph_record import TEMPLATE_INSERT, decoded_params, template_row
 
@@ -55,6 +55,8 @@ class Records:
         self._lock = threading.Lock()
 
     def _connection(self) -> pymysql.connections.Connection:
+        if self._conn is not None and suspected(self._conn.host):  # cut off, likely: reconnect to another member
+            self.close()
         if self._conn is None:
             self._conn = mysql_connect(self.cfg)
         return self._conn
@@ -97,6 +99,7 @@ class Records:
                             reruns += 1
                             log.info("records: transaction conflicted (1213), rerun %d", reruns)
                             continue
+                        suspect_if_silent(conn.host, exc)
                         self.close()
                         raise
                     except BaseException:
