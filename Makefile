@@ -45,17 +45,20 @@ dist: setup
 	rm -rf dist
 	$(VENV)/bin/python -m build --no-isolation --outdir dist .
 
-# three bounded campaigns (each run bounds its load, faults and waits): the mixed one (~8 min), the adversarial
-# one (~5 min: 2-6 s tasks, bursts beyond the prefetch, poison, the failpoint freeze), then the host faults on a
-# 3-host lab (~25 min: each of 6 kinds 5 times); the reports in CHAOS.md
+# four bounded campaigns (each run bounds its load, faults and waits): the mixed one (~8 min), the adversarial
+# one (~5 min: 2-6 s tasks, bursts beyond the prefetch, poison, the failpoint freeze), the host faults on a
+# 3-host lab (~25 min: each of 6 kinds 5 times), then jobs on the HPC test site (~6 min: leader kill, worker kill,
+# slurmctld restart 3 times each while jobs are queued and running; the run starts the site); the reports in CHAOS.md
 chaos: setup
 	$(HAORCH) stack up
 	$(HAORCH) chaos run mixed --kills 50 --experiments 2000 --seed 1 --report docs/chaos; mixed=$$?; \
 	  $(HAORCH) chaos run adversarial --kills 40 --experiments 100 --seed 1 --report docs/chaos-adversarial; adv=$$?; \
 	  $(LAB) lab up --hosts 3 && $(LAB) chaos run hosts --kills 30 --experiments 6000 --rate 6 --seed 1 \
 	    --report docs/chaos-hosts; hosts=$$?; $(LAB) lab down; \
-	  $(VENV)/bin/python -m chaos_tests.report docs/CHAOS.md docs/chaos docs/chaos-adversarial docs/chaos-hosts; \
-	  [ $$mixed -eq 0 ] && [ $$adv -eq 0 ] && [ $$hosts -eq 0 ]
+	  $(HAORCH) chaos run hpc --kills 9 --experiments 80 --interval 12 --seed 1 --report docs/chaos-hpc; hpc=$$?; \
+	  $(VENV)/bin/python -m chaos_tests.report docs/CHAOS.md docs/chaos docs/chaos-adversarial docs/chaos-hosts \
+	    docs/chaos-hpc; \
+	  [ $$mixed -eq 0 ] && [ $$adv -eq 0 ] && [ $$hosts -eq 0 ] && [ $$hpc -eq 0 ]
 
 stack-up: setup
 	$(HAORCH) stack up

@@ -3,7 +3,9 @@
     paths = write(result, "docs/chaos")      # {"json": ..., "markdown": ..., "png": ...}
 
 An adversarial run's report adds its evidence (``result["adversarial"]``): attempts executed twice (marker
-files), successes without a marker, poison dead-lettered, processes that exited unexpectedly, the bursts.
+files), successes without a marker, poison dead-lettered, processes that exited unexpectedly, the bursts. An hpc
+run's adds SLURM's (``result["hpc"]``): jobs per submit task from sacct, jobs adopted by a later attempt, the
+staging journals, the jobs queued and running at each fault, and the HPC check (node/verify/hpc.py).
 ``combined`` renders several runs as the sections of one document (``docs/CHAOS.md``)::
 
     python -m chaos_tests.report docs/CHAOS.md docs/chaos docs/chaos-adversarial
@@ -30,7 +32,8 @@ EPOCH_COLOURS = (0, 1, 2, 4, 5, 6, 8, 9)
 #: short labels of the faults on the timeline
 CODES = {"kill-leader": "K", "stop-leader": "T", "freeze-leader": "F", "partition-leader": "P", "kill-worker": "W",
          "zk-member": "Z1", "zk-quorum": "ZQ", "restart-rabbitmq": "Rmq", "restart-mariadb": "Rdb",
-         "restart-neo4j": "Rneo", "backlog-kill-leader": "BK", "poison-kill-leader": "PK", "freeze-publish": "FP"}
+         "restart-neo4j": "Rneo", "backlog-kill-leader": "BK", "poison-kill-leader": "PK", "freeze-publish": "FP",
+         "restart-slurmctld": "S"}
 
 
 ADVERSARIAL_NOTE = (
@@ -44,6 +47,19 @@ ADVERSARIAL_NOTE = (
     "fenced writes, before publishing what they dispatched) until a standby's new epoch advanced a DAG, then "
     "continued: its stale requests (its last batch's dispatches) reach the workers, and an attempt whose ledger row "
     "carries the old epoch was executed by the stale copy (it won the attempt's claim; the other copy was not run).")
+
+
+HPC_NOTE = (
+    "HPC evidence, read from the site after the run: SLURM's accounting (sacct, merged with squeue for jobs "
+    "slurmctld still holds) lists every job by the name haorch gives it (`haorch.<experiment>.<task>.a<attempt>`), "
+    "so the jobs of each submit task of every attempt are counted whatever the ledger says; a second job is a "
+    "violation unless every earlier one failed, and a COMPLETED experiment needs exactly one COMPLETED job. Both "
+    "stages append each placement to a journal before renaming the verified temporary file into place, with that "
+    "file's inode: a target staged twice leaves a journaled inode that is neither the target's nor a leftover "
+    "temporary file's. Every fault waited until the run had jobs pending and running in SLURM (counts in the faults "
+    "table: P pending, R running array elements); `@sbatch` = the worker stopped by the failpoint "
+    "`worker.after_sbatch` right after sbatch answered, then SIGKILLed (its attempt's job exists, its answer never "
+    "came); restart-slurmctld (S) = SIGTERM, exited, started again after 2 s, `scontrol ping` UP.")
 
 
 def _ms(value: float | None) -> str:
@@ -70,6 +86,7 @@ def markdown(result: dict[str, Any], timeline: str = "timeline.png") -> str:
              f"| frozen processes / chaos iptables rules left | {len(result['frozen_left'])} / "
              f"{result['rules_left']} |",
              *_adversarial_rows(result.get("adversarial")),
+             *_hpc_rows(result.get("hpc")),
              ""]
     if fo["by_fault"]:
         lines += ["| leader fault | count | failover p50 | max |", "| --- | ---: | ---: | ---: |"]
@@ -108,7 +125,11 @@ def markdown(result: dict[str, Any], timeline: str = "timeline.png") -> str:
                   "ended attempt answered from the ledger without running it."]
     if result.get("adversarial"):
         lines += ["", ADVERSARIAL_NOTE]
+    if result.get("hpc"):
+        lines += ["", HPC_NOTE]
     lines += ["", f"![timeline]({timeline})", "", result["check_markdown"]]
+    if result.get("hpc"):
+        lines += ["", result["hpc"]["markdown"]]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -132,8 +153,30 @@ def _adversarial_rows(adv: dict[str, Any] | None) -> list[str]:
     return rows
 
 
+def _hpc_rows(hpc: dict[str, Any] | None) -> list[str]:
+    """The evidence rows of an hpc run (none for the others)."""
+    if hpc is None:
+        return []
+    per_task = ", ".join(f"{n} job(s): {c} task(s)" for n, c in hpc["jobs_per_task"].items()) or "-"
+    faults = hpc["faults"]
+    return [f"| workload | chaos-hpc: stage_in 3 files, an array job of 3 x 2 CPUs sleeping 2-5 s, slurm_monitor, "
+            f"stage_out; {hpc['completed']} / {hpc['experiments']} COMPLETED |",
+            f"| **SLURM jobs per submit task** (sacct) | {per_task} |",
+            f"| jobs / in sacct / states | {hpc['jobs']} / {hpc['jobs_accounted']} / "
+            + (", ".join(f"{k} {v}" for k, v in hpc["job_states"].items()) or "-") + " |",
+            f"| submit tasks whose job a lost earlier attempt submitted (adopted) | {hpc['adopted']} |",
+            f"| staging placements journaled / targets / interrupted before the rename / **staged twice** | "
+            f"{hpc['placements']} / {hpc['targets']} / {hpc['not_placed']} / "
+            f"{hpc['violations_by_kind'].get('staged_twice', 0)} |",
+            f"| faults with jobs pending and running in SLURM | {faults['with_jobs_pending_and_running']} / "
+            f"{faults['faults']} |",
+            f"| worker kills at the failpoint after sbatch | {faults['worker_kills_at_failpoint']} / "
+            f"{faults['worker_kills_armed']} armed |",
+            f"| HPC violations (jobs, staging) | {len(hpc['violations'])} |"]
+
+
 def _fault_evidence(rec: dict[str, Any]) -> str:
-    """What an adversarial fault did beyond its victim, for the faults table."""
+    """What an adversarial or hpc fault did beyond its victim, for the faults table."""
     if rec["fault"] == "backlog-kill-leader" and "burst_ready_tasks" in rec:
         return (f" (burst {rec['burst_ready_tasks']} ready > prefetch {rec['prefetch_total']}; "
                 f"{rec.get('queued_at_kill', 0)} queued at the kill)")
@@ -141,7 +184,17 @@ def _fault_evidence(rec: dict[str, Any]) -> str:
         return f" ({rec['poison']} poison)"
     if rec["fault"] == "freeze-publish" and "stale_requests" in rec:
         return f" ({rec['stale_requests']} stale requests, {rec['stale_executions']} executed by them)"
-    return ""
+    out = ""
+    if rec.get("at_failpoint"):
+        out += " @sbatch"
+    elif rec.get("at"):
+        out += " (failpoint not reached)"
+    jobs = rec.get("jobs_at_fault")
+    if isinstance(jobs, dict) and "error" not in jobs:
+        out += f" (jobs P{jobs.get('PENDING', 0)} R{jobs.get('RUNNING', 0)})"
+    if "restart_s" in rec:
+        out += f" (SIGTERM → exited {rec.get('stop_s', 0):.1f} s; start → ping UP {rec['restart_s']:.1f} s)"
+    return out
 
 
 def _demoted(markdown_text: str) -> str:

@@ -24,6 +24,12 @@ prefetch, poison on the queues, the failpoint freeze (see :mod:`chaos_tests.faul
 ``adversarial`` part, and it is OK only if, beyond the checker: no attempt left two marker files, every SUCCEEDED
 transition has its attempt's marker, every poison message is in ``haorch.dead`` with a reason, and no node or
 worker process exited that no fault made its victim. These runs need the process runtime.
+
+The HPC scenarios (``hpc`` and ``hpc-kill-leader``, ``hpc-kill-worker``, ``hpc-restart-slurmctld``; see
+:mod:`chaos_tests.hpc`) start the HPC test site if it is not up and run a load of ``chaos-hpc`` experiments (stage in,
+an array job in SLURM, monitor, stage out); each fault waits until jobs are both queued and running. Their result
+has an ``hpc`` part (SLURM jobs per submit task from sacct, the staging journals; node/verify/hpc.py), and it is OK
+only if that check holds and every experiment COMPLETED. They need the process runtime too.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from typing import Any
 from bench.probes import first_success_at, query
 from bench.scratch import Scratch
 from chaos_tests import faults as fault_mod
-from chaos_tests import host_faults
+from chaos_tests import host_faults, hpc
+from chaos_tests.hpc import HpcWorkload
 from chaos_tests.workloads import Workload, like_prefix
 from node import cluster
 from node.config import Config, with_overrides
@@ -72,6 +79,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "adversarial": fault_mod.ADVERSARIAL_KINDS,
     "hosts": host_faults.HOST_KINDS,  # a lab (`haorch lab up`): each kind in turn
     **{kind: (kind,) for kind in host_faults.HOST_KINDS},
+    **hpc.SCENARIOS,  # the HPC test site (`haorch hpc up`, started by the run): jobs queued and running in SLURM
 }
 #: scenarios drawing a random plan from their kinds (the others cycle through them)
 RANDOM = ("mixed", "adversarial")
@@ -104,6 +112,8 @@ def plan(scenario: str, kills: int, seed: int, workers: int = 2) -> list[dict[st
         raise UsageError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
     if scenario in RANDOM:
         return fault_mod.random_mix(seed, kills, SCENARIOS[scenario], workers=workers)
+    if scenario in hpc.SCENARIOS:
+        return hpc.plan(hpc.SCENARIOS[scenario], kills, seed, workers)
     rng = random.Random(seed)
     kinds = SCENARIOS[scenario]
     if set(kinds) <= set(host_faults.HOST_KINDS):
@@ -275,9 +285,19 @@ def _pids(cfg: Config, nodes: int, workers: int) -> dict[str, int | None]:
     return pids | {f"worker-{n}": cluster.worker_process(cfg, n).pid() for n in range(1, workers + 1)}
 
 
+def _make_fault(cfg: Config, spec: dict[str, Any], workload: Workload | HpcWorkload | None,
+                n: int) -> fault_mod.Fault:
+    if spec["kind"] in host_faults.HOST_KINDS:
+        return host_faults.make_host_fault(cfg, spec)
+    if isinstance(workload, HpcWorkload):
+        return hpc.make_fault(cfg, spec, workload)
+    return fault_mod.make_fault(cfg, spec, workload, n=n)
+
+
 def _inject_all(run_cfg: Config, specs: list[dict[str, Any]], load: SteadyLoad, nodes: int, workers: int,
                 interval_s: float, load_bound_s: float, progress: Progress,
-                on_injected: Callable[[fault_mod.Fault], None] | None, workload: Workload | None = None,
+                on_injected: Callable[[fault_mod.Fault], None] | None,
+                workload: Workload | HpcWorkload | None = None,
                 burst: float = 0.0) -> tuple[list[dict[str, Any]], list[str]]:
     """Start the load (and the workload's first burst), run every fault of the plan in turn; a ``finally`` undoes
     them all and cleans up."""
@@ -286,12 +306,11 @@ def _inject_all(run_cfg: Config, specs: list[dict[str, Any]], load: SteadyLoad, 
     errors: list[str] = []
     try:
         load.start()
-        if workload is not None and burst:
+        if isinstance(workload, Workload) and burst:
             progress(f"burst: {workload.burst(burst)}")
         time.sleep(min(2.0, 4.0 / load.rate + 0.5))
         for i, fault_spec in enumerate(specs):
-            fault = (host_faults.make_host_fault(run_cfg, fault_spec) if fault_spec["kind"] in host_faults.HOST_KINDS
-                     else fault_mod.make_fault(run_cfg, fault_spec, workload, n=i + 1))
+            fault = _make_fault(run_cfg, fault_spec, workload, i + 1)
             made.append(fault)
             progress(f"fault {i + 1}/{len(specs)}: {fault_spec}")
             try:
@@ -370,13 +389,14 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
         raise UsageError("--experiments must be at least 1 and --kills at least 0")
     specs = plan(scenario, kills, seed, workers)
     adversity = ADVERSITY.get(scenario)
-    if adversity is not None and cfg.runtime != "process":
-        raise UsageError(f"scenario {scenario} needs the process runtime (its marker files and failpoints are "
-                         "paths of this machine's state dir)")
+    if (adversity is not None or scenario in hpc.SCENARIOS) and cfg.runtime != "process":
+        raise UsageError(f"scenario {scenario} needs the process runtime (its marker files, journals and failpoints "
+                         "are paths of this machine's state dir)")
     run_cfg = with_overrides(cfg, zk_session_timeout_s=session_timeout_s) if session_timeout_s else cfg
     scratch = Scratch(run_cfg, f"chaos-{scenario}")
     run_id, prefix = scratch.run_id, scratch.prefix
     workload = Workload(run_cfg, prefix, adversity.mix, workers) if adversity is not None else None
+    hpc_load = HpcWorkload(run_cfg, prefix, workers) if scenario in hpc.SCENARIOS else None
     if rate is None:
         planned_s = 4.0 + kills * (interval_s + 2 * run_cfg.zk_session_timeout_s + 3.0)
         if set(SCENARIOS[scenario]) <= set(host_faults.HOST_KINDS):  # a host fault lasts 5-20 s, its undo more
@@ -384,6 +404,8 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
         rate = min(50.0, max(2.0, experiments / planned_s))
         if workload is not None:
             rate = min(rate, workload.max_rate(run_cfg.worker_concurrency))
+        if hpc_load is not None:  # SLURM's capacity bounds the rate: the load outlasts the faults
+            rate = min(rate, hpc_load.max_rate())
     started = time.time()
     progress(f"scenario {scenario}: {kills} fault(s), {experiments} experiments at {rate:.2f}/s, seed {seed}")
 
@@ -395,14 +417,19 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
     load_bound_s = experiments / rate + kills * 120.0 + 60.0
     if workload is not None:
         workload.install()
+    if hpc_load is not None:
+        hpc_load.install(progress)
+    typed = workload or hpc_load
     load = SteadyLoad(run_cfg, prefix, per_tick=4 if rate >= 8 else 1, rate=rate, limit=experiments,
-                      max_s=load_bound_s, types=workload.types if workload else BUILTIN_TYPES,
-                      params=workload.params if workload else None)
+                      max_s=load_bound_s, types=typed.types if typed else BUILTIN_TYPES,
+                      params=typed.params if typed else None)
+    if hpc_load is not None:
+        hpc_load.watch(load.ids)
     sampler = LeaderSampler(run_cfg, max_s=load_bound_s + quiesce_s + 600.0).start()
     pids_before = _pids(run_cfg, nodes, workers)
     try:
         records, errors = _inject_all(run_cfg, specs, load, nodes, workers, interval_s, load_bound_s, progress,
-                                      on_injected, workload, adversity.burst if adversity else 0.0)
+                                      on_injected, typed, adversity.burst if adversity else 0.0)
         fault_mod.wait_recovered(run_cfg, nodes, workers)
         ids = load.ids + (workload.extra_ids if workload is not None else [])
         progress(f"{len(ids)} experiments submitted; waiting for all to finish")
@@ -439,6 +466,15 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
                      f"twice, {adv['exactly_once']['succeeded_without_marker']} success(es) without a marker, "
                      f"poison {poison['dead_lettered']}/{poison['sent']} dead-lettered, unexpected exits "
                      f"{adv['unexpected_exits'] or 'none'}")
+        if hpc_load is not None:
+            progress("checking SLURM's jobs and the staging journals")
+            outcome = hpc_load.outcome(ids, started)
+            outcome["faults"] = hpc.fault_summary(records)
+            result["hpc"] = outcome
+            result["ok"] = result["ok"] and outcome["ok"]
+            progress(f"scenario {scenario}: {outcome['jobs']} job(s) for {outcome['tasks']} submit task(s) (per task: "
+                     f"{outcome['jobs_per_task']}), {outcome['adopted']} adopted by a later attempt, "
+                     f"{outcome['placements']} placements journaled, {len(outcome['violations'])} HPC violation(s)")
         progress(f"scenario {scenario}: {'OK' if result['ok'] else 'FAILED'}: {len(report.violations)} "
                  f"violation(s), {exp['completed']}/{exp['submitted']} completed, "
                  f"{report.duplicate_executions} attempt(s) executed more than once, "
@@ -451,3 +487,5 @@ def run(cfg: Config, scenario: str, kills: int = 3, experiments: int = 200, seed
         scratch.purge()
         if workload is not None:
             workload.remove()
+        if hpc_load is not None:
+            hpc_load.remove()

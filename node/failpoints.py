@@ -6,7 +6,13 @@
 The file is ``<home>/failpoints/<node_id>/<name>``. A hit removes it (each arming fires once) and sends SIGSTOP
 to its own process: every thread stops where it is, holding what it holds (locks, connections, a half-done
 sequence of writes), until something sends SIGCONT. What happens then is what the fault is about; a process
-that is never continued stays stopped (``chaos_tests.faults`` continues it in every fault's ``undo``).
+that is never continued stays stopped (``chaos_tests.faults`` continues it in every fault's ``undo``, or kills it).
+
+Code that knows only its haorch home, not its process's id (an executor running inside a worker), hits a failpoint
+armed for its pid::
+
+    failpoints.hit_own(ctx.home, "worker.after_sbatch")                  # in the executor
+    failpoints.arm(cfg, failpoints.process_id(pid), "worker.after_sbatch")  # in a chaos fault that knows the pid
 """
 
 from __future__ import annotations
@@ -25,9 +31,24 @@ def path(cfg: Config, node_id: str, name: str) -> Path:
     return cfg.home / ROOT / node_id / name
 
 
+def process_id(pid: int) -> str:
+    """The id a failpoint is armed under for the process ``pid`` (see :func:`hit_own`)."""
+    return f"pid-{pid}"
+
+
 def hit(cfg: Config, node_id: str, name: str) -> None:
     """Stop this process (SIGSTOP) if failpoint ``name`` is armed for ``node_id``; otherwise return at once."""
-    armed = os.path.join(cfg.home, ROOT, node_id, name)
+    _hit(os.path.join(cfg.home, ROOT, node_id, name))
+
+
+def hit_own(home: str | Path, name: str) -> None:
+    """Stop this process if failpoint ``name`` is armed for its pid (:func:`process_id`) in ``home``; otherwise
+    return at once (also without a home)."""
+    if home:
+        _hit(os.path.join(home, ROOT, process_id(os.getpid()), name))
+
+
+def _hit(armed: str) -> None:
     if not os.path.exists(armed):
         return
     try:

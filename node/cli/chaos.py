@@ -95,6 +95,11 @@ def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | No
     (all of them mixed).
     Hosts (a lab, `haorch lab up`; the last three also on `stack up --topology ha`): host-crash, host-isolate,
     partition (2|1), rabbit-leader, galera-wipe, rolling-restart, and hosts (each of them in turn).
+    HPC (process runtime; starts the HPC test site if it is not up; every fault waits until jobs are queued and
+    running in SLURM): hpc (kill-leader, kill-worker, restart-slurmctld in turn; every other worker kill right
+    after an sbatch, at a failpoint), hpc-kill-leader, hpc-kill-worker, hpc-restart-slurmctld. Exit 1 also if an
+    experiment did not complete, a submit task has other than one COMPLETED job in sacct (or a second job while
+    an earlier one had not failed), or a staged file was placed twice.
     """
     from chaos_tests import report as chaos_report
     from chaos_tests import scenarios
@@ -123,6 +128,13 @@ def run(scenario: str, kills: int, experiments: int, seed: int, rate: float | No
                        f"successes without a marker: {adv['exactly_once']['succeeded_without_marker']}, poison "
                        f"dead-lettered: {poison['dead_lettered']}/{poison['sent']}, unexpected exits: "
                        f"{', '.join(adv['unexpected_exits']) or 'none'}")
+        hpc = data.get("hpc")
+        if hpc:
+            click.echo(f"SLURM: {hpc['jobs']} job(s) for {hpc['tasks']} submit task(s), per task "
+                       f"{hpc['jobs_per_task']}, {hpc['adopted']} adopted by a later attempt; staging: "
+                       f"{hpc['placements']} placements journaled; {len(hpc['violations'])} HPC violation(s)")
+            for violation in hpc["violations"][:20]:
+                click.echo(f"violation {violation['kind']}: {violation['detail']}")
         if fo["count"]:
             click.echo(f"failover ({fo['count']}): p50 {fo['p50_s'] * 1000:.0f} ms, p99 {fo['p99_s'] * 1000:.0f} ms, "
                        f"max {fo['max_s'] * 1000:.0f} ms")

@@ -12,7 +12,13 @@ sha256 is compared on both ends, then it is renamed into place: a crash at any s
 complete (and maybe a ``.<name>.haorch-<random>.part`` file beside it), never partial, and the task succeeds only
 once every file is in place. A target that already holds the same bytes is not copied again (a re-run copies only
 what is missing); one with other bytes fails the task before anything is copied, unless ``overwrite``. Transient
-errors are retried per file; a file that still differs after three copies fails the task. Outputs::
+errors are retried per file; a file that still differs after three copies fails the task. With the param
+``journal`` (a file on the destination side: on the site for ``stage_in``, under ``<home>/data`` for
+``stage_out``), every placement is first appended to it as one line, ``<inode> <json>``: the inode of the
+verified temporary file, which the rename carries into place, and ``{"v": 1, "target", "part", "sha256",
+"experiment", "task", "attempt"}`` (:func:`journal_entry`). A placement is thus journaled before it happens: a
+crash between the two leaves the line and the temporary file it names; a target staged twice leaves a line whose
+inode is neither the target's nor its temporary file's (``node/verify/hpc.py`` checks this). Outputs::
 
     {"path": "/site/work/in", "files": 3, "bytes": 120, "copied": 3, "tree_sha256": "…",
      "sha256": {"a.txt": "…", …}, "sha256_complete": true}
@@ -25,6 +31,8 @@ The job is named after experiment/task/attempt (``node/hpc/slurm.py``). Before s
 attempt are looked up (squeue and sacct); one that is queued, running or completed is adopted instead of
 submitting (so a worker killed between sbatch and its answer causes no second job); a failed job of this same
 attempt fails the attempt; otherwise the script is written to ``<workdir>/job-a<attempt>.sh`` and sbatch'ed.
+Right after sbatch answered, the worker passes the failpoint ``worker.after_sbatch`` (``node/failpoints.py``,
+armed by a chaos fault for the worker's pid: the worker stops there to be killed before it answers).
 Outputs ``{"job_id": "123", "job_name", "adopted": bool, "attempt": the attempt that submitted it, "workdir",
 "array_tasks": n (0: no array), "state"}``. A job SLURM rejects fails the task with sbatch's error line.
 
@@ -62,8 +70,10 @@ from typing import Any, NoReturn, TypeVar
 
 import paramiko
 
+from node import failpoints
 from node.errors import UsageError
 from node.hpc import slurm
+from node.hpc.queue_snapshots import SNAPSHOTS
 from node.hpc.siteinfo import DEFAULT_SITE, SiteInfo, load_sites, site_named
 from node.hpc.ssh import POOL, RunResult, SftpSession, SshError, describe
 from node.worker.executors import ExecutionContext, ExecutorFailure, NotYet
@@ -82,6 +92,8 @@ MAX_ARGS_CHARS = 100_000  # per remote command line (ARG_MAX is far above)
 LISTED_DIGESTS = 100
 MAX_SCRIPT_BYTES = 256 * 1024
 DEFAULT_POLL_S = 2.0
+JOURNAL_VERSION = 1
+AFTER_SBATCH = "worker.after_sbatch"  # the failpoint a worker passes when sbatch has answered
 _TRANSIENT_SLURM = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
                     "Zero Bytes were transmitted", "slurmdbd: Connection")
 
@@ -294,6 +306,7 @@ def run_stage_in(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any
     dst = _remote_path(params, "dst", name, site)
     limits = _limits(params)
     overwrite = _bool_param(params, "overwrite")
+    journal = _remote_path(params, "journal", name, site) if params.get("journal") not in (None, "") else None
     what = f"stage_in {src}"
     is_dir, files = _local_tree(src, what)
     limits.check(files, what)
@@ -327,6 +340,9 @@ def run_stage_in(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any
                 _sftp_call(sftp, f"upload of {local[rel]}", partial(_put, str(local[rel]), parts[rel]))
             got = _remote_digests(name, site, list(parts.values()))
             bad = [rel for rel in pending if got.get(parts[rel]) != digests[rel]]
+            if journal is not None:
+                _journal_on_site(name, site, journal, [(parts[rel], targets[rel], digests[rel])
+                                                       for rel in pending if rel not in bad], ctx)
             for rel in pending:
                 part, target, digest = parts[rel], targets[rel], digests[rel]
                 if rel in bad:
@@ -344,6 +360,46 @@ def run_stage_in(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, Any
     finally:
         sftp.close()
     return _outputs(dst, files, digests, copied, posixpath.basename(dst))
+
+
+def journal_entry(inode: int, target: str, part: str, sha256: str, ctx: ExecutionContext) -> str:
+    """One journal line (without its newline): ``<inode> <json>``; see the module docstring."""
+    return f"{inode} {_journal_body(target, part, sha256, ctx)}"
+
+
+def _journal_body(target: str, part: str, sha256: str, ctx: ExecutionContext) -> str:
+    return json.dumps({"v": JOURNAL_VERSION, "target": target, "part": part, "sha256": sha256,
+                       "experiment": ctx.experiment_id, "task": ctx.task, "attempt": ctx.attempt},
+                      separators=(",", ":"))
+
+
+def _journal_on_site(name: str, site: SiteInfo, journal: str, placements: list[tuple[str, str, str]],
+                     ctx: ExecutionContext) -> None:
+    """Append a line per (part, target, sha256) to ``journal`` on the site, each part's inode read there: one
+    ``printf`` (one append) per line, so lines of concurrent writers do not interleave. A failure fails the task
+    before anything is renamed."""
+    if not placements:
+        return
+    steps = [f"i=$(stat -c %i -- {shlex.quote(part)}) && printf '%s %s\\n' \"$i\" "
+             f"{shlex.quote(_journal_body(target, part, digest, ctx))}"
+             for part, target, digest in placements]
+    command = (f"mkdir -p -- {shlex.quote(posixpath.dirname(journal))} && {{ {' && '.join(steps)}; }} "
+               f">> {shlex.quote(journal)}")
+    result = _run(name, site, command, idempotent=False)
+    if result.exit_code != 0:
+        raise ExecutorFailure(f"cannot append to the journal {journal} on {describe(name, site)}: "
+                              f"{result.last_error_line()}")
+
+
+def _journal_locally(journal: Path, part: Path, target: Path, digest: str, ctx: ExecutionContext) -> None:
+    """Append the placement of ``part`` into ``target`` to the local ``journal`` (one write, O_APPEND)."""
+    line = journal_entry(os.stat(part).st_ino, str(target), str(part), digest, ctx) + "\n"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def _put(local: str, remote: str, client: paramiko.SFTPClient) -> None:
@@ -404,6 +460,7 @@ def run_stage_out(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, An
     dst = _local_path(params, "dst", ctx.home)
     limits = _limits(params)
     overwrite = _bool_param(params, "overwrite")
+    journal = _local_path(params, "journal", ctx.home) if params.get("journal") not in (None, "") else None
     what = f"stage_out {src}"
     is_dir, files = _remote_tree(name, site, src, what)
     limits.check(files, what)
@@ -436,7 +493,8 @@ def run_stage_out(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, An
     try:
         for rel in pending:
             targets[rel].parent.mkdir(parents=True, exist_ok=True)
-            _download(sftp, sources[rel], targets[rel], digests[rel], limits.max_bytes, f"{what}: {sources[rel]}")
+            _download(sftp, sources[rel], targets[rel], digests[rel], limits.max_bytes, f"{what}: {sources[rel]}",
+                      None if journal is None else partial(_journal_locally, journal, ctx=ctx))
     except OSError as exc:
         raise ExecutorFailure(f"{what}: cannot write {exc.filename}: {exc.strerror}") from None
     finally:
@@ -444,14 +502,18 @@ def run_stage_out(params: dict[str, Any], ctx: ExecutionContext) -> dict[str, An
     return _outputs(str(dst), files, digests, len(pending), dst.name)
 
 
-def _download(sftp: SftpSession, source: str, target: Path, digest: str, max_bytes: int, what: str) -> None:
+def _download(sftp: SftpSession, source: str, target: Path, digest: str, max_bytes: int, what: str,
+              journal: Callable[[Path, Path, str], None] | None = None) -> None:
     """Fetch ``source`` into a part file beside ``target`` until its sha256 is ``digest`` (at most
-    :data:`UPLOAD_ROUNDS` tries), then fsync and rename it into place."""
+    :data:`UPLOAD_ROUNDS` tries), then fsync it, journal it (``journal(part, target, digest)``, when given) and
+    rename it into place."""
     for _ in range(UPLOAD_ROUNDS):
         part = target.parent / f".{target.name}.haorch-{uuid.uuid4().hex[:12]}.part"
         try:
             got = _sftp_call(sftp, f"download of {source}", partial(_fetch, source, part, max_bytes))
             if got == digest:
+                if journal is not None:
+                    journal(part, target, digest)
                 os.replace(part, target)
                 _fsync_dir(target.parent)
                 return
@@ -577,6 +639,7 @@ def run_slurm_submit(params: dict[str, Any], ctx: ExecutionContext) -> dict[str,
         raise ExecutorFailure(f"{exc}; sbatch may have run: the next attempt adopts its job if it did") from None
     if result.exit_code != 0:
         raise ExecutorFailure(f"{describe(name, site)} rejected the job: {result.last_error_line()}")
+    failpoints.hit_own(ctx.home, AFTER_SBATCH)
     try:
         job_id = slurm.parse_sbatch(result.stdout)
     except ValueError as exc:
@@ -615,7 +678,11 @@ def run_slurm_monitor(params: dict[str, Any], ctx: ExecutionContext) -> dict[str
 def _check_job(name: str, site: SiteInfo, job_id: str, poll_s: float) -> slurm.Job | None:
     """The job as squeue sees it (while slurmctld holds it), else as sacct does; None if neither knows it. A
     transient failure (site, slurmctld or slurmdbd unreachable) raises NotYet: the job runs on meanwhile, and the
-    task's timeout bounds the wait."""
+    task's timeout bounds the wait. The worker's shared squeue snapshot answers first (``node/hpc/queue_snapshots``:
+    one squeue per second for all of this worker's checks on the site)."""
+    shared = SNAPSHOTS.job(site, job_id, partial(_query, name, site, job_id, poll_s))
+    if shared is not None:
+        return shared
     text, rc = _query(name, site, job_id, poll_s, f"squeue -h -r -t all -j {job_id} -O "
                                                   f"{shlex.quote(slurm.SQUEUE_FORMAT)}")
     jobs = slurm.group_jobs(slurm.parse_squeue(text))
