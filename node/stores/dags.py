@@ -354,11 +354,11 @@ class DagStore:
             self._apply_outcomes(tx, epoch, outcomes, now, result)
         else:
             self._gate(_check_fence(tx, epoch))
-        if submitted:
+        if submitted:  # once per experiment: a repeated id in one UNWIND dispatched its roots twice
             rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
                           "WHERE t.status = $pending AND t.waiting = 0 "
                           "SET t.status = $dispatched, t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
-                          + _RETURN_DISPATCH, ids=submitted, now=now, epoch=epoch,
+                          + _RETURN_DISPATCH, ids=sorted(set(submitted)), now=now, epoch=epoch,
                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
             roots = AdvanceResult(dispatches=_dispatch_rows(list(rows)))
             _start_experiments(tx, now, roots)  # successors' experiments are RUNNING already
