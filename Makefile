@@ -53,7 +53,7 @@ chaos: setup
 	$(HAORCH) stack up
 	$(HAORCH) chaos run mixed --kills 50 --experiments 2000 --seed 1 --report docs/chaos; mixed=$$?; \
 	  $(HAORCH) chaos run adversarial --kills 40 --experiments 100 --seed 1 --report docs/chaos-adversarial; adv=$$?; \
-	  $(LAB) lab up --hosts 3 && $(LAB) chaos run hosts --kills 30 --experiments 6000 --rate 6 --seed 1 \
+	  $(LAB) lab up --hosts 3 && $(LAB) chaos run hosts --kills 30 --experiments 7500 --rate 6 --seed 1 \
 	    --report docs/chaos-hosts; hosts=$$?; $(LAB) lab down; \
 	  $(HAORCH) chaos run hpc --kills 9 --experiments 80 --interval 12 --seed 1 --report docs/chaos-hpc; hpc=$$?; \
 	  $(VENV)/bin/python -m chaos_tests.report docs/CHAOS.md docs/chaos docs/chaos-adversarial docs/chaos-hosts \

@@ -192,8 +192,10 @@ def _fault_evidence(rec: dict[str, Any]) -> str:
     jobs = rec.get("jobs_at_fault")
     if isinstance(jobs, dict) and "error" not in jobs:
         out += f" (jobs P{jobs.get('PENDING', 0)} R{jobs.get('RUNNING', 0)})"
-    if "restart_s" in rec:
+    if rec["fault"] == "restart-slurmctld" and "restart_s" in rec:
         out += f" (SIGTERM → exited {rec.get('stop_s', 0):.1f} s; start → ping UP {rec['restart_s']:.1f} s)"
+    if rec.get("settle_s") is not None:  # a host fault: the clusters whole again this long after its undo
+        out += f" (settled after {rec['settle_s']:.1f} s)"
     return out
 
 
