@@ -89,7 +89,7 @@ class Site:
 
 def site(cfg: Config) -> Site:
     layout = SiteLayout.of(cfg)
-    info = SiteInfo(host=layout.host, port=layout.ports["sshd"], user="root", key_file=str(layout.client_key),
+    info = SiteInfo(host=layout.login, port=layout.ports["sshd"], user="root", key_file=str(layout.client_key),
                     known_hosts=str(layout.known_hosts), work_dir=str(layout.work_dir), env=layout.env,
                     partition=PARTITION)
     return Site(layout, info, Munged(cfg, layout), SiteMariaDB(cfg, layout), Slurmdbd(cfg, layout),
@@ -167,7 +167,8 @@ def write_files(layout: SiteLayout) -> None:
     client_public = _key_pair(layout.client_key)
     layout.authorized_keys.write_text(client_public + "\n")
     # the format paramiko's load_host_keys and ssh's UserKnownHostsFile read; a port other than 22 is bracketed
-    layout.known_hosts.write_text(f"[{layout.host}]:{layout.ports['sshd']} {host_public}\n")
+    layout.known_hosts.write_text("".join(f"[{address}]:{layout.ports['sshd']} {host_public}\n"
+                                          for address in dict.fromkeys((layout.host, layout.login))))
     layout.slurm_conf.write_text(slurm_conf(layout, controller_host()))
     layout.sshd_config.write_text(sshd_config(layout))
 

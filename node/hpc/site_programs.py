@@ -45,7 +45,7 @@ def program(binary: str) -> str | None:
 def run_client(layout: SiteLayout, argv: list[str], timeout_s: float = 10.0) -> str:
     """Run a SLURM or munge client of the site; its stdout, or ServiceError with the first line it printed."""
     try:
-        done = subprocess.run([program(argv[0]) or argv[0], *argv[1:]], capture_output=True, text=True,
+        done = subprocess.run(layout.command([program(argv[0]) or argv[0], *argv[1:]]), capture_output=True, text=True,
                               timeout=timeout_s, env={**os.environ, **layout.env})
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServiceError(f"{argv[0]}: {exc}") from None
@@ -64,7 +64,7 @@ class SiteProgram(Service):
         # not Service's: its handle would be the stack's (pid file in <home>/run, a container in the docker runtime)
         self.cfg = cfg
         self.layout = layout
-        self.proc = ManagedProcess(self.name, layout.run_dir, layout.log_dir)
+        self.proc = ManagedProcess(self.name, layout.run_dir, layout.log_dir, layout.place)
 
     @property
     def address(self) -> str:
@@ -117,7 +117,8 @@ class Munged(SiteProgram):
     def probe(self) -> None:
         sock = f"--socket={self.layout.munge_socket}"
         credential = run_client(self.layout, ["munge", sock, "--no-input"], timeout_s=5)
-        done = subprocess.run([self.binary("unmunge"), sock], input=credential, capture_output=True, text=True,
+        done = subprocess.run(self.layout.command([self.binary("unmunge"), sock]), input=credential,
+                              capture_output=True, text=True,
                               timeout=5)
         if done.returncode != 0:
             raise ServiceError(f"unmunge: {done.stderr.strip() or done.returncode}")

@@ -14,10 +14,11 @@ copies. The only exception is sshd's privilege-separation directory, a path comp
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from node.config import Config
+from node.runtime.placement import SINGLE_HOST_SERVICES, Placement, lab_hosts, placement
 
 SITE_NAME = "local"  # the name ``haorch hpc up`` registers the site under (node/hpc/siteinfo.py)
 CLUSTER = "haorch"  # SLURM's ClusterName, as slurmdbd records it
@@ -30,15 +31,30 @@ DB_USER = "slurm"
 
 @dataclass(frozen=True)
 class SiteLayout:
-    """The site's directory, address and ports."""
+    """The site's directory, address and ports; on a lab (``haorch lab up``), the host it runs on.
+
+    ``host`` is where the site's programs talk to each other (a loopback address: on a lab, the loopback of the
+    site's own host, whose network namespace they all share); ``login`` is where workers reach its SSH login node
+    (on a lab, the address of the lab's last host, with Neo4j and Prometheus: workers on the member hosts SSH to it
+    over the lab's bridge, and a cut-off or crashed lab host takes its worker away from the site like a real one)."""
 
     root: Path
     host: str
     ports: dict[str, int]
+    login: str = ""
+    place: Placement | None = None
 
     @staticmethod
     def of(cfg: Config) -> SiteLayout:
-        return SiteLayout(cfg.home / "hpc" / SITE_NAME, site_address(), cfg.hpc_ports())
+        lab_host = placement(cfg, SINGLE_HOST_SERVICES[0])
+        place = replace(lab_host, keep_mounts=True) if lab_host else None
+        address = site_address()
+        login = next((h["address"] for h in lab_hosts(cfg) if h["host"] == place.host), address) if place else address
+        return SiteLayout(cfg.home / "hpc" / SITE_NAME, address, cfg.hpc_ports(), login, place)
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` as the site's host runs it (inside its network namespace on a lab)."""
+        return self.place.argv(argv, in_cgroup=False) if self.place else argv
 
     @property
     def etc(self) -> Path:
@@ -206,6 +222,7 @@ def sshd_config(layout: SiteLayout) -> str:
 # Written by haorch (node/hpc/slurm_conf.py) at every `haorch hpc up`: edits are overwritten.
 Port {layout.ports['sshd']}
 ListenAddress {layout.host}
+{f"ListenAddress {layout.login}" if layout.login != layout.host else ""}
 HostKey {layout.host_key}
 PidFile {layout.spool / 'sshd.pid'}
 AuthorizedKeysFile {layout.authorized_keys}

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from node.config import Config
 
-SINGLE_HOST_SERVICES = ("neo4j", "prometheus")  # Neo4j Community cannot cluster: they live on a host of their own
+SINGLE_HOST_SERVICES = ("neo4j", "prometheus")
+NSENTER = "/usr/bin/nsenter"  # Neo4j Community cannot cluster: they live on a host of their own
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,16 @@ class Placement:
     host: str
     netns: str
     cgroup: Path
+    # enter the network namespace alone (nsenter) instead of `ip netns exec`, which also gives the program a /sys of
+    # the namespace's own, without /sys/fs/cgroup (slurmd cannot start without it)
+    keep_mounts: bool = False
 
     def argv(self, argv: list[str], in_cgroup: bool = True) -> list[str]:
         """``argv`` run inside the host's network namespace and (``in_cgroup``) cgroup: a shell moves itself into
         the cgroup before it execs ``ip netns exec``, which execs the program, so the PID stays the one started
         and everything the program forks belongs to the host too."""
-        netns = ["ip", "netns", "exec", self.netns, *argv]
+        netns = ([NSENTER, f"--net=/run/netns/{self.netns}", "--", *argv] if self.keep_mounts
+                 else ["ip", "netns", "exec", self.netns, *argv])
         if not in_cgroup:
             return netns
         return ["sh", "-c", 'echo 0 > "$1" && shift && exec "$@"', "sh", str(self.cgroup / "cgroup.procs"), *netns]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 
 from node.config import Config
@@ -19,6 +20,8 @@ from node.paths import setup_hint
 from node.runtime.handle import TcpCheck
 from node.runtime.process import rss_bytes
 from node.runtime.programs import handle
+
+PORT_RELEASE_S = 5.0
 
 
 @dataclass
@@ -82,8 +85,14 @@ class Service:
             if not shutil.which(binary):
                 raise SetupError(f"{self.name}: {binary} not found; {setup_hint()}")
 
-    def check_ports_free(self) -> None:
+    def check_ports_free(self, release_s: float = PORT_RELEASE_S) -> None:
+        """ServiceError naming the first owned port something else holds, after ``release_s`` of waiting for it to
+        be released (a process SIGKILLed a moment ago can hold its listener until its exit completes: seen once on a
+        loaded machine when a crashed cluster was started again)."""
+        deadline = time.monotonic() + release_s
         for port in self.owned_ports():
+            while port_in_use(self.address, port) and time.monotonic() < deadline:
+                time.sleep(0.1)
             if port_in_use(self.address, port):
                 raise ServiceError(f"{self.name}: port {port} on {self.address} is already in use by another process "
                                    f"(change port_base in {self.cfg.home / 'haorch.toml'} or HAORCH_PORT_BASE)")

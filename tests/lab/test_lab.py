@@ -82,6 +82,26 @@ def test_a_host_crash_under_load_loses_nothing(lab_home: Path) -> None:
     assert fault["stall_s"] is not None
 
 
+def test_the_hpc_site_runs_on_the_services_host_and_the_member_hosts_workers_use_it(lab_home: Path) -> None:
+    """`haorch demo --hpc` on the lab: the site's programs start inside the last host (with Neo4j), its login node
+    listens on that host's address, and the workers of hosts 1-3 stage, submit and monitor through the bridge."""
+    demo = _haorch(lab_home, "demo", "--hpc", "--json")
+    try:
+        assert demo.returncode == 0, demo.stderr[-3000:]
+        summary = json.loads(demo.stdout)
+        assert summary["ok"] and summary["slurm_jobs_for_submit"] == 1, summary
+        hosts = json.loads(_haorch(lab_home, "lab", "status", "--json").stdout)
+        site = json.loads((lab_home / "hpc" / "sites.json").read_text())["local"]
+        assert site["host"] == hosts[3]["address"]
+        neo4j = next(p["pid"] for p in hosts[3]["processes"] if p["name"] == "neo4j")
+        rows = json.loads(_haorch(lab_home, "hpc", "status", "--json").stdout)
+        sshd = next(r["pid"] for r in rows if r["name"] == "sshd")
+        assert os.readlink(f"/proc/{sshd}/ns/net") == os.readlink(f"/proc/{neo4j}/ns/net")
+    finally:
+        down = _haorch(lab_home, "hpc", "down", "--purge")
+        assert down.returncode == 0, down.stderr[-2000:]
+
+
 def test_down_removes_everything(lab_home: Path) -> None:
     """Last in the module: a second `lab up` is a no-op, then `lab down` removes the namespaces, bridge and cgroups
     (the fixture's own `down` afterwards finds nothing)."""
