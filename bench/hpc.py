@@ -33,8 +33,6 @@ from node.experiments import Experiments
 from node.hpc import site as hpc_site
 from node.hpc.siteinfo import DEFAULT_SITE, load_sites, site_named
 from node.hpc.ssh import POOL
-from node.model.states import TERMINAL_EXPERIMENT_STATES
-from node.stores.records import Records
 
 Progress = Callable[[str], None]
 TYPE = "bench_slurm"
@@ -155,19 +153,9 @@ def _busy_slots(cfg: Config) -> float:
 
 
 def _wait(cfg: Config, ids: list[str]) -> list[dict[str, Any]]:
-    records = Records(cfg, retry_for_s=30.0)
-    try:
-        deadline = time.monotonic() + PHASE_TIMEOUT_S
-        while True:
-            states = records.states(ids)
-            if sum(1 for s in states.values() if s in TERMINAL_EXPERIMENT_STATES) >= len(ids) \
-                    or time.monotonic() > deadline:
-                break
-            time.sleep(POLL_S)
-        marks = ",".join(["%s"] * len(ids))
-        return records.experiments(f"WHERE experiment_id IN ({marks})", tuple(ids))
-    finally:
-        records.close()
+    """The rows of ``ids`` once every one is terminal (TimeoutExpired after PHASE_TIMEOUT_S)."""
+    with Experiments(cfg) as exps:
+        return exps.wait(ids, PHASE_TIMEOUT_S, poll_s=POLL_S)
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:

@@ -29,7 +29,7 @@ from node.hpc.slurm_conf import CLUSTER, DATABASE, DB_USER, PARTITION, SITE_NAME
 from node.hpc.ssh import SshError, login_run
 from node.paths import setup_hint
 from node.private_files import write_private
-from node.runtime.process import ManagedProcess, _proc_start_time, wait_gone
+from node.runtime.process import ManagedProcess, children, start_time, wait_gone
 from node.stack.mariadb import MariaDB
 from node.stack.service import Launch, Service
 
@@ -270,23 +270,9 @@ class Sshd(SiteProgram):
         sessions = children(listener) if listener else []
         stopped = self.proc.stop()
         for pid, started in sessions:
-            if _proc_start_time(pid) == started:
+            if start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
         for pid, _started in sessions:
             wait_gone(pid, 5.0)
         return stopped
-
-
-def children(parent: int) -> list[tuple[int, int]]:
-    """The live children of ``parent`` with their start times (a PID alone could be reused by the time it is
-    signalled)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent and fields[0] not in ("Z", "X"):
-            found.append((int(stat.parent.name), int(fields[19])))
-    return found

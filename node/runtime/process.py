@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 START_MARKER = b"\n--- haorch start"
 
 
-def _proc_start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
     """Start time (clock ticks since boot) of ``pid``, or None if it is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -58,20 +59,30 @@ def _state(pid: int) -> str | None:
 
 def pid_alive(pid: int) -> bool:
     """True when ``pid`` runs and is not a zombie."""
-    return _proc_start_time(pid) is not None
+    return start_time(pid) is not None
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live PIDs in process group ``pgid`` (a managed process and whatever it forked)."""
-    members = []
+def _live_stats() -> Iterator[tuple[int, list[str]]]:
+    """``(pid, fields)`` of every process that is not a zombie: ``fields`` are those of ``/proc/PID/stat`` after the
+    command name (state, ppid, pgrp, ..., start time at 19)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(stat.parent.name))
-    return members
+        if fields[0] not in ("Z", "X"):
+            yield int(stat.parent.name), fields
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live PIDs in process group ``pgid`` (a managed process and whatever it forked)."""
+    return [pid for pid, fields in _live_stats() if int(fields[2]) == pgid]
+
+
+def children(parent: int) -> list[tuple[int, int]]:
+    """The live children of ``parent`` with their start times (a PID alone could be reused by the time it is
+    signalled: compare with :func:`start_time` first)."""
+    return [(pid, int(fields[19])) for pid, fields in _live_stats() if int(fields[1]) == parent]
 
 
 def rss_bytes(pids: list[int]) -> int | None:
@@ -111,7 +122,7 @@ class ManagedProcess:
         except (OSError, ValueError):
             return None
         pid, started = int(record["pid"]), record.get("start_time")
-        now = _proc_start_time(pid)
+        now = start_time(pid)
         if now is None or (started is not None and now != started):
             self.pid_file.unlink(missing_ok=True)
             return None
@@ -140,7 +151,7 @@ class ManagedProcess:
     def adopt(self, pid: int) -> None:
         """Record ``pid`` as this process (for daemons that fork, e.g. when the real PID is known later)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        record = {"pid": pid, "start_time": _proc_start_time(pid)}
+        record = {"pid": pid, "start_time": start_time(pid)}
         tmp = self.pid_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         tmp.replace(self.pid_file)

@@ -20,12 +20,14 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from pymysql.cursors import Cursor
+
 from node.config import Config
 from node.hpc import slurm
 from node.hpc.siteinfo import DEFAULT_SITE, SiteInfo, load_sites, site_named
 from node.hpc.ssh import POOL
 from node.model.states import TaskStatus
-from node.stores.connect import mysql_connect
+from node.stores.records import Records
 from node.verify.hpc import JobEvidence, Key, Place, SiteJob, StagingEvidence, owner, parse_journal, task_prefixes
 
 SETTLE_S = 60.0         # bound on waiting for the accounting to catch up with the controller
@@ -49,33 +51,17 @@ def _run(cfg: Config, name: str, command: str) -> str:
     return result.stdout
 
 
-def experiment_states(cfg: Config, experiment_ids: list[str]) -> dict[str, str]:
-    """MariaDB's state of each experiment of ``experiment_ids`` that exists."""
-    if not experiment_ids:
-        return {}
-    conn = mysql_connect(cfg)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT experiment_id, state FROM experiments WHERE experiment_id IN ("
-                        + ",".join(["%s"] * len(experiment_ids)) + ")", experiment_ids)
-            return {row[0]: row[1] for row in cur.fetchall()}
-    finally:
-        conn.close()
-
-
-def succeeded_attempts(cfg: Config, tasks: list[Key]) -> dict[Key, int]:
+def succeeded_attempts(records: Records, tasks: list[Key]) -> dict[Key, int]:
     """The attempt of each task with a SUCCEEDED transition (the latest, if a repair wrote another)."""
     if not tasks:
         return {}
-    conn = mysql_connect(cfg)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT experiment_id, task, MAX(attempt) FROM transitions WHERE to_state = %s AND "
-                        "(experiment_id, task) IN (" + ",".join(["(%s,%s)"] * len(tasks)) + ") "
-                        "GROUP BY experiment_id, task", [TaskStatus.SUCCEEDED, *[v for key in tasks for v in key]])
-            return {(row[0], row[1]): int(row[2]) for row in cur.fetchall()}
-    finally:
-        conn.close()
+
+    def work(cur: Cursor) -> dict[Key, int]:
+        cur.execute("SELECT experiment_id, task, MAX(attempt) FROM transitions WHERE to_state = %s AND "
+                    "(experiment_id, task) IN (" + ",".join(["(%s,%s)"] * len(tasks)) + ") "
+                    "GROUP BY experiment_id, task", [TaskStatus.SUCCEEDED, *[v for key in tasks for v in key]])
+        return {(row[0], row[1]): int(row[2]) for row in cur.fetchall()}
+    return records.transaction(work)
 
 
 def site_jobs(cfg: Config, since: float, site_name: str = DEFAULT_SITE) -> tuple[list[slurm.Job], list[slurm.Job]]:
@@ -113,15 +99,19 @@ def read_jobs(cfg: Config, experiment_ids: list[str], submit_tasks: tuple[str, .
               site_name: str = DEFAULT_SITE, settle_s: float = SETTLE_S) -> JobEvidence:
     """The slurm_submit tasks of ``experiment_ids`` (each named in ``submit_tasks``) with their experiment's state,
     and the site's jobs once the accounting settled (or ``settle_s`` passed)."""
-    states = experiment_states(cfg, experiment_ids)
-    tasks = {(e, t): states.get(e, "MISSING") for e in experiment_ids for t in submit_tasks}
-    prefixes = task_prefixes(tasks)
-    deadline = time.monotonic() + settle_s
-    while True:
-        queued, accounted = site_jobs(cfg, since, site_name)
-        if _settled(queued, accounted, prefixes) or time.monotonic() > deadline:
-            return JobEvidence(tasks, merged(queued, accounted), succeeded_attempts(cfg, list(tasks)))
-        time.sleep(1.0)
+    records = Records(cfg)
+    try:
+        states = records.states(experiment_ids)
+        tasks = {(e, t): states.get(e, "MISSING") for e in experiment_ids for t in submit_tasks}
+        prefixes = task_prefixes(tasks)
+        deadline = time.monotonic() + settle_s
+        while True:
+            queued, accounted = site_jobs(cfg, since, site_name)
+            if _settled(queued, accounted, prefixes) or time.monotonic() > deadline:
+                return JobEvidence(tasks, merged(queued, accounted), succeeded_attempts(records, list(tasks)))
+            time.sleep(1.0)
+    finally:
+        records.close()
 
 
 def _groups(paths: list[str]) -> Iterable[list[str]]:
