@@ -37,7 +37,7 @@ from neo4j import Driver
 
 from node.config import Config
 from node.errors import ConflictError, DependencyError, IncompleteSubmit, TimeoutExpired, UnknownTypeError, UsageError
-from node.model.advance import Dispatch, transition_rows
+from node.model.advance import RETRY_WRITER, Dispatch, transition_rows
 from node.model.api_limits import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, check_params_size
 from node.model.builtin import builtin_templates
 from node.model.executors import KNOWN_EXECUTORS
@@ -320,6 +320,25 @@ class Experiments:
             self._publish_undos(undos)
         return {"experiment_id": experiment_id, "state": state, "cancelled_tasks": len(result.cancelled),
                 "undone_tasks": len(undos)}
+
+    def retry(self, experiment_id: str) -> dict[str, Any]:
+        """Resume a FAILED or CANCELLED experiment from its failed step: its tasks that did not succeed (the failed
+        ones, and everything downstream, which was cancelled) become PENDING again and run with new attempts, under
+        the same id; tasks that succeeded are not run again. Neo4j first (with an Outbox node of the transition
+        rows, the ready tasks held), then MariaDB, as :meth:`cancel`, then the held tasks are released; a crash
+        before the release leaves the node to the leader's sweep, which writes MariaDB (once) and releases them.
+        Then the leader is told (a submission notice; without one its sweep dispatches the released tasks).
+        Idempotent: an experiment that is not FAILED or CANCELLED is reported as it is, with ``retried_tasks`` 0."""
+        self.records.get_experiment(experiment_id)
+        now = time.time()
+        state, result = self.dags.retry(experiment_id, now=now)
+        if result.outbox_id is not None:  # a crash from here on leaves it to the leader's sweep (the outbox)
+            self.records.write_batch(0, RETRY_WRITER, transition_rows(result), result.experiments, now,
+                                     batch_id=result.outbox_id, fenced=False, reopen=True)
+            self.dags.release_retry([experiment_id], time.time())
+            self.dags.forget_outbox([result.outbox_id])
+            self._notify([experiment_id])
+        return {"experiment_id": experiment_id, "state": state, "retried_tasks": len(result.reopened)}
 
     # builtins.list: in this class body below the method, ``list`` is Experiments.list
     def wait(self, ids: builtins.list[str], timeout_s: float,

@@ -29,6 +29,8 @@ class Dags(Protocol):
 
     def forget_outbox(self, ids: list[str]) -> None: ...
 
+    def release_retry(self, ids: list[str], now: float) -> int: ...
+
 
 class Records(Protocol):
     """Experiment rows and the transition log; every write is fenced."""
@@ -37,6 +39,6 @@ class Records(Protocol):
 
     def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
                     now: float, batch_id: str | None = ..., written_by: tuple[int, str] | None = ...,
-                    fenced: bool = ...) -> bool: ...
+                    fenced: bool = ..., reopen: bool = ...) -> bool: ...
 
     def prune_applied_batches(self, limit: int) -> int: ...

@@ -32,7 +32,7 @@ from node import failpoints, metrics
 from node.errors import MalformedMessage
 from node.isolation import handle_isolated
 from node.leader.ports import Dags, Records
-from node.model.advance import AdvanceResult, Dispatch, Outcome, transition_rows
+from node.model.advance import RETRY_WRITER, AdvanceResult, Dispatch, Outcome, transition_rows
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
 from node.model.states import TaskStatus
 from node.stores.ports import Consumer, Publisher
@@ -195,8 +195,12 @@ class LeaderTerm:
             page = self.dags.outbox(OUTBOX_PAGE, before)
             seen.update(box["id"] for box in page)
             for box in page:
+                retry = box["node"] == RETRY_WRITER
                 written += self.records.write_batch(self.epoch, self.node_id, box["rows"], box["states"], box["at"],
-                                                    batch_id=box["id"], written_by=(box["epoch"], box["node"]))
+                                                    batch_id=box["id"], written_by=(box["epoch"], box["node"]),
+                                                    reopen=retry)
+                if retry:  # its caller died before releasing the retried tasks
+                    self.dags.release_retry(list(box["states"]), time.time())
                 self.pump()
             self.dags.forget_outbox([box["id"] for box in page])
             boxes += len(page)

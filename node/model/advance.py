@@ -28,6 +28,10 @@ from node.model.states import REDISPATCHED, TaskStatus
 #: retried at once and not counted against the template's ``retries``; the bound stops a task that kills its workers
 MAX_LOST_ATTEMPTS = 3
 
+#: the writer (node id) of a user's retry in the transition log and of its Outbox node: whoever writes that node to
+#: MariaDB reopens the terminal experiment row (``Records.write_batch(reopen=True)``), then releases the held tasks
+RETRY_WRITER = "retry"
+
 
 @dataclass(frozen=True)
 class Dispatch:
@@ -71,6 +75,7 @@ class AdvanceResult:
     unknown: list[str] = field(default_factory=list)                  # keys of responses for no known task
     waits: list[dict[str, Any]] = field(default_factory=list)         # {key, recheck_at, waiting_on}
     undos: list[Dispatch] = field(default_factory=list)  # late successes of cancelled tasks to reverse (their jobs)
+    reopened: list[dict[str, Any]] = field(default_factory=list)  # a retry: {experiment_id, name, status, attempt}
     outbox_id: str | None = None  # the Outbox node holding transition_rows(self), committed with these changes
 
 
@@ -86,6 +91,7 @@ def transition_rows(result: AdvanceResult) -> list[tuple]:
     rows += [(c["experiment_id"], c["name"], None, S.CANCELLED, c["attempt"], None) for c in result.cancelled]
     rows += [(d.experiment_id, d.name, None, REDISPATCHED if d.redispatch else S.DISPATCHED, d.attempt, None)
              for d in result.dispatches if not d.recheck]
+    rows += [(r["experiment_id"], r["name"], r["status"], S.PENDING, r["attempt"], "retry") for r in result.reopened]
     rows += [(exp, None, None, state, 0, None) for exp, state in result.experiments.items()]
     return rows
 

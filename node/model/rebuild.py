@@ -14,7 +14,9 @@ dynamic part replays the task's rows in log order (the log records every change 
 - ``RETRY_WAIT`` (attempt a, the error as detail): the next attempt is due at ``not_before`` = the row's time plus
   the template's backoff for attempt a, or at once for a *lost* attempt (its worker died or froze: the error starts
   with ``abandoned:``, the worker's mark; such attempts are counted in ``lost`` and do not use up ``retries``);
-- ``FAILED``, ``CANCELLED``: final, ``finished_at`` (a task cancelled before its first dispatch stays at attempt 0).
+- ``FAILED``, ``CANCELLED``: ``finished_at`` (a task cancelled before its first dispatch stays at attempt 0);
+- ``PENDING`` (a user's retry of the experiment): PENDING again, its attempt kept as ``attempt_base`` (the next
+  dispatch is attempt + 1, with the template's attempts again); the leader dispatches it when it is ready.
 
 ``waiting`` counts the predecessors not executed, ``remaining`` the experiment's tasks not executed, and the
 experiment's state is the one its MariaDB row holds. ``epoch`` is the epoch of the task's last row.
@@ -87,7 +89,7 @@ def task_node(experiment_id: str, spec: TaskSpec, request: bytes, steps: Sequenc
         "max_attempts": spec.retry.max_attempts, "backoff_s": spec.retry.backoff_s,
         "backoff_factor": spec.retry.backoff_factor, "max_backoff_s": spec.retry.max_backoff_s,
         "timeout_s": spec.timeout_s, "epoch": 0, "flags": 0, "dispatched_at": None, "finished_at": None,
-        "not_before": None, "lost": None, "last_error": None,
+        "not_before": None, "lost": None, "last_error": None, "attempt_base": 0,
     }
     for step in steps:
         node["epoch"] = step.epoch
@@ -102,13 +104,16 @@ def task_node(experiment_id: str, spec: TaskSpec, request: bytes, steps: Sequenc
         elif step.to_state == TaskStatus.RETRY_WAIT:
             lost = (step.detail or "").startswith(LOST_MARK)
             node.update(status=TaskStatus.RETRY_WAIT.value, last_error=step.detail,
-                        not_before=step.at + (0.0 if lost else spec.retry.delay(step.attempt)))
+                        not_before=step.at + (0.0 if lost else spec.retry.delay(step.attempt - node["attempt_base"])))
             if lost:
                 node["lost"] = (node["lost"] or 0) + 1
         elif step.to_state == TaskStatus.FAILED:
             node.update(status=TaskStatus.FAILED.value, finished_at=step.at, last_error=step.detail)
         elif step.to_state == TaskStatus.CANCELLED:
             node.update(status=TaskStatus.CANCELLED.value, finished_at=step.at)
+        elif step.to_state == TaskStatus.PENDING:
+            node.update(status=TaskStatus.PENDING.value, attempt_base=node["attempt"], lost=0, finished_at=None,
+                        last_error=None, not_before=None)
         else:
             raise Unbuildable(f"task {spec.name!r} has a transition to unknown state {step.to_state!r}")
     return node

@@ -7,7 +7,8 @@ A task moves ``PENDING → DISPATCHED → SUCCEEDED`` on the happy path; a faile
 back to ``DISPATCHED`` with the next attempt) or to ``FAILED``; an open task can be ``CANCELLED``. A dispatched task
 can be dispatched again (a takeover or an overdue response re-sends the same attempt). An experiment goes
 ``QUEUED → RUNNING`` at its first dispatch and ends ``COMPLETED``, ``FAILED`` or ``CANCELLED``; a terminal state is
-final.
+final, except that a user's *retry* (``haorch retry``) takes a FAILED or CANCELLED experiment back to RUNNING and its
+FAILED and CANCELLED tasks back to PENDING (each then runs with a new attempt number).
 
 The transition log (MariaDB ``transitions.to_state``) uses these names, plus :data:`REDISPATCHED` for a re-send of
 an attempt that was already dispatched.
@@ -54,8 +55,8 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
                                       TaskStatus.FAILED, TaskStatus.CANCELLED}),
     TaskStatus.RETRY_WAIT: frozenset({TaskStatus.DISPATCHED, TaskStatus.CANCELLED}),
     TaskStatus.SUCCEEDED: frozenset(),
-    TaskStatus.FAILED: frozenset(),
-    TaskStatus.CANCELLED: frozenset(),
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),      # a retry
+    TaskStatus.CANCELLED: frozenset({TaskStatus.PENDING}),   # a retry
 }
 
 EXPERIMENT_TRANSITIONS: dict[ExperimentState, frozenset[ExperimentState]] = {
@@ -64,9 +65,12 @@ EXPERIMENT_TRANSITIONS: dict[ExperimentState, frozenset[ExperimentState]] = {
     ExperimentState.RUNNING: frozenset({ExperimentState.COMPLETED, ExperimentState.FAILED,
                                         ExperimentState.CANCELLED}),
     ExperimentState.COMPLETED: frozenset(),
-    ExperimentState.FAILED: frozenset(),
-    ExperimentState.CANCELLED: frozenset(),
+    ExperimentState.FAILED: frozenset({ExperimentState.RUNNING}),      # a retry
+    ExperimentState.CANCELLED: frozenset({ExperimentState.RUNNING}),   # a retry
 }
+
+#: experiment states a retry starts from
+RETRYABLE_EXPERIMENT_STATES: tuple[ExperimentState, ...] = (ExperimentState.FAILED, ExperimentState.CANCELLED)
 
 
 def task_may_move(current: str, new: str) -> bool:

@@ -54,12 +54,13 @@ from neo4j import Driver, ManagedTransaction, Record, unit_of_work
 from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, DependencyError, FencedError, NotFoundError, UnknownTypeError
-from node.model.advance import AdvanceResult, Dispatch, Outcome, classify, transition_rows
+from node.model.advance import RETRY_WRITER, AdvanceResult, Dispatch, Outcome, classify, transition_rows
 from node.model.executors import KNOWN_EXECUTORS, UNDO_EXECUTORS
 from node.model.messages import StaticRequest, static_request_bytes
 from node.model.states import (
     LIVE_EXPERIMENT_STATES,
     OPEN_TASK_STATUSES,
+    RETRYABLE_EXPERIMENT_STATES,
     TERMINAL_EXPERIMENT_STATES,
     ExperimentState,
     TaskStatus,
@@ -75,6 +76,9 @@ T = TypeVar("T")
 # cache hit (Neo4j would turn literals into parameters anyway, so the plans are the same).
 _OPEN = list(OPEN_TASK_STATUSES)
 _LIVE = list(LIVE_EXPERIMENT_STATES)
+
+#: the ``not_before`` of a retried task held until MariaDB records its retry (never due: far beyond any clock)
+RETRY_HELD = 1.0e18
 
 
 class GraphNotReady(DependencyError):
@@ -357,8 +361,8 @@ class DagStore:
         if submitted:  # once per experiment: a repeated id in one UNWIND dispatched its roots twice
             rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
                           "WHERE t.status = $pending AND t.waiting = 0 "
-                          "SET t.status = $dispatched, t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
-                          + _RETURN_DISPATCH, ids=sorted(set(submitted)), now=now, epoch=epoch,
+                          "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, "
+                          "t.epoch = $epoch " + _RETURN_DISPATCH, ids=sorted(set(submitted)), now=now, epoch=epoch,
                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
             roots = AdvanceResult(dispatches=_dispatch_rows(list(rows)))
             _start_experiments(tx, now, roots)  # successors' experiments are RUNNING already
@@ -375,7 +379,8 @@ class DagStore:
             "WITH f UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
             "RETURN f.epoch AS fence, f.generation AS generation, k AS key, t.experiment_id AS experiment_id, "
             "t.name AS name, t.kind AS kind, t.status AS status, t.attempt AS attempt, "
-            "t.max_attempts AS max_attempts, t.lost AS lost, t.dispatched_at AS dispatched_at, "
+            "t.max_attempts + coalesce(t.attempt_base, 0) AS max_attempts, t.lost AS lost, "
+            "t.dispatched_at AS dispatched_at, "
             "t.timeout_s AS timeout_s, t.waiting_since AS waiting_since",
             keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
         if rows and rows[0]["fence"] > epoch:
@@ -399,8 +404,9 @@ class DagStore:
             # attempt is retried at once and counted in t.lost
             tx.run("UNWIND $rows AS r MATCH (t:Task {key: r.key}) SET t.status = $retry_wait, "
                    "t.not_before = $now + CASE WHEN r.lost THEN 0 "
-                   "WHEN t.backoff_s * t.backoff_factor ^ (r.attempt - 1) > t.max_backoff_s "
-                   "THEN t.max_backoff_s ELSE t.backoff_s * t.backoff_factor ^ (r.attempt - 1) END, "
+                   "WHEN t.backoff_s * t.backoff_factor ^ (r.attempt - coalesce(t.attempt_base, 0) - 1) "
+                   "> t.max_backoff_s THEN t.max_backoff_s "
+                   "ELSE t.backoff_s * t.backoff_factor ^ (r.attempt - coalesce(t.attempt_base, 0) - 1) END, "
                    "t.lost = coalesce(t.lost, 0) + CASE WHEN r.lost THEN 1 ELSE 0 END, "
                    "t.last_error = r.error, t.epoch = $epoch, t.recheck_at = null, t.waiting_since = null, "
                    "t.waiting_on = null", rows=verdict.retries, epoch=epoch, now=now,
@@ -424,7 +430,7 @@ class DagStore:
             "  WITH t MATCH (s:Task)-[:DEPENDS_ON]->(t) "
             "  WITH s, count(*) AS n SET s.waiting = s.waiting - n "
             "  WITH s WHERE s.waiting = 0 AND s.status = $pending "
-            "  SET s.status = $dispatched, s.attempt = 1, s.dispatched_at = $now, s.epoch = $epoch "
+            "  SET s.status = $dispatched, s.attempt = s.attempt + 1, s.dispatched_at = $now, s.epoch = $epoch "
             "  RETURN collect({key: s.key, experiment_id: s.experiment_id, name: s.name, kind: s.kind, "
             "                  request: s.request, attempt: s.attempt}) AS dispatches } "
             "CALL () { UNWIND $exps AS r MATCH (e:Experiment {experiment_id: r.id}) "
@@ -486,6 +492,66 @@ class DagStore:
         with self.driver.session() as session:
             return session.execute_write(self._timed(work))
 
+    @at_boundary
+    def retry(self, experiment_id: str, now: float) -> tuple[str, AdvanceResult]:
+        """Reopen a FAILED or CANCELLED experiment (unfenced, epoch 0, like :meth:`cancel`, and serialized with the
+        leader's writes through the same Fence lock): every task not executed goes back to PENDING with its attempt
+        kept as ``attempt_base`` (its next dispatch is attempt + 1, and it has its template's attempts again); those
+        whose predecessors all succeeded are *held* (RETRY_WAIT until RETRY_HELD) until :meth:`release_retry`, so
+        that no leader dispatches them before MariaDB records the reopening. Returns the state after and what
+        changed, with the Outbox node (written by ``retry``) of its rows. An experiment in another state is left as
+        it is (idempotent); one whose last change is not in MariaDB yet (an Outbox node names it) is a
+        ConflictError (the reopening would be undone by that write), as is one without tasks to run again."""
+
+        def work(tx: ManagedTransaction) -> tuple[str, AdvanceResult]:
+            tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_retry_at = $now", now=now)
+            record = tx.run("MATCH (e:Experiment {experiment_id: $id}) RETURN e.state AS state",
+                            id=experiment_id).single()
+            if record is None:
+                raise NotFoundError(f"no experiment {experiment_id!r}")
+            if record["state"] not in RETRYABLE_EXPERIMENT_STATES:
+                return record["state"], AdvanceResult()
+            # the outbox of the write that ended it: rewriting MariaDB after it would be undone by it
+            pending = tx.run("MATCH (o:Outbox) WHERE o.rows CONTAINS $quoted RETURN count(o) AS n",
+                             quoted=json.dumps(experiment_id)).single(strict=True)
+            if pending["n"]:
+                raise ConflictError(f"experiment {experiment_id!r} ended a moment ago and MariaDB does not record "
+                                    "it yet: retry again in a few seconds")
+            rows = tx.run(
+                "MATCH (t:Task {experiment_id: $id}) WHERE t.executed = false "
+                "OPTIONAL MATCH (t)-[:DEPENDS_ON]->(p:Task) WHERE p.executed = false "
+                "WITH t, t.status AS was, count(p) AS waiting "
+                "SET t.status = CASE WHEN waiting = 0 THEN $retry_wait ELSE $pending END, "
+                "t.not_before = CASE WHEN waiting = 0 THEN $held END, t.waiting = waiting, "
+                "t.attempt_base = t.attempt, t.lost = 0, t.finished_at = null, t.last_error = null, "
+                "t.recheck_at = null, t.waiting_since = null, t.waiting_on = null, t.epoch = 0 "
+                "RETURN t.experiment_id AS experiment_id, t.name AS name, was AS status, t.attempt AS attempt "
+                "ORDER BY t.name", id=experiment_id, retry_wait=TaskStatus.RETRY_WAIT, pending=TaskStatus.PENDING,
+                held=RETRY_HELD)
+            reopened = [dict(r) for r in rows]
+            if not reopened:  # its DAG could not be built (the leader recorded it FAILED without tasks)
+                raise ConflictError(f"experiment {experiment_id!r} has no tasks to run again: its DAG could not be "
+                                    "built (see `haorch status`)")
+            tx.run("MATCH (e:Experiment {experiment_id: $id}) SET e.state = $running, e.remaining = $n, "
+                   "e.finished_at = null, e.started_at = coalesce(e.started_at, $now), e.retried_at = $now, "
+                   "e.retries = coalesce(e.retries, 0) + 1", id=experiment_id, running=ExperimentState.RUNNING,
+                   n=len(reopened), now=now)
+            result = AdvanceResult(reopened=reopened, experiments={experiment_id: ExperimentState.RUNNING})
+            return ExperimentState.RUNNING, _outbox(tx, 0, now, result, node=RETRY_WRITER)
+
+        with self.driver.session() as session:
+            return session.execute_write(self._timed(work))
+
+    @at_boundary
+    def release_retry(self, ids: list[str], now: float) -> int:
+        """Let the leader dispatch the held tasks of these reopened experiments (MariaDB records their retry now):
+        their next attempt is due at once. Idempotent; returns how many it released."""
+        records, _, _ = self.driver.execute_query(
+            "UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
+            "WHERE t.status = $retry_wait AND t.not_before = $held SET t.not_before = $now RETURN count(t) AS n",
+            ids=ids, retry_wait=TaskStatus.RETRY_WAIT, held=RETRY_HELD, now=now)
+        return records[0]["n"] if records else 0
+
     # --- periodic work and takeover ----------------------------------------------------------------------
     @at_boundary
     def due_work(self, epoch: int, now: float, grace_s: float, limit: int, overdue: bool = True) -> AdvanceResult:
@@ -496,8 +562,8 @@ class DagStore:
         def work(tx: ManagedTransaction) -> AdvanceResult:
             self._gate(_check_fence(tx, epoch))
             roots = tx.run("MATCH (t:Task {status: $pending}) WHERE t.waiting = 0 WITH t LIMIT $limit "
-                           "SET t.status = $dispatched, t.attempt = 1, t.dispatched_at = $now, t.epoch = $epoch "
-                           + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
+                           "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, "
+                           "t.epoch = $epoch " + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
                            pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
             found = _dispatch_rows(list(roots))
             retries = tx.run("MATCH (t:Task {status: $retry_wait}) WHERE t.not_before <= $now "
@@ -552,7 +618,7 @@ class DagStore:
                           "WHERE t.executed = false AND t.status IN [$pending, $dispatched] "
                           "AND coalesce(t.epoch, 0) <> $epoch "
                           "WITH t, t.status = $dispatched AS again "
-                          "SET t.attempt = CASE WHEN again THEN t.attempt ELSE 1 END, "
+                          "SET t.attempt = CASE WHEN again THEN t.attempt ELSE t.attempt + 1 END, "
                           "t.status = $dispatched, t.dispatched_at = $now, t.epoch = $epoch, t.recheck_at = null "
                           + _RETURN_DISPATCH + ", again", keys=keys, now=now, epoch=epoch,
                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)

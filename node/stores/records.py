@@ -22,7 +22,7 @@ import pymysql.cursors
 from node.config import Config
 from node.errors import ConflictError, FencedError, NotFoundError
 from node.model.api_limits import encode_params
-from node.model.states import TERMINAL_EXPERIMENT_STATES, ExperimentState
+from node.model.states import RETRYABLE_EXPERIMENT_STATES, TERMINAL_EXPERIMENT_STATES, ExperimentState
 from node.model.template import Template
 from node.periodic import Periodic
 from node.retry import STORE_OPERATION, call
@@ -177,14 +177,15 @@ class Records:
     # --- the leader's batch ------------------------------------------------------------------------------
     def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
                     now: float, batch_id: str | None = None, written_by: tuple[int, str] | None = None,
-                    fenced: bool = True) -> bool:
+                    fenced: bool = True, reopen: bool = False) -> bool:
         """One fenced transaction: transition rows ``(experiment_id, task, from, to, attempt, detail)`` and
         experiment state changes, all at time ``now``, under ``epoch`` and ``node_id`` — or under ``written_by``
         (epoch, node) when a takeover writes what an older leader did (the fence is checked with ``epoch``).
         Once-only per ``batch_id`` (the Neo4j outbox id; a fresh one when None): the id is recorded in the same
         transaction, so a retry whose commit went through, or a takeover writing a dead leader's outbox, writes
-        nothing twice. ``fenced=False``: a user's cancel (epoch 0), not a leader's write. Returns whether it wrote
-        the batch."""
+        nothing twice. ``fenced=False``: a user's cancel or retry (epoch 0), not a leader's write. A terminal state is
+        final (a racing cancel) except with ``reopen`` (a retry's batch): then only FAILED and CANCELLED rows change,
+        and lose their ``finished_at``. Returns whether it wrote the batch."""
         row_epoch, row_node = written_by or (epoch, node_id)
         batch_id = batch_id or uuid.uuid4().hex
 
@@ -204,10 +205,15 @@ class Records:
             for experiment_id, state in states.items():
                 by_state.setdefault(state, []).append(experiment_id)
             for state, ids in by_state.items():  # one statement per state, not per experiment
+                marks = ",".join(["%s"] * len(ids))
+                if reopen:
+                    cur.execute(f"UPDATE experiments SET state = %s, updated_at = %s, finished_at = NULL "
+                                f"WHERE experiment_id IN ({marks}) AND state IN (%s, %s)",
+                                (state, now, *ids, *RETRYABLE_EXPERIMENT_STATES))
+                    continue
                 cur.execute(
                     f"UPDATE experiments SET state = %s, updated_at = %s, finished_at = IF(%s, %s, finished_at) "
-                    f"WHERE experiment_id IN ({','.join(['%s'] * len(ids))}) "
-                    f"AND state NOT IN (%s, %s, %s)",  # terminal is final (a racing cancel)
+                    f"WHERE experiment_id IN ({marks}) AND state NOT IN (%s, %s, %s)",  # terminal is final
                     (state, now, state in TERMINAL_EXPERIMENT_STATES, now, *ids, *TERMINAL_EXPERIMENT_STATES))
             return True
         return self.transaction(work)

@@ -19,6 +19,7 @@ from typing import Any
 import pymysql
 
 from node.config import Config
+from node.model.advance import RETRY_WRITER
 from node.model.states import REDISPATCHED, TERMINAL_EXPERIMENT_STATES, TaskStatus
 from node.stores.connect import mysql_connect, neo4j_driver
 
@@ -255,11 +256,15 @@ def _one(cur: pymysql.cursors.Cursor) -> tuple[Any, ...]:
 
 
 def _read_order(cur: pymysql.cursors.Cursor, out: Snapshot, where: str, args: list[Any]) -> None:
-    """For the causal order of the log: each experiment's earliest terminal row, and the attempts whose first
-    SUCCEEDED or FAILED row is earlier than their first DISPATCHED row (normally none: only those are fetched)."""
+    """For the causal order of the log: each experiment's earliest terminal row since its last retry (a user's retry
+    reopens it: rows of the ``retry`` writer), and the attempts whose first SUCCEEDED or FAILED row is earlier than
+    their first DISPATCHED row (normally none: only those are fetched)."""
     terminal = ",".join(["%s"] * len(TERMINAL_EXPERIMENT_STATES))
-    cur.execute(f"SELECT experiment_id, MIN(at) FROM transitions WHERE task IS NULL AND to_state IN ({terminal}) "
-                f"AND {where} GROUP BY experiment_id", [*TERMINAL_EXPERIMENT_STATES, *args])
+    cur.execute(f"SELECT experiment_id, MIN(at) FROM transitions t LEFT JOIN ("
+                f"  SELECT experiment_id, MAX(at) AS reopened FROM transitions "
+                f"  WHERE task IS NULL AND node_id = %s GROUP BY experiment_id) r USING (experiment_id) "
+                f"WHERE task IS NULL AND to_state IN ({terminal}) AND at >= COALESCE(r.reopened, 0) "
+                f"AND {where} GROUP BY experiment_id", [RETRY_WRITER, *TERMINAL_EXPERIMENT_STATES, *args])
     out.terminal_at = {r[0]: r[1] for r in cur.fetchall()}
     cur.execute(
         "SELECT experiment_id, task, attempt, MIN(IF(to_state = %s, at, NULL)) AS d, "

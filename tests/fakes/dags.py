@@ -107,7 +107,7 @@ class FakeDagStore:
         for experiment_id in submitted:
             for task in self._tasks_of(experiment_id):
                 if task["status"] == TaskStatus.PENDING and task["waiting"] == 0:
-                    result.dispatches.append(self._dispatch(task, epoch, now, attempt=1))
+                    result.dispatches.append(self._dispatch(task, epoch, now, attempt=task["attempt"] + 1))
         self._start_experiments(now, result)
         self.journal.append(f"neo4j.advance {len(outcomes)} {len(submitted)}")
         return self._outbox(epoch, now, result)
@@ -129,6 +129,11 @@ class FakeDagStore:
             self.boxes.pop(box_id, None)
         self.journal.append(f"neo4j.forget_outbox {len(ids)}")
 
+    def release_retry(self, ids: list[str], now: float) -> int:
+        """Nothing is held here: the fake has no user retries."""
+        self.journal.append(f"neo4j.release_retry {len(ids)}")
+        return 0
+
     def _flag(self, epoch: int, info: dict[str, Any], now: float, result: AdvanceResult) -> None:
         task = self.tasks[info["key"]]
         self._move(task, TaskStatus.SUCCEEDED, executed=True, finished_at=now, epoch=epoch, flags=task["flags"] + 1)
@@ -137,7 +142,7 @@ class FakeDagStore:
             successor = self.tasks[key]
             successor["waiting"] -= 1
             if successor["waiting"] == 0 and successor["status"] == TaskStatus.PENDING:
-                result.dispatches.append(self._dispatch(successor, epoch, now, attempt=1))
+                result.dispatches.append(self._dispatch(successor, epoch, now, attempt=successor["attempt"] + 1))
         experiment = self.experiments[task["experiment_id"]]
         experiment["remaining"] -= 1
         if experiment["remaining"] == 0 and experiment["state"] in LIVE_EXPERIMENT_STATES:
@@ -194,7 +199,7 @@ class FakeDagStore:
         overdue = [t for t in tasks if t["status"] == TaskStatus.DISPATCHED and t.get("recheck_at") is None
                    and t not in rechecks
                    and t["dispatched_at"] + t["timeout_s"] + grace_s < now][:limit if overdue else 0]
-        result = AdvanceResult(dispatches=[self._dispatch(t, epoch, now, 1) for t in roots]
+        result = AdvanceResult(dispatches=[self._dispatch(t, epoch, now, t["attempt"] + 1) for t in roots]
                                + [self._dispatch(t, epoch, now, t["attempt"] + 1) for t in retries]
                                + [self._dispatch(t, epoch, now, t["attempt"], redispatch=True, recheck=True)
                                   for t in rechecks]
@@ -217,7 +222,7 @@ class FakeDagStore:
             if (not task["executed"] and task["status"] in (TaskStatus.PENDING, TaskStatus.DISPATCHED)
                     and task.get("epoch", 0) != epoch):
                 again = task["status"] == TaskStatus.DISPATCHED
-                result.dispatches.append(self._dispatch(task, epoch, now, task["attempt"] if again else 1, again))
+                result.dispatches.append(self._dispatch(task, epoch, now, task["attempt"] + (0 if again else 1), again))
         self._start_experiments(now, result)
         self.journal.append(f"neo4j.mark_dispatched {len(keys)}")
         return self._outbox(epoch, now, result)

@@ -34,7 +34,7 @@ class FakeRecords:
 
     def write_batch(self, epoch: int, node_id: str, transitions: list[tuple], states: dict[str, str],
                     now: float, batch_id: str | None = None, written_by: tuple[int, str] | None = None,
-                    fenced: bool = True) -> bool:
+                    fenced: bool = True, reopen: bool = False) -> bool:
         if fenced:
             self._check_fence(epoch)
         if batch_id is not None and batch_id in self.applied:
@@ -43,7 +43,7 @@ class FakeRecords:
             self.applied.add(batch_id)
         self.transitions += [(*t, written_by[0] if written_by else epoch) for t in transitions]
         for experiment_id, state in states.items():
-            if self.states.get(experiment_id) not in TERMINAL_EXPERIMENT_STATES:
+            if reopen or self.states.get(experiment_id) not in TERMINAL_EXPERIMENT_STATES:
                 self.states[experiment_id] = state
         self.journal.append(f"mariadb.write_batch {len(transitions)}")
         return True
