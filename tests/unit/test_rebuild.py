@@ -141,3 +141,23 @@ def test_every_task_of_a_random_run_is_rebuilt_as_the_dag_store_left_it(seed: in
                     assert (node["lost"] or 0) == kept["lost"], node["key"]
                     for name in COMPARED:
                         assert node[name] == kept.get(name, 0 if name == "epoch" else None), (node["key"], name)
+
+
+def test_a_retried_task_is_pending_again_with_its_attempts_as_base() -> None:
+    """A user's retry logs PENDING (detail ``retry``, epoch 0): the task is PENDING again, its attempt kept as the
+    base of its next ones, and its next backoff counts from that base; its successors wait on it again."""
+    steps = [Step("a", S.DISPATCHED, 1, 3, 10.0), Step("a", S.SUCCEEDED, 1, 3, 11.0),
+             Step("b", S.DISPATCHED, 1, 3, 11.0), Step("b", S.RETRY_WAIT, 1, 3, 12.0, "boom"),
+             Step("b", S.DISPATCHED, 2, 3, 14.0), Step("b", S.RETRY_WAIT, 2, 3, 15.0, "boom"),
+             Step("b", S.DISPATCHED, 3, 3, 33.0), Step("b", S.FAILED, 3, 3, 34.0, "boom"),
+             Step("c", S.CANCELLED, 0, 3, 34.0),
+             Step("b", S.PENDING, 3, 0, 50.0, "retry"), Step("c", S.PENDING, 0, 0, 50.0, "retry")]
+    graph = rebuild(_record(steps), CHAIN, now=60.0)
+    tasks = _tasks(graph)
+    assert (tasks["b"]["status"], tasks["b"]["attempt"], tasks["b"]["attempt_base"]) == (S.PENDING, 3, 3)
+    assert (tasks["b"]["finished_at"], tasks["b"]["last_error"], tasks["b"]["waiting"]) == (None, None, 0)
+    assert (tasks["c"]["status"], tasks["c"]["attempt"], tasks["c"]["waiting"]) == (S.PENDING, 0, 1)
+    assert graph.experiment["remaining"] == 2
+    # the first new attempt fails: its backoff is the first one (2 s), not the fourth
+    more = [*steps, Step("b", S.DISPATCHED, 4, 7, 51.0), Step("b", S.RETRY_WAIT, 4, 7, 52.0, "boom")]
+    assert _tasks(rebuild(_record(more), CHAIN, now=60.0))["b"]["not_before"] == 52.0 + 2.0
