@@ -2,7 +2,8 @@
 # Installs what haorch needs on a Debian 12 machine, idempotently, and is quick when all is in place:
 #   1. Debian packages: ZooKeeper, RabbitMQ, MariaDB, Prometheus (+ promtool), Docker Engine and debootstrap (for
 #      `haorch deploy --docker`; haorch starts dockerd itself when none runs), SLURM (+ slurmdbd), munge and an
-#      OpenSSH server (for the HPC test site of `haorch hpc up`), a JDK and Maven if missing
+#      OpenSSH server (for the HPC test site of `haorch hpc up`), Graphviz (the console draws DAGs with `dot`),
+#      Chromium (the console's browser tests drive it headless with Playwright), a JDK and Maven if missing
 #   2. the Python venv in .venv with haorch installed editable (re-installed when pyproject.toml changes)
 #   3. the embedded Neo4j launcher (node/assets/neo4j, built with Maven into its target/)
 # The packages' own system services are not used: `haorch stack up` runs its own processes (or containers).
@@ -12,7 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { printf 'setup: %s\n' "$*"; }
 
 packages=(zookeeper rabbitmq-server mariadb-server mariadb-client prometheus iproute2 iptables procps
-          docker.io debootstrap slurm-wlm slurmdbd slurm-wlm-mysql-plugin munge openssh-server)
+          docker.io debootstrap slurm-wlm slurmdbd slurm-wlm-mysql-plugin munge openssh-server graphviz chromium
+          fonts-dejavu-core)
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 missing=()
