@@ -1,5 +1,5 @@
 """MariaDB schema: experiments, the transition log, the execution ledger, the fence row, leader terms, and what
-Neo4j is rebuilt from (template definitions, the graph's generation).
+Neo4j is rebuilt from (template definitions, the graph's generation), API tokens and the audit log.
 
 Created idempotently by ``haorch stack up``: every statement creates only what is missing, so an existing database
 gains the tables and columns it lacks. Times are UNIX seconds (DOUBLE) so that every process compares them the
@@ -31,6 +31,8 @@ SCHEMA = [
     # the listing's order: a page of any depth is one index range (with a state, idx_state_created serves, as
     # InnoDB appends the primary key to it); a separate statement so that existing tables get it too
     "CREATE INDEX IF NOT EXISTS idx_created ON experiments (created_at, experiment_id)",
+    # a listing of one type (GET /api/experiments?type=), in the same order
+    "CREATE INDEX IF NOT EXISTS idx_type_created ON experiments (type, created_at, experiment_id)",
     # one row per task (or experiment, task IS NULL) state change, with the epoch of the leader that made it
     """CREATE TABLE IF NOT EXISTS transitions (
         id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -116,9 +118,41 @@ SCHEMA = [
         rebuilt_at DOUBLE NULL
     ) ENGINE=InnoDB""",
     "INSERT IGNORE INTO graph (name) VALUES ('neo4j')",
+    # API tokens (node/access/tokens.py): only the sha256 hex of each token is kept. A fast, unsalted hash is
+    # right here: a token is 32 random bytes, so there is no dictionary to precompute and no brute force to slow
+    # down (salts and slow hashes exist for low-entropy passwords), and a plain hash lets a request find its row
+    # through the unique index. Names are never reused, not even after a revocation: the audit log names tokens.
+    """CREATE TABLE IF NOT EXISTS api_tokens (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        name VARCHAR(64) NOT NULL UNIQUE,
+        role VARCHAR(16) NOT NULL,
+        token_hash CHAR(64) NOT NULL UNIQUE,
+        prefix VARCHAR(16) NOT NULL,
+        created_at DOUBLE NOT NULL,
+        created_by VARCHAR(128) NOT NULL,
+        revoked_at DOUBLE NULL,
+        revoked_by VARCHAR(128) NULL,
+        last_used_at DOUBLE NULL
+    ) ENGINE=InnoDB""",
+    # the audit log (node/access/audit.py): one row per mutation through the API or the CLI, and per refusal;
+    # paged newest first by id, filtered by target (a prefix index: targets are ids, distinct in 64 characters)
+    """CREATE TABLE IF NOT EXISTS audit (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        at DOUBLE NOT NULL,
+        who VARCHAR(128) NOT NULL,
+        role VARCHAR(16) NOT NULL,
+        action VARCHAR(32) NOT NULL,
+        target VARCHAR(255) NOT NULL,
+        detail VARCHAR(1024) NULL,
+        outcome VARCHAR(16) NOT NULL,
+        node_id VARCHAR(64) NOT NULL,
+        KEY idx_at (at),
+        KEY idx_target (target(64))
+    ) ENGINE=InnoDB""",
 ]
 
-TABLES = ("experiments", "transitions", "ledger", "fence", "applied_batches", "leader_terms", "templates", "graph")
+TABLES = ("experiments", "transitions", "ledger", "fence", "applied_batches", "leader_terms", "templates", "graph",
+          "api_tokens", "audit")
 
 
 def ensure_schema(cfg: Config) -> None:
