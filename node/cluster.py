@@ -8,7 +8,9 @@ too. ``up`` also publishes their HTTP ports as Prometheus file_sd targets.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable
@@ -164,10 +166,20 @@ def _wait_node_ready(cfg: Config, n: int, timeout_s: float) -> None:
     raise ServiceError(f"node-{n} not ready within {timeout_s:g} s after its restart")
 
 
+def tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """For https node URLs (``tls_cert`` set): trust ``$HAORCH_CA_FILE``, else the node certificate itself (as a
+    partial chain, so that a CA-signed leaf is trusted as well as a self-signed one). None for plain HTTP."""
+    if not cfg.tls_cert:
+        return None
+    context = ssl.create_default_context(cafile=os.environ.get("HAORCH_CA_FILE") or cfg.tls_cert)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 def _readyz(cfg: Config, n: int, timeout_s: float = 0.5) -> dict[str, Any] | None:
     url = f"{cfg.node_url(n)}/readyz"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=tls_context(cfg)) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:  # 503 still carries the JSON body
         try:

@@ -102,6 +102,10 @@ class Config:
     # and worker i run on host i (numbers above N wrap around); empty: everything on ``host``
     member_hosts: str = ""
     bind_address: str = ""  # what node and worker sockets bind to (e.g. 0.0.0.0); empty: their own address
+    # HTTPS for every node's HTTP port: the PEM certificate (chain) and its private key, both or neither; empty:
+    # plain HTTP (tokens then cross the network in clear: keep bind_address on a trusted network)
+    tls_cert: str = ""
+    tls_key: str = ""
     client_addresses: str = ""  # further addresses haorch's clients connect from (MariaDB users are per address)
     topology: str = "single"  # "ha": a 3-node RabbitMQ cluster and a 3-member Galera cluster instead of one each
     # services haorch uses but does not manage (empty: the managed stack on ``host``); lists are comma-separated
@@ -254,8 +258,9 @@ class Config:
         return bool(getattr(self, service.split("-")[0], ""))
 
     def node_url(self, node_id: int) -> str:
-        """Base URL of orchestrator node ``node_id``'s HTTP port (``/metrics``, ``/readyz``, ``/api``)."""
-        return f"http://{self.member_host(node_id)}:{self.node_http_port(node_id)}"
+        """Base URL of orchestrator node ``node_id``'s HTTP port (``/metrics``, ``/readyz``, ``/api``): https
+        when ``tls_cert`` is set."""
+        return f"{'https' if self.tls_cert else 'http'}://{self.member_host(node_id)}:{self.node_http_port(node_id)}"
 
     def worker_url(self, worker_id: int) -> str:
         """Base URL of worker ``worker_id``'s HTTP port (``/metrics``)."""
@@ -382,6 +387,8 @@ def _validated(cfg: Config) -> Config:
         if address.strip() and not _is_address(address.strip()):
             raise UsageError(f"config value {address.strip()!r} is not an IPv4 address (host, member_hosts, "
                              "bind_address, client_addresses)")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise UsageError("config values tls_cert and tls_key go together: set both (HTTPS) or neither (HTTP)")
     if cfg.runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {cfg.runtime!r}")
     if not 1024 <= cfg.port_base <= 65000:

@@ -235,6 +235,7 @@ class Demo:
             "error": self.state.error,
             "prometheus": self.cfg.prometheus_url,
             "node_metrics": [f"{self.cfg.node_url(n)}/metrics" for n in range(1, NODES + 1)],
+            "console": [f"{self.cfg.node_url(n)}/" for n in range(1, NODES + 1)],
             "worker_metrics": [f"{self.cfg.worker_url(n)}/metrics" for n in range(1, WORKERS + 1)],
         }
 
@@ -281,5 +282,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
                   f"haorch_leader_epoch)")
     console.print(f"          nodes  {'  '.join(summary['node_metrics'])}")
     console.print(f"          workers {'  '.join(summary['worker_metrics'])}")
+    console.print(f"console:  {summary['console'][0]}  (every node serves it; log in with a token: "
+                  "haorch token create --role admin --name NAME)")
     console.print("stop:     haorch cluster down    # the 3 nodes and workers\n"
                   "          haorch stack down      # ZooKeeper, RabbitMQ, MariaDB, Neo4j, Prometheus")

@@ -35,6 +35,14 @@ class ConflictError(UsageError):
     """A request that contradicts existing state (e.g. resubmitting an id with another type)."""
 
 
+class AccessDenied(UsageError):
+    """An API request whose token's role does not allow what it asks (HTTP 403); exit 2: another token fixes it."""
+
+
+class NotAuthenticated(AccessDenied):
+    """An API request without a token, or with one that is unknown, malformed or revoked (HTTP 401)."""
+
+
 class ServiceError(HaorchError):
     """A dependency (ZooKeeper, RabbitMQ, MariaDB, Neo4j, Prometheus) is missing, down or misbehaving."""
 

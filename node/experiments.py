@@ -176,7 +176,12 @@ class Experiments:
         return out
 
     def register(self, path: str | Path) -> dict[str, Any]:
-        template = load_template_file(path, KNOWN_EXECUTORS)
+        """Register the template in the file ``path`` (YAML or JSON)."""
+        return self.register_template(load_template_file(path, KNOWN_EXECUTORS))
+
+    def register_template(self, template: Template) -> dict[str, Any]:
+        """A new version of ``template``'s type unless it is unchanged: Neo4j allocates the version, then MariaDB
+        records the definition (a crash between the two leaves a version that a retry records)."""
         version, created = self.dags.register_template(template)
         self._record_template(template, version)
         return {"type": template.type, "version": version, "created": created, "tasks": len(template.tasks)}
@@ -286,16 +291,30 @@ class Experiments:
         row["tasks"] = [{**t, "outputs": outputs.get(t["name"], {})} for t in tasks]
         return row
 
-    def list(self, state: str | None = None, limit: int | None = None, after: str | None = None) -> Page:
-        """One page of experiments (of ``state``), oldest first, ordered by (created_at, experiment_id):
-        ``limit`` rows (default LIST_DEFAULT_LIMIT, at most LIST_MAX_LIMIT) after the cursor ``after``."""
+    def list(self, state: str | None = None, limit: int | None = None, after: str | None = None, *,
+             type_: str | None = None, since: float | None = None, until: float | None = None,
+             prefix: str | None = None) -> Page:
+        """One page of experiments, oldest first, ordered by (created_at, experiment_id): ``limit`` rows (default
+        LIST_DEFAULT_LIMIT, at most LIST_MAX_LIMIT) after the cursor ``after``; only those of ``state`` and
+        ``type_``, created at or after ``since`` and before ``until`` (UNIX seconds), whose id starts with
+        ``prefix``."""
         if state is not None and state.upper() not in tuple(ExperimentState):
             raise UsageError(f"unknown state {state!r}; one of {', '.join(ExperimentState)}")
+        if type_ is not None and not NAME_RE.match(type_):
+            raise UsageError(f"invalid experiment type {type_!r}")
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number of UNIX seconds, got {value}")
+        problem = id_problem(prefix, "id prefix") if prefix else None
+        if problem:
+            raise UsageError(problem)
         limit = LIST_DEFAULT_LIMIT if limit is None else limit
         if not 1 <= limit <= LIST_MAX_LIMIT:
             raise UsageError(f"limit must be 1-{LIST_MAX_LIMIT}, got {limit}")
         position = None if after is None else decode_cursor(after)
-        rows = self.records.experiments_page(state.upper() if state else None, position, limit + 1)
+        rows = self.records.experiments_page(state.upper() if state else None, position, limit + 1,
+                                             created_before=until, type_=type_, created_since=since,
+                                             id_prefix=prefix or None)
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(rows, encode_cursor(rows[-1]["created_at"], rows[-1]["experiment_id"]) if more else None)
@@ -330,8 +349,10 @@ class Experiments:
         Then the leader is told (a submission notice; without one its sweep dispatches the released tasks).
         Idempotent: an experiment that is not FAILED or CANCELLED is reported as it is, with ``retried_tasks`` 0."""
         self.records.get_experiment(experiment_id)
+        # the leader deletes the Outbox nodes of its batches a sweep after MariaDB has them: those do not count
+        recorded = self.records.applied(self.dags.outbox_naming(experiment_id))
         now = time.time()
-        state, result = self.dags.retry(experiment_id, now=now)
+        state, result = self.dags.retry(experiment_id, now=now, recorded=recorded)
         if result.outbox_id is not None:  # a crash from here on leaves it to the leader's sweep (the outbox)
             self.records.write_batch(0, RETRY_WRITER, transition_rows(result), result.experiments, now,
                                      batch_id=result.outbox_id, fenced=False, reopen=True)

@@ -18,6 +18,7 @@ import pika
 
 from node import metrics
 from node.config import Config
+from node.console import routes as console
 from node.http.server import NodeHTTPServer
 from node.model.builtin import builtin_kinds
 from node.model.states import ExperimentState
@@ -141,8 +142,10 @@ def run_node(cfg: Config, node_id: str, number: int) -> None:
         return ok, {"node_id": node_id, "role": replica.role, "epoch": replica.epoch, "session": session,
                     "ready": ok, "last_error": replica.last_error}
 
-    http = NodeHTTPServer(cfg, http_port, healthz, readyz, bind_host=cfg.bind_host(number)).start()
-    log.info("node: http on %s:%d id=%s", cfg.bind_host(number), http_port, node_id)
+    http = NodeHTTPServer(cfg, http_port, healthz, readyz, bind_host=cfg.bind_host(number), node_id=node_id,
+                          pages=[console.router]).start()
+    log.info("node: %s on %s:%d id=%s", "https" if cfg.tls_cert else "http", cfg.bind_host(number), http_port,
+             node_id)
     try:
         replica.run(shutdown)
     finally:

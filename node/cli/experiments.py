@@ -1,23 +1,53 @@
-"""Experiment and template commands: template list|show|register, submit, status, list, cancel, wait."""
+"""Experiment and template commands: template list|show|register, submit, status, list, cancel, retry, wait.
+
+Each works on the stores directly, or with ``--url URL`` (``$HAORCH_URL``) through that node's HTTP API with the
+token in ``$HAORCH_TOKEN`` (``node/client.py``); the output is the same either way."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from node.cli.common import config, emit, json_option, table
+from node.access.audit import (
+    CANCEL,
+    REGISTER,
+    RETRY,
+    SUBMIT,
+    cancelled_detail,
+    registered_detail,
+    retried_detail,
+    submitted_detail,
+)
+from node.access.roles import Action
+from node.cli.common import api_client, audited_locally, config, emit, json_option, table, url_option
+from node.client import Client
 from node.errors import UsageError
-from node.experiments import Experiments, Page, parse_params
+from node.experiments import Experiments, Page, new_experiment_id, parse_params
 from node.model.api_limits import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT
+from node.model.executors import KNOWN_EXECUTORS
 from node.model.states import ExperimentState
+from node.model.template import load_template_file
+
+T = TypeVar("T")
 
 
 def _fmt_time(ts: float | None) -> str | None:
     return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}" if ts else None
+
+
+def _either(url: str | None, remote: Callable[[Client], T], local: Callable[[Experiments], T]) -> T:
+    """``remote`` with a client of the node at ``url`` (token: $HAORCH_TOKEN), or ``local`` on the stores."""
+    if url:
+        with api_client(url) as api:
+            return remote(api)
+    with Experiments(config()) as exps:
+        return local(exps)
 
 
 @click.group()
@@ -26,21 +56,24 @@ def template() -> None:
 
 
 @template.command("list")
+@url_option
 @json_option
-def template_list(as_json: bool) -> None:
+def template_list(url: str | None, as_json: bool) -> None:
     """List registered experiment types (latest versions); installs the built-ins if missing."""
-    with Experiments(config()) as exps:
+    def local(exps: Experiments) -> list[dict[str, Any]]:
         exps.install_builtins()
-        emit(exps.dags.list_templates(), as_json, lambda rows: table(rows, ["type", "version", "tasks", "description"]))
+        return exps.dags.list_templates()
+    rows = _either(url, lambda api: api.templates(), local)
+    emit(rows, as_json, lambda rows: table(rows, ["type", "version", "tasks", "description"]))
 
 
 @template.command("show")
 @click.argument("type_", metavar="TYPE")
+@url_option
 @json_option
-def template_show(type_: str, as_json: bool) -> None:
+def template_show(type_: str, url: str | None, as_json: bool) -> None:
     """Show the latest version of TYPE with its tasks and dependencies."""
-    with Experiments(config()) as exps:
-        data = exps.show_template(type_)
+    data = _either(url, lambda api: api.template(type_), lambda exps: exps.show_template(type_))
 
     def human(d: dict[str, Any]) -> None:
         click.echo(f"{d['type']} v{d['version']}: {d.get('description', '')}")
@@ -53,13 +86,24 @@ def template_show(type_: str, as_json: bool) -> None:
 
 @template.command("register")
 @click.argument("path", type=click.Path(dir_okay=False))
+@url_option
 @json_option
-def template_register(path: str, as_json: bool) -> None:
+def template_register(path: str, url: str | None, as_json: bool) -> None:
     """Register a template from a YAML or JSON FILE (a new version only if it changed)."""
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path}")
-    with Experiments(config()) as exps:
-        out = exps.register(path)
+    if url:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{path}: cannot read: {exc}") from None
+        with api_client(url) as api:
+            out = api.register_template(text)
+    else:
+        with Experiments(config()) as exps:
+            template = load_template_file(path, KNOWN_EXECUTORS)
+            out = audited_locally(exps.records, Action.REGISTER, REGISTER, f"template:{template.type}",
+                                  lambda: exps.register_template(template), registered_detail)
     emit(out, as_json, lambda d: click.echo(
         f"{d['type']} v{d['version']} " + ("registered" if d["created"] else "unchanged (already registered)")))
 
@@ -68,22 +112,29 @@ def template_register(path: str, as_json: bool) -> None:
 @click.argument("type_", metavar="TYPE")
 @click.option("--id", "experiment_id", default=None, help="Experiment id (submitting the same id twice is a no-op).")
 @click.option("--param", "params", multiple=True, metavar="K=V", help="Experiment parameter (repeatable).")
+@url_option
 @json_option
-def submit(type_: str, experiment_id: str | None, params: tuple[str, ...], as_json: bool) -> None:
+def submit(type_: str, experiment_id: str | None, params: tuple[str, ...], url: str | None, as_json: bool) -> None:
     """Submit an experiment of TYPE; prints its id."""
-    with Experiments(config()) as exps:
-        exps.install_builtins()
-        out = exps.submit(type_, experiment_id, parse_params(params))
+    if url:
+        with api_client(url) as api:
+            out = api.submit(type_, experiment_id, parse_params(params))
+    else:
+        experiment_id = new_experiment_id(type_) if experiment_id is None else experiment_id
+        with Experiments(config()) as exps:
+            exps.install_builtins()
+            out = audited_locally(exps.records, Action.SUBMIT, SUBMIT, experiment_id,
+                                  lambda: exps.submit(type_, experiment_id, parse_params(params)), submitted_detail)
     emit(out, as_json, lambda d: click.echo(d["experiment_id"]))
 
 
 @click.command()
 @click.argument("experiment_id", metavar="ID")
+@url_option
 @json_option
-def status(experiment_id: str, as_json: bool) -> None:
+def status(experiment_id: str, url: str | None, as_json: bool) -> None:
     """Show an experiment: state, and each task's state, attempts, timings and outputs (--json: all of them)."""
-    with Experiments(config()) as exps:
-        data = exps.status(experiment_id)
+    data = _either(url, lambda api: api.status(experiment_id), lambda exps: exps.status(experiment_id))
 
     def human(d: dict[str, Any]) -> None:
         took = f" in {d['finished_at'] - d['created_at']:.3f} s" if d.get("finished_at") else ""
@@ -108,11 +159,11 @@ def _short_json(value: Any) -> str:
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help=f"At most this many (default {LIST_DEFAULT_LIMIT}, at most {LIST_MAX_LIMIT}).")
 @click.option("--after", default=None, metavar="CURSOR", help="The page after CURSOR (a previous page's 'next').")
+@url_option
 @json_option
-def list_(state: str | None, limit: int | None, after: str | None, as_json: bool) -> None:
+def list_(state: str | None, limit: int | None, after: str | None, url: str | None, as_json: bool) -> None:
     """List experiments, one page, oldest first (--json: {"experiments": [...], "next": CURSOR or null})."""
-    with Experiments(config()) as exps:
-        page = exps.list(state, limit, after)
+    page = _either(url, lambda api: api.list(state, limit, after), lambda exps: exps.list(state, limit, after))
 
     def human(p: Page) -> None:
         table([{**r, "created": _fmt_time(r["created_at"])} for r in p.rows],
@@ -124,24 +175,41 @@ def list_(state: str | None, limit: int | None, after: str | None, as_json: bool
 
 @click.command()
 @click.argument("experiment_id", metavar="ID")
+@url_option
 @json_option
-def cancel(experiment_id: str, as_json: bool) -> None:
+def cancel(experiment_id: str, url: str | None, as_json: bool) -> None:
     """Cancel an experiment and its open tasks, and scancel its SLURM jobs (a finished one is left as it is)."""
-    with Experiments(config()) as exps:
-        out = exps.cancel(experiment_id)
+    out = _either(url, lambda api: api.cancel(experiment_id),
+                  lambda exps: audited_locally(exps.records, Action.CANCEL, CANCEL, experiment_id,
+                                               lambda: exps.cancel(experiment_id), cancelled_detail))
     emit(out, as_json, lambda d: click.echo(f"{d['experiment_id']}: {d['state']} "
                                             f"({d['cancelled_tasks']} open task(s) cancelled)"))
+
+
+@click.command()
+@click.argument("experiment_id", metavar="ID")
+@url_option
+@json_option
+def retry(experiment_id: str, url: str | None, as_json: bool) -> None:
+    """Resume a FAILED or CANCELLED experiment from its failed step, under the same id: the tasks that did not
+    succeed run again, those that succeeded do not (any other state is reported as it is)."""
+    out = _either(url, lambda api: api.retry(experiment_id),
+                  lambda exps: audited_locally(exps.records, Action.RETRY, RETRY, experiment_id,
+                                               lambda: exps.retry(experiment_id), retried_detail))
+    emit(out, as_json, lambda d: click.echo(f"{d['experiment_id']}: {d['state']} "
+                                            f"({d['retried_tasks']} task(s) to run again)"))
 
 
 @click.command()
 @click.argument("experiment_ids", metavar="ID...", nargs=-1, required=True)
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="Seconds to wait before giving up (exit 1).")
+@url_option
 @json_option
-def wait(experiment_ids: tuple[str, ...], timeout_s: float, as_json: bool) -> None:
+def wait(experiment_ids: tuple[str, ...], timeout_s: float, url: str | None, as_json: bool) -> None:
     """Wait until every ID is COMPLETED, FAILED or CANCELLED (exit 1 if any did not complete)."""
-    with Experiments(config()) as exps:
-        rows = exps.wait(list(experiment_ids), timeout_s)
+    rows = _either(url, lambda api: api.wait(list(experiment_ids), timeout_s),
+                   lambda exps: exps.wait(list(experiment_ids), timeout_s))
     emit(rows, as_json, lambda rs: table(rs, ["experiment_id", "type", "state"]))
     if any(r["state"] != ExperimentState.COMPLETED for r in rows):
         raise SystemExit(1)

@@ -75,12 +75,15 @@ def _register_commands() -> None:
 
     for command in (stack.stack, cluster.cluster, deploy.deploy, bench.bench, node.node, worker.worker,
                     experiments.template, experiments.submit, experiments.status, experiments.list_,
-                    experiments.cancel, experiments.wait, chaos.chaos, lab.lab, recover.recover):
+                    experiments.cancel, experiments.retry, experiments.wait, chaos.chaos, lab.lab, recover.recover):
         cli.add_command(command)
     from node.cli.dashboard import dashboard
     cli.add_command(dashboard)
     from node.cli.hpc import hpc
     cli.add_command(hpc)
+    from node.cli.token import audit, token
+    cli.add_command(token)
+    cli.add_command(audit)
 
 
 def main(argv: list[str] | None = None) -> None:

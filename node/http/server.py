@@ -1,205 +1,98 @@
-"""The node's HTTP port (on its host's address, or ``bind_address``): ``/metrics``, ``/healthz``, ``/readyz``
-and the experiments API.
+"""A node's HTTP port (on its host's address, or ``bind_address``): the app of ``node/http/app.py`` (whose
+docstring is the route table) served by uvicorn from a daemon thread; HTTPS when ``tls_cert`` and ``tls_key`` are
+set. The socket is bound in the constructor, so a port in use fails there and connections made right after
+``start()`` wait in its backlog rather than being refused.
 
-    GET  /healthz                          process alive, dependency view                 200 | 503
-    GET  /readyz                           leader: acting; standby: ready to take over   200 | 503
-    GET  /metrics                          Prometheus text format
-    POST /api/experiments                  {"type", "experiment_id"?, "params"?} -> 201 (200 if it existed)
-    GET  /api/experiments[?state=S&limit=N&after=CURSOR]
-                                           one page, oldest first; header X-Next-Cursor: the next page's cursor
-    GET  /api/experiments/ID               status with tasks
-    POST /api/experiments/ID/cancel        cancel
-
-Errors are JSON ``{"error": "..."}`` with 400 (bad input), 404 (unknown id), 409 (conflict), 411 (a submit without
-Content-Length), 413 (a body over ``REQUEST_BODY_MAX_BYTES``, refused before it is read) or 503. The limits are
-declared in ``node/model/api_limits.py``.
+A request uvicorn cannot parse (a malformed request line or header, a Content-Length h11 refuses) gets 400 with
+the JSON error body every other error has (:class:`JsonErrorH11Protocol`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlparse
+import time
+from collections.abc import Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import uvicorn
+from fastapi import APIRouter
+from prometheus_client import CollectorRegistry
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from node.config import Config
-from node.errors import ConflictError, HaorchError, NotFoundError, UsageError
-from node.experiments import Experiments
+from node.http.app import create_app
+from node.http.context import AppContext, Probe
 from node.metrics import NODE_REGISTRY
-from node.model.api_limits import REQUEST_BODY_MAX_BYTES
 
 log = logging.getLogger(__name__)
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines, per server, are noise
 
-Probe = Callable[[], tuple[bool, dict[str, Any]]]
-DRAIN_MAX_BYTES = 1024 * 1024  # of a refused body, discarded so that the client reads the answer, not a reset
-
-
-class _Refused(UsageError):
-    """A submit refused from its Content-Length, before its body is read, with its own status (400, 411, 413)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0  # stop() waits this long for the serving thread
+GRACEFUL_S = 1  # open requests get this long to finish when the server stops
+BACKLOG = 1024
 
 
-def _is_count(text: str) -> bool:
-    """Decimal digits that int() takes (it refuses thousands of them), as Content-Length and limit must be."""
-    return text.isascii() and text.isdigit() and len(text) <= 18
+class JsonErrorH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with the one-line JSON error body for a request it cannot parse."""
 
-
-def _status_for(exc: HaorchError) -> int:
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, ConflictError):
-        return 409
-    if isinstance(exc, UsageError):
-        return 400
-    return 503
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"error": "invalid HTTP request: malformed request line or header (e.g. Content-Length "
+                                    "that is not a decimal count)"}).encode()
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.transport.close()
 
 
 class NodeHTTPServer:
-    """Serves a node's endpoints from a daemon thread; ``healthz``/``readyz`` are callables of the owner."""
+    """Serves a node's endpoints from a daemon thread; ``healthz``/``readyz`` are callables of the owner;
+    ``api=False`` (workers): only ``/metrics``, ``/healthz`` and ``/readyz``; ``pages``: routers served beside the
+    API (a node's web console)."""
 
     def __init__(self, cfg: Config, port: int, healthz: Probe, readyz: Probe, api: bool = True,
-                 bind_host: str | None = None) -> None:
+                 bind_host: str | None = None, node_id: str = "", registry: CollectorRegistry = NODE_REGISTRY,
+                 pages: Sequence[APIRouter] = ()) -> None:
         self.cfg = cfg
         self.port = port
-        self.healthz = healthz
-        self.readyz = readyz
-        self.api = api
-        self._local = threading.local()
-        self.server = ThreadingHTTPServer((bind_host or cfg.host, port), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name=f"http-{port}", daemon=True)
+        self.ctx = AppContext(cfg, healthz, readyz, api, node_id, registry)
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind((bind_host or cfg.host, port))
+            self.socket.listen(BACKLOG)
+        except OSError:
+            self.socket.close()
+            raise
+        config = uvicorn.Config(create_app(self.ctx, pages), log_config=None, access_log=False, lifespan="off",
+                                http=JsonErrorH11Protocol, loop="asyncio", backlog=BACKLOG,
+                                timeout_graceful_shutdown=GRACEFUL_S,
+                                ssl_certfile=cfg.tls_cert or None, ssl_keyfile=cfg.tls_key or None)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._serve, name=f"http-{port}", daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            self.server.run(sockets=[self.socket])
+        except BaseException:  # the thread's end is all there is to report: start() and stop() see it
+            log.exception("http: the server on port %d stopped", self.port)
 
     def start(self) -> NodeHTTPServer:
+        """Serve from a daemon thread; returns once uvicorn serves. RuntimeError when it does not start within
+        START_TIMEOUT_S (an unreadable TLS certificate or key: the log says which)."""
         self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.socket.close()
+                raise RuntimeError(f"the HTTP server on port {self.port} did not start (see the log)")
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def experiments(self) -> Experiments:
-        """One Experiments (connections) per server thread."""
-        if not hasattr(self._local, "experiments"):
-            self._local.experiments = Experiments(self.cfg)
-        return self._local.experiments
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "haorch"
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                log.debug("http: " + fmt, *args)
-
-            def _send(self, code: int, body: Any, content_type: str = "application/json",
-                      headers: dict[str, str] | None = None) -> None:
-                data = body if isinstance(body, bytes) else json.dumps(body, default=str).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _route(self, method: str) -> None:
-                try:
-                    self._dispatch(method)
-                except (BrokenPipeError, ConnectionResetError):  # e.g. a probe that timed out while we were frozen
-                    log.debug("http: %s %s: the client went away before the answer", method, self.path)
-
-            def _dispatch(self, method: str) -> None:
-                url = urlparse(self.path)
-                parts = [p for p in url.path.split("/") if p]
-                try:
-                    if method == "GET" and parts == ["metrics"]:
-                        return self._send(200, generate_latest(NODE_REGISTRY), CONTENT_TYPE_LATEST)
-                    if method == "GET" and parts in (["healthz"], ["readyz"]):
-                        ok, info = (outer.healthz if parts == ["healthz"] else outer.readyz)()
-                        return self._send(200 if ok else 503, info)
-                    if outer.api and parts[:2] == ["api", "experiments"]:
-                        return self._api(method, parts[2:], parse_qs(url.query))
-                    return self._send(404, {"error": f"no route {method} {url.path}"})
-                except _Refused as exc:
-                    self._send(exc.status, {"error": str(exc)})
-                    return self._drain()
-                except HaorchError as exc:
-                    return self._send(_status_for(exc), {"error": str(exc)})
-                except (BrokenPipeError, ConnectionResetError):
-                    raise
-                except Exception as exc:
-                    log.exception("http: %s %s failed", method, self.path)
-                    return self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
-
-            def _body(self) -> dict[str, Any]:
-                """The JSON object in the body; refused (411, 400, 413) from its Content-Length alone, unread."""
-                declared = self.headers.get("Content-Length")
-                if declared is None:
-                    raise _Refused(411, f"Content-Length required (request body limit {REQUEST_BODY_MAX_BYTES} bytes)")
-                if not _is_count(declared):
-                    raise _Refused(400, f"invalid Content-Length {declared[:40]!r}")
-                length = int(declared)
-                if length > REQUEST_BODY_MAX_BYTES:
-                    raise _Refused(413, f"request body is {length} bytes (limit {REQUEST_BODY_MAX_BYTES})")
-                try:
-                    data = json.loads(self.rfile.read(length) or b"{}")
-                except ValueError:
-                    raise UsageError("request body is not JSON") from None
-                if not isinstance(data, dict):
-                    raise UsageError("request body must be a JSON object")
-                return data
-
-            def _drain(self) -> None:
-                """After a refusal: discard what the client sends of its body (bounded in bytes and time), then
-                close, so that it reads the answer instead of a reset of a connection with unread data."""
-                self.close_connection = True
-                declared = self.headers.get("Content-Length", "")
-                left = min(int(declared), DRAIN_MAX_BYTES) if _is_count(declared) else 0
-                self.connection.settimeout(1.0)
-                try:
-                    while left > 0:
-                        chunk = self.rfile.read1(min(left, 65536))
-                        if not chunk:
-                            break
-                        left -= len(chunk)
-                except OSError:  # the client gave up, or was slower than the timeout: closing is all that is left
-                    pass
-
-            def _api(self, method: str, rest: list[str], query: dict[str, list[str]]) -> None:
-                exps = outer.experiments()
-                if method == "POST" and not rest:
-                    body = self._body()
-                    params = body.get("params") or {}
-                    if not isinstance(body.get("type"), str) or not isinstance(params, dict):
-                        raise UsageError("expected {\"type\": str, \"experiment_id\"?: str, \"params\"?: object}")
-                    out = exps.submit(body["type"], body.get("experiment_id"), {k: str(v) for k, v in params.items()})
-                    return self._send(201 if out["created"] else 200, out)
-                if method == "GET" and not rest:
-                    limit = query.get("limit", [None])[0]
-                    if limit is not None and not _is_count(limit):
-                        raise UsageError(f"limit must be a positive integer, got {limit[:40]!r}")
-                    page = exps.list(query.get("state", [None])[0], None if limit is None else int(limit),
-                                     query.get("after", [None])[0])
-                    return self._send(200, page.rows, headers={"X-Next-Cursor": page.next} if page.next else None)
-                if method == "GET" and len(rest) == 1:
-                    return self._send(200, exps.status(rest[0]))
-                if method == "POST" and len(rest) == 2 and rest[1] == "cancel":
-                    return self._send(200, exps.cancel(rest[0]))
-                return self._send(404, {"error": f"no route {method} /api/experiments/{'/'.join(rest)}"})
-
-            def do_GET(self) -> None:
-                self._route("GET")
-
-            def do_POST(self) -> None:
-                self._route("POST")
-
-        return Handler
+        """Stop serving (open requests get GRACEFUL_S) and wait up to STOP_TIMEOUT_S for the thread."""
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(STOP_TIMEOUT_S)
+        self.socket.close()

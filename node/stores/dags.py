@@ -47,7 +47,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from neo4j import Driver, ManagedTransaction, Record, unit_of_work
@@ -303,12 +303,14 @@ class DagStore:
 
     @at_boundary
     def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
-        """Every task of an experiment with its state, attempts and timings, in a stable order."""
+        """Every task of an experiment with its state, attempts and timings, in a stable order; ``max_attempts`` is the
+        attempt it may reach (after a retry: the attempts before it plus the template's)."""
         records, _, _ = self.driver.execute_query(
             "MATCH (t:Task {experiment_id: $id}) OPTIONAL MATCH (t)-[:DEPENDS_ON]->(p:Task) "
             "WITH t, collect(p.name) AS deps "
             "RETURN t.name AS name, t.kind AS kind, t.status AS status, t.executed AS executed, "
-            "t.attempt AS attempt, t.max_attempts AS max_attempts, t.dispatched_at AS dispatched_at, "
+            "t.attempt AS attempt, t.max_attempts + coalesce(t.attempt_base, 0) AS max_attempts, "
+            "t.dispatched_at AS dispatched_at, "
             "t.finished_at AS finished_at, t.last_error AS last_error, t.epoch AS epoch, deps AS depends_on, "
             "CASE WHEN t.status = $dispatched THEN t.waiting_on END AS waiting_on "
             "ORDER BY coalesce(t.dispatched_at, 1e18), t.name", id=experiment_id, dispatched=TaskStatus.DISPATCHED)
@@ -493,15 +495,23 @@ class DagStore:
             return session.execute_write(self._timed(work))
 
     @at_boundary
-    def retry(self, experiment_id: str, now: float) -> tuple[str, AdvanceResult]:
+    def outbox_naming(self, experiment_id: str) -> list[str]:
+        """The ids of the Outbox nodes whose rows name ``experiment_id`` (a write MariaDB may not have yet)."""
+        records, _, _ = self.driver.execute_query(
+            "MATCH (o:Outbox) WHERE o.rows CONTAINS $quoted RETURN o.id AS id", quoted=json.dumps(experiment_id))
+        return [r["id"] for r in records]
+
+    @at_boundary
+    def retry(self, experiment_id: str, now: float, recorded: Collection[str] = ()) -> tuple[str, AdvanceResult]:
         """Reopen a FAILED or CANCELLED experiment (unfenced, epoch 0, like :meth:`cancel`, and serialized with the
         leader's writes through the same Fence lock): every task not executed goes back to PENDING with its attempt
         kept as ``attempt_base`` (its next dispatch is attempt + 1, and it has its template's attempts again); those
         whose predecessors all succeeded are *held* (RETRY_WAIT until RETRY_HELD) until :meth:`release_retry`, so
         that no leader dispatches them before MariaDB records the reopening. Returns the state after and what
         changed, with the Outbox node (written by ``retry``) of its rows. An experiment in another state is left as
-        it is (idempotent); one whose last change is not in MariaDB yet (an Outbox node names it) is a
-        ConflictError (the reopening would be undone by that write), as is one without tasks to run again."""
+        it is (idempotent); one whose last change is not in MariaDB yet (an Outbox node names it whose id is not in
+        ``recorded``, the batches MariaDB has) is a ConflictError (the reopening would be undone by that write), as
+        is one without tasks to run again."""
 
         def work(tx: ManagedTransaction) -> tuple[str, AdvanceResult]:
             tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_retry_at = $now", now=now)
@@ -511,9 +521,10 @@ class DagStore:
                 raise NotFoundError(f"no experiment {experiment_id!r}")
             if record["state"] not in RETRYABLE_EXPERIMENT_STATES:
                 return record["state"], AdvanceResult()
-            # the outbox of the write that ended it: rewriting MariaDB after it would be undone by it
-            pending = tx.run("MATCH (o:Outbox) WHERE o.rows CONTAINS $quoted RETURN count(o) AS n",
-                             quoted=json.dumps(experiment_id)).single(strict=True)
+            # the write that ended it, if MariaDB does not have it yet: the reopening would be undone by it
+            pending = tx.run("MATCH (o:Outbox) WHERE o.rows CONTAINS $quoted AND NOT o.id IN $recorded "
+                             "RETURN count(o) AS n", quoted=json.dumps(experiment_id),
+                             recorded=list(recorded)).single(strict=True)
             if pending["n"]:
                 raise ConflictError(f"experiment {experiment_id!r} ended a moment ago and MariaDB does not record "
                                     "it yet: retry again in a few seconds")

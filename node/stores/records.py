@@ -153,6 +153,17 @@ class Records:
                 self._refuse(cur, epoch)
         self.transaction(work)
 
+    def applied(self, batch_ids: list[str]) -> set[str]:
+        """Those of ``batch_ids`` MariaDB has written (``applied_batches``)."""
+        if not batch_ids:
+            return set()
+
+        def work(cur: pymysql.cursors.Cursor) -> set[str]:
+            cur.execute(f"SELECT batch_id FROM applied_batches WHERE batch_id IN ({','.join(['%s'] * len(batch_ids))})",
+                        batch_ids)
+            return {r[0] for r in cur.fetchall()}
+        return self.transaction(work)
+
     def prune_applied_batches(self, limit: int) -> int:
         """Delete up to ``limit`` of the oldest ``applied_batches`` rows older than APPLIED_BATCHES_KEEP_S, in a
         transaction of their own (unfenced: housekeeping, whoever does it); returns how many."""
@@ -277,17 +288,22 @@ class Records:
         return self.transaction(work)
 
     def experiments_page(self, state: str | None, after: tuple[float, str] | None, limit: int,
-                         created_before: float | None = None) -> list[dict[str, Any]]:
-        """Up to ``limit`` experiments (of ``state``, created before ``created_before``) after the position
-        ``(created_at, experiment_id)``, in that order: one index range per page, however deep."""
+                         created_before: float | None = None, type_: str | None = None,
+                         created_since: float | None = None, id_prefix: str | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` experiments (of ``state`` and ``type_``, created at or after ``created_since`` and
+        before ``created_before``, whose id starts with ``id_prefix``) after the position
+        ``(created_at, experiment_id)``, in that order: one index range per page, however deep (idx_created,
+        idx_state_created or idx_type_created; the prefix is a filter on that range)."""
         where: list[str] = []
         args: list[object] = []
-        if state is not None:
-            where.append("state = %s")
-            args.append(state)
-        if created_before is not None:
-            where.append("created_at < %s")
-            args.append(created_before)
+        for clause, value in (("state = %s", state), ("type = %s", type_), ("created_at >= %s", created_since),
+                              ("created_at < %s", created_before)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if id_prefix:
+            where.append("experiment_id LIKE %s")
+            args.append(id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
         if after is not None:
             where.append("(created_at > %s OR (created_at = %s AND experiment_id > %s))")
             args += [after[0], after[0], after[1]]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from core_harness import CLUSTER_ENV, WORKERS, free_worker_numbers, start_workers
+import yaml
+from core_harness import CLUSTER_ENV, WORKERS, free_worker_numbers, start_workers, unique
 
 from node import cluster as cluster_ops
 from node.config import Config, load_config
+from node.experiments import Experiments
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +41,15 @@ def workers(cluster: Config) -> Iterator[Config]:
     start_workers(cluster)
     yield cluster
     start_workers(cluster)
+
+
+@pytest.fixture(scope="module")
+def slow_type(cluster: Config, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A type whose one task sleeps 10 s: an experiment of it is still running when the test cancels it."""
+    type_ = unique("slow").replace("-", "_")
+    path = tmp_path_factory.mktemp("templates") / "slow.yaml"
+    path.write_text(yaml.safe_dump({"type": type_, "tasks": [
+        {"name": "nap", "kind": "job_submission", "executor": "sleep", "params": {"ms": 10_000}}]}))
+    with Experiments(cluster) as exps:
+        exps.register(path)
+    return type_

@@ -3,6 +3,7 @@ idempotent submit and the HTTP API (issue 3)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -31,9 +32,11 @@ from core_harness import (
 )
 from polling import wait_until
 
+from node.access.tokens import Tokens
 from node.config import Config
 from node.experiments import Experiments, encode_cursor
 from node.stores.queues import REQUESTS, RESPONSES, SUBMISSIONS
+from node.stores.records import Records
 
 pytestmark = pytest.mark.stack
 
@@ -198,10 +201,17 @@ def test_submit_is_idempotent_on_the_id(workers: Config) -> None:
     assert cypher(cfg, "MATCH (t:Task {experiment_id: $id}) RETURN count(t) AS n", id=exp) == [{"n": 4}]
 
 
+@functools.cache
+def _token(cfg: Config) -> str:
+    """An operator's API token for this module's requests."""
+    return Tokens(Records(cfg)).create("operator", unique("test-core-flow"), "test")["token"]
+
+
 def _http(cfg: Config, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"http://127.0.0.1:{cfg.node_http_port(1)}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {_token(cfg)}"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())

@@ -8,7 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
-from core_harness import cypher, dag_tasks, experiment_states, query, register, submit, transitions, unique, wait_all
+from core_harness import (
+    cli_json,
+    cypher,
+    dag_tasks,
+    experiment_states,
+    query,
+    register,
+    submit,
+    transitions,
+    unique,
+    wait_all,
+)
 from polling import wait_until
 
 from node.config import Config
@@ -36,6 +47,15 @@ def ledger(cfg: Config, experiment_id: str) -> list[tuple[str, int, str]]:
         (experiment_id,))]
 
 
+def failed_experiment(cfg: Config, tmp_path: Path, prefix: str) -> str:
+    """A new experiment of a new flaky type (flaky_template), FAILED."""
+    type_ = unique("flaky").replace("-", "_")
+    assert register(cfg, tmp_path, flaky_template(type_)).returncode == 0
+    exp = submit(cfg, type_, unique(prefix))
+    assert wait_all(cfg, [exp], 60) == {exp: "FAILED"}
+    return exp
+
+
 def assert_invariants(cfg: Config, *ids: str) -> None:
     report = check(cfg, Scope(experiment_ids=list(ids)))
     assert report.ok, [v.line() for v in report.violations]
@@ -43,10 +63,7 @@ def assert_invariants(cfg: Config, *ids: str) -> None:
 
 def test_a_failed_experiment_resumes_from_its_failed_step(workers: Config, tmp_path: Path) -> None:
     cfg = workers
-    type_ = unique("flaky").replace("-", "_")
-    assert register(cfg, tmp_path, flaky_template(type_)).returncode == 0
-    exp = submit(cfg, type_, unique("retry"))
-    assert wait_all(cfg, [exp], 60) == {exp: "FAILED"}
+    exp = failed_experiment(cfg, tmp_path, "retry")
     before = dag_tasks(cfg, exp)
     assert (before["flaky"]["status"], before["flaky"]["attempt"]) == ("FAILED", 2)
     assert before["finish"]["status"] == "CANCELLED"
@@ -94,12 +111,10 @@ def test_a_retry_whose_caller_dies_before_mariadb_is_finished_by_the_leader(work
     """The Neo4j half alone (as if the CLI died right after it): the tasks stay held, MariaDB says FAILED, until the
     leader's sweep writes the Outbox node (after submit_grace_s) and releases them."""
     cfg = workers
-    type_ = unique("flaky").replace("-", "_")
-    assert register(cfg, tmp_path, flaky_template(type_)).returncode == 0
-    exp = submit(cfg, type_, unique("half"))
-    assert wait_all(cfg, [exp], 60) == {exp: "FAILED"}
+    exp = failed_experiment(cfg, tmp_path, "half")
     with Experiments(cfg) as exps:
-        state, result = exps.dags.retry(exp, now=time.time())
+        recorded = exps.records.applied(exps.dags.outbox_naming(exp))
+        state, result = exps.dags.retry(exp, now=time.time(), recorded=recorded)
         assert state == "RUNNING" and result.outbox_id
         time.sleep(2)  # nothing runs while held
         assert dag_tasks(cfg, exp)["flaky"]["status"] == "RETRY_WAIT"
@@ -117,6 +132,16 @@ def test_a_retry_whose_caller_dies_before_mariadb_is_finished_by_the_leader(work
 
 
 def test_retry_refuses_what_it_cannot_do(workers: Config) -> None:
-    with Experiments(workers) as exps:
-        with pytest.raises(NotFoundError):
-            exps.retry(unique("nope"))
+    with Experiments(workers) as exps, pytest.raises(NotFoundError):
+        exps.retry(unique("nope"))
+
+
+def test_the_cli_retries_and_the_audit_log_says_who(workers: Config, tmp_path: Path) -> None:
+    cfg = workers
+    exp = failed_experiment(cfg, tmp_path, "cli")
+    out = cli_json(cfg, "retry", exp)
+    assert (out["state"], out["retried_tasks"]) == ("RUNNING", 2)
+    wait_until(lambda: experiment_states(cfg, [exp])[exp] == "COMPLETED", 60, "completed")
+    rows = query(cfg, "SELECT who, role, action, outcome, node_id FROM audit WHERE target = %s ORDER BY id", (exp,))
+    assert [(r["action"], r["outcome"]) for r in rows] == [("submit", "ok"), ("retry", "ok")]
+    assert all(r["who"].startswith("local:") and r["node_id"].startswith("cli@") for r in rows)

@@ -6,6 +6,7 @@ listing is paged."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import http.client
 import json
 from typing import Any
@@ -14,6 +15,7 @@ import pymysql
 import pytest
 from core_harness import cli, cli_json, cypher, dag_tasks, query, transitions, unique, wait_all
 
+from node.access.tokens import Tokens
 from node.config import Config
 from node.errors import IncompleteSubmit
 from node.experiments import Experiments, encode_cursor
@@ -27,19 +29,26 @@ pytestmark = pytest.mark.stack
 LONG_AGO_S = 3600.0  # older than submit_grace_s: the submit that wrote the row is long dead
 
 
+@functools.cache
+def _token(cfg: Config) -> str:
+    """An operator's API token for this module's requests."""
+    return Tokens(Records(cfg)).create("operator", unique("test-core-limits"), "test")["token"]
+
+
 def _request(cfg: Config, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-    """One raw HTTP request to node 1 (http.client, so that Content-Length can be anything)."""
+    """One raw HTTP request to node 1 (http.client, so that Content-Length can be anything), with a token; the
+    answer's headers by lower-case name."""
     conn = http.client.HTTPConnection(cfg.host, cfg.node_http_port(1), timeout=10)
     try:
         conn.putrequest(method, path)
-        for name, value in (headers or {}).items():
+        for name, value in {"Authorization": f"Bearer {_token(cfg)}", **(headers or {})}.items():
             conn.putheader(name, value)
         conn.endheaders()
         if body:
             conn.send(body)
         resp = conn.getresponse()
-        return resp.status, json.loads(resp.read()), dict(resp.getheaders())
+        return resp.status, json.loads(resp.read()), {k.lower(): v for k, v in resp.getheaders()}
     finally:
         conn.close()
 
@@ -179,9 +188,9 @@ def test_listing_is_paged_in_a_stable_order(workers: Config) -> None:
             code, rows, headers = _request(cfg, "GET", f"/api/experiments?limit={limit}{after}")
             assert code == 200 and len(rows) <= limit
             seen += [r["experiment_id"] for r in rows]
-            if "X-Next-Cursor" not in headers:
+            if "x-next-cursor" not in headers:
                 break
-            after = f"&after={headers['X-Next-Cursor']}"
+            after = f"&after={headers['x-next-cursor']}"
         assert seen == every[:len(seen)] and len(seen) == min(len(every), limit * pages)
     code, out, _ = _request(cfg, "GET", f"/api/experiments?limit={LIST_MAX_LIMIT + 1}")
     assert code == 400 and str(LIST_MAX_LIMIT) in out["error"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,12 +27,14 @@ from polling import wait_until
 from strategies import GOOD, POISON, api_bodies, bodies, dumps
 
 from node import cluster
+from node.access.tokens import Tokens
 from node.config import Config
 from node.errors import MalformedMessage
 from node.model.limits import INT_MAX
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
 from node.stores.connect import amqp_parameters
 from node.stores.queues import DEAD, REQUESTS, RESPONSES, SUBMISSIONS
+from node.stores.records import Records
 
 pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("three_nodes")]
 
@@ -141,14 +144,17 @@ def _post(cfg: Config, body: bytes, headers: dict[str, str]) -> int:
 
 
 def _fuzz_api(cfg: Config) -> list[tuple[int, bytes, dict[str, str]]]:
+    """Fuzzed submits with an operator's token: they reach the body checks (without one, all would be 401)."""
     answers = []
+    token = Tokens(Records(cfg)).create("operator", f"test-poison-{uuid.uuid4().hex[:8]}", "test")["token"]
+    auth = {"Authorization": f"Bearer {token}"}
     header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
     content_types = st.sampled_from(["application/json", "text/plain", "", "application/json; charset=latin-1"])
 
     @settings(FUZZ, max_examples=API_REQUESTS)
     @given(body=api_bodies(), content_type=content_types, extra=header_values)
     def post(body: bytes, content_type: str, extra: str) -> None:
-        headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "X-Fuzz": extra}
+        headers = {**auth, "Content-Type": content_type, "Content-Length": str(len(body)), "X-Fuzz": extra}
         answers.append((_post(cfg, body, headers), body, headers))
     post()
     chain = dumps({"type": "chain", "params": {"ms": "\ud800"}})
@@ -161,7 +167,7 @@ def _fuzz_api(cfg: Config) -> list[tuple[int, bytes, dict[str, str]]]:
         (b"{}", {"Content-Length": str(10**9)}),
         (b"", {}),
     ]:
-        answers.append((_post(cfg, body, headers), body, headers))
+        answers.append((_post(cfg, body, {**auth, **headers}), body, headers))
     return answers
 
 
