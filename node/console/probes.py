@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,13 +57,15 @@ def fetch_json(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any] |
     return data if isinstance(data, dict) else None
 
 
-def node_numbers(cfg: Config, serving_id: str) -> list[int]:
-    """The nodes of this cluster: those recorded in the state dir, one per member host, and the serving node."""
+def node_numbers(cfg: Config, serving_id: str, known: Iterable[str] = ()) -> list[int]:
+    """The nodes of this cluster: those recorded in the state dir, one per member host, the serving node and the
+    ``known`` node ids (those that led a recent term: a node that died is shown down, not left out)."""
     numbers = set(numbered(cfg, "node"))
     numbers.update(range(1, len([h for h in cfg.member_hosts.split(",") if h.strip()]) + 1))
-    kind, _, number = serving_id.partition("-")
-    if kind == "node" and number.isdigit():
-        numbers.add(int(number))
+    for node_id in (serving_id, *known):
+        kind, _, number = node_id.partition("-")
+        if kind == "node" and number.isdigit():
+            numbers.add(int(number))
     return sorted(numbers)
 
 

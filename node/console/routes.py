@@ -409,10 +409,12 @@ async def register(request: Request) -> Response:
 def cluster_page(request: Request) -> Response:
     def build(who: Principal) -> HTMLResponse:
         ctx = _ctx(request)
-        nodes = probes.probe_nodes(ctx.cfg, probes.node_numbers(ctx.cfg, ctx.node_id), ctx.node_id)
         records = ctx.records()
+        terms = views.failover_history(records)
+        numbers = probes.node_numbers(ctx.cfg, ctx.node_id, [t.node_id for t in terms])
+        nodes = probes.probe_nodes(ctx.cfg, numbers, ctx.node_id)
         return _render(request, "cluster.html", who, page="cluster", nodes=nodes, leader=probes.leader_of(nodes),
-                       fence=views.fence(records), terms=views.failover_history(records), phases=views.PHASES)
+                       fence=views.fence(records), terms=terms, phases=views.PHASES)
     return _page(request, build)
 
 

@@ -204,7 +204,7 @@ def test_a_failover_appears_in_the_history(two_nodes: Config, tokens: dict[str, 
     page = login(browser, base, tokens["viewer"])
     page.goto(f"{base}/cluster")
     before = int(page.inner_text('[data-test="leader-epoch"]').strip())
-    cluster_ops.kill_leader(cfg, "KILL")
+    killed = cluster_ops.kill_leader(cfg, "KILL")
     try:
         cluster_ops.wait_for_leader(cfg, 60, newer_than=before)
         # the term row is written at election, its phases once the new leader first advances a DAG
@@ -221,6 +221,8 @@ def test_a_failover_appears_in_the_history(two_nodes: Config, tokens: dict[str, 
         wait_until(lambda: any(newest_term()[3:]), 60, "the takeover and its phases in the failover history")
         assert int(page.inner_text('[data-test="leader-epoch"]').strip()) > before
         assert page.query_selector('[data-test="term-row"] .bar') is not None  # a bar per phase
+        dead = page.query_selector(f'[data-test="node-row"][data-node="{killed["node_id"]}"]')
+        assert dead is not None and dead.get_attribute("data-role") == "unreachable"  # shown, as down
         page.screenshot(path=str(shots / "console-cluster.png"), full_page=True)
     finally:
         cluster_ops.up(cfg, nodes=2, workers=2, wait_s=120.0)  # the killed node back, for what follows
