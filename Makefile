@@ -5,7 +5,7 @@ HAORCH := $(VENV)/bin/haorch
 PYTEST_ARGS ?=
 LAB := HAORCH_HOME=.haorch-lab HAORCH_PORT_BASE=17500 $(HAORCH)
 
-.PHONY: setup lint test demo demo-hpc bench chaos stack-up stack-down stack-status deploy-docker dist clean
+.PHONY: setup lint test screenshots demo demo-hpc bench chaos stack-up stack-down stack-status deploy-docker dist clean
 
 setup:
 	@bash deploy/setup.sh
@@ -16,6 +16,10 @@ lint: setup
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# the console's pages as PNGs in docs/img (the browser tests, which take them anyway)
+screenshots: setup
+	HAORCH_SCREENSHOTS=$(CURDIR)/docs/img $(VENV)/bin/pytest -q tests/browser
 
 demo: setup
 	$(HAORCH) stack up
@@ -34,6 +38,7 @@ bench: setup
 	$(HAORCH) bench takeover
 	$(HAORCH) bench recover
 	$(HAORCH) bench hpc
+	$(HAORCH) bench console
 	$(LAB) lab up --hosts 3 && $(HAORCH) bench hosts --lab-home .haorch-lab; rc=$$?; $(LAB) lab down; exit $$rc
 
 deploy-docker: setup

@@ -92,6 +92,12 @@ class Client:
         out: dict[str, Any] = self._json("POST", "/api/experiments", json=body)
         return out
 
+    def submit_many(self, type_: str, ids: builtins.list[str], params: dict[str, str] | None = None) -> dict[str, Any]:
+        """Up to SUBMIT_BATCH_MAX experiments of one type in one request: ``{"type", "submitted", "created"}``."""
+        out: dict[str, Any] = self._json("POST", "/api/experiments/batch",
+                                         json={"type": type_, "experiment_ids": ids, "params": params or {}})
+        return out
+
     def status(self, experiment_id: str) -> dict[str, Any]:
         out: dict[str, Any] = self._json("GET", f"/api/experiments/{_segment(experiment_id)}")
         return out

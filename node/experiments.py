@@ -198,14 +198,7 @@ class Experiments:
             raise UsageError(f"invalid experiment type {type_!r}")
         experiment_id = new_experiment_id(type_) if experiment_id is None else experiment_id
         _check_id(experiment_id)
-        try:
-            template, version = self.dags.get_template(type_)
-        except UnknownTypeError:
-            # the HTTP API may be the first caller on a fresh store: built-in types must work there too
-            if type_ not in BUILTIN_TYPES:
-                raise
-            self.install_builtins()
-            template, version = self.dags.get_template(type_)
+        template, version = self._latest(type_)
         params = params or {}
         check_params_size(params)
         template.check_overrides(params)
@@ -230,7 +223,7 @@ class Experiments:
             _check_id(experiment_id)
         params = params or {}
         check_params_size(params)
-        template, version = self.dags.get_template(type_)
+        template, version = self._latest(type_)
         template.check_overrides(params)
         items = [(experiment_id, params) for experiment_id in ids]
         with _safe_to_retry(ids, type_):
@@ -239,6 +232,17 @@ class Experiments:
         if notify and created:
             self._notify(created)
         return created
+
+    def _latest(self, type_: str) -> tuple[Template, int]:
+        """The latest version of ``type_``; a built-in type is installed first on a fresh store (the HTTP API may be
+        its first caller)."""
+        try:
+            return self.dags.get_template(type_)
+        except UnknownTypeError:
+            if type_ not in BUILTIN_TYPES:
+                raise
+            self.install_builtins()
+            return self.dags.get_template(type_)
 
     def _notify(self, ids: list[str]) -> None:
         """Tell the leader (one confirmed batch on a connection kept for this object's life). Best effort: the

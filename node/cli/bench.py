@@ -177,3 +177,28 @@ def hpc(jobs: int, hold_s: int, no_record: bool, as_json: bool) -> None:
     if not no_record:
         report.append(section)
     emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
+@click.option("--experiments", type=click.IntRange(min=1000), default=100_000, show_default=True,
+              help="Experiments in the stores (the missing ones are submitted and run first).")
+@click.option("--samples", type=click.IntRange(min=10), default=100, show_default=True,
+              help="Requests per measured kind.")
+@click.option("--submits", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Single-experiment POSTs per submit round.")
+@click.option("--clients", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+              help="Client threads of a submit round.")
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def console(experiments: int, samples: int, submits: int, clients: int, no_record: bool, as_json: bool) -> None:
+    """The console and API with 100,000 experiments (p50/p99), and API submits/s vs the handler it replaced."""
+    from bench import console as bench_console
+    from bench import report
+
+    if not no_record:
+        report.benchmarks_file()
+    result = bench_console.run(config(), experiments, samples, submits, clients, progress=_progress)
+    section = bench_console.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))

@@ -53,6 +53,16 @@ def submit(ctx: AppContext, who: Principal, type_: str, experiment_id: str | Non
                     submitted_detail)
 
 
+def submit_many(ctx: AppContext, who: Principal, type_: str, ids: list[str], params: dict[str, str]) -> dict[str, Any]:
+    """Submit experiments of one type in one MariaDB and one Neo4j transaction (idempotent on each id); one audit
+    row for the batch, naming its first and last id and its size."""
+    target = f"{ids[0]} .. {ids[-1]} ({len(ids)})" if len(ids) > 1 else ids[0]
+    return _audited(ctx, who, Action.SUBMIT, SUBMIT, target,
+                    lambda: {"type": type_, "submitted": len(ids),
+                             "created": ctx.experiments().submit_many(type_, ids, params)},
+                    lambda out: f"type {type_}: {len(out['created'])} new of {out['submitted']}")
+
+
 def cancel(ctx: AppContext, who: Principal, experiment_id: str) -> dict[str, Any]:
     return _audited(ctx, who, Action.CANCEL, CANCEL, experiment_id,
                     lambda: ctx.experiments().cancel(experiment_id),

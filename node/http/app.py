@@ -8,6 +8,9 @@ least role each one needs is in brackets (``node/access/roles.py``)::
     GET    /openapi.json, /docs            the OpenAPI schema (bearer scheme "bearer"), Swagger UI     open
     POST   /api/experiments                {"type", "experiment_id"?, "params"?}: 201, 200 if it existed
                                                                                                    [operator]
+    POST   /api/experiments/batch          {"type", "experiment_ids": [1..1000 ids], "params"?}: 201
+                                           {"type", "submitted", "created": [the new ids]}; one
+                                           transaction per store, idempotent on each id            [operator]
     GET    /api/experiments                ?state=&type=&since=&until=&q=&limit=&after=              [viewer]
                                            one page, oldest first, as a JSON list (the body clients have
                                            always read); header X-Next-Cursor: the next page's cursor
@@ -58,14 +61,19 @@ from node.experiments import BUILTIN_TYPES
 from node.http import actions
 from node.http.auth import context, principal, require
 from node.http.context import AppContext
-from node.model.api_limits import REQUEST_BODY_MAX_BYTES
+from node.model.api_limits import REQUEST_BODY_MAX_BYTES, SUBMIT_BATCH_MAX
 
 log = logging.getLogger(__name__)
 
 #: the routes that read a body: without Content-Length they get 411
-BODY_ROUTES = frozenset({("POST", "/api/experiments"), ("POST", "/api/templates"), ("POST", "/api/tokens")})
+BODY_ROUTES = frozenset({("POST", "/api/experiments"), ("POST", "/api/experiments/batch"), ("POST", "/api/templates"),
+                         ("POST", "/api/tokens")})
 SUBMIT_SCHEMA = {"type": "object", "required": ["type"], "properties": {
     "type": {"type": "string"}, "experiment_id": {"type": "string"},
+    "params": {"type": "object", "additionalProperties": {"type": "string"}}}}
+BATCH_SCHEMA = {"type": "object", "required": ["type", "experiment_ids"], "properties": {
+    "type": {"type": "string"},
+    "experiment_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": SUBMIT_BATCH_MAX},
     "params": {"type": "object", "additionalProperties": {"type": "string"}}}}
 TOKEN_SCHEMA = {"type": "object", "required": ["name", "role"], "properties": {
     "name": {"type": "string"}, "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}}
@@ -221,6 +229,20 @@ def _api() -> APIRouter:
             raise UsageError(f"experiment id must be a string, got {type(experiment_id).__name__}")
         out = actions.submit(ctx, who, body["type"], experiment_id, {k: str(v) for k, v in params.items()})
         return reply(201 if out["created"] else 200, out)
+
+    @router.post("/experiments/batch", tags=["experiments"], status_code=201, openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": BATCH_SCHEMA}}}})
+    def submit_batch(ctx: Ctx, who: Who, body: Annotated[dict[str, Any], Depends(json_object)]) -> Response:
+        ids, params = body.get("experiment_ids"), body.get("params") or {}
+        if not isinstance(body.get("type"), str) or not isinstance(params, dict) or not isinstance(ids, list) \
+                or not all(isinstance(i, str) for i in ids):
+            raise UsageError("expected {\"type\": str, \"experiment_ids\": [str, ...], \"params\"?: object}")
+        if not 1 <= len(ids) <= SUBMIT_BATCH_MAX:
+            raise UsageError(f"experiment_ids must hold 1-{SUBMIT_BATCH_MAX} ids, got {len(ids)}")
+        if len(set(ids)) != len(ids):
+            raise UsageError("experiment_ids holds the same id more than once")
+        out = actions.submit_many(ctx, who, body["type"], ids, {k: str(v) for k, v in params.items()})
+        return reply(201, out)
 
     @router.get("/experiments", tags=["experiments"])
     def list_experiments(ctx: Ctx, state: str | None = None,

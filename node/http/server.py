@@ -57,7 +57,9 @@ class NodeHTTPServer:
         self.cfg = cfg
         self.port = port
         self.ctx = AppContext(cfg, healthz, readyz, api, node_id, registry)
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it a response's
+        # body waited for the client's delayed ACK of its headers (40 ms per request, measured by bench console)
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind((bind_host or cfg.host, port))

@@ -24,6 +24,7 @@ PARAM_VALUE_MAX_CHARS = 4096
 PARAMS_MAX_BYTES = 16 * 1024  # of encode_params(); MariaDB's TEXT column holds 65,535
 LIST_DEFAULT_LIMIT = 100  # experiments per page of a listing
 LIST_MAX_LIMIT = 1000
+SUBMIT_BATCH_MAX = 1000  # experiment ids of one POST /api/experiments/batch (one MariaDB, one Neo4j transaction)
 
 PARAM_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # whole names: fullmatch
 PARAM_NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or '_'"

@@ -107,6 +107,28 @@ def test_roles_are_enforced_and_every_attempt_is_audited(workers: Config, api: d
     assert listed.status_code == 200 and [r["id"] for r in listed.json()] == [r["id"] for r in rows[:2]]
 
 
+def test_a_batch_is_submitted_in_one_request_idempotently(workers: Config, api: dict[str, httpx.Client],
+                                                          tokens: dict[str, dict[str, Any]]) -> None:
+    ids = [unique("core-api-batch") for _ in range(20)]
+    body = {"type": "chain", "experiment_ids": ids, "params": {"ms": "1"}}
+    assert api["viewer"].post("/api/experiments/batch", json=body).status_code == 403
+    created = api["operator"].post("/api/experiments/batch", json=body)
+    assert created.status_code == 201 and created.json() == {"type": "chain", "submitted": 20, "created": ids}
+    again = api["operator"].post("/api/experiments/batch", json=body)  # each id is submitted once
+    assert again.status_code == 201 and again.json()["created"] == []
+    assert set(wait_all(workers, ids, 60).values()) == {"COMPLETED"}
+    for bad, problem in (({**body, "experiment_ids": []}, "1-1000 ids"),
+                         ({**body, "experiment_ids": ids[:1] * 2}, "more than once"),
+                         ({**body, "experiment_ids": [1, 2]}, "expected"),
+                         ({**body, "experiment_ids": ["a/b"]}, "experiment id")):
+        refused = api["operator"].post("/api/experiments/batch", json=bad)
+        assert refused.status_code == 400 and problem in _one_line_error(refused), refused.text
+    rows = _audit(workers, f"{ids[0]} .. {ids[-1]} (20)")
+    assert [(r["action"], r["outcome"], r["detail"]) for r in reversed(rows)] == [
+        ("submit", "refused", f"submit needs role operator, {tokens['viewer']['name']!r} has viewer"),
+        ("submit", "ok", "type chain: 20 new of 20"), ("submit", "ok", "type chain: 0 new of 20")]
+
+
 def test_retry_needs_an_operator_and_reports_a_finished_experiment_as_it_is(workers: Config,
                                                                           api: dict[str, httpx.Client]) -> None:
     exp = unique("core-api-retry")
@@ -205,7 +227,8 @@ def test_openapi_lists_the_routes_and_the_bearer_scheme(api: dict[str, httpx.Cli
         "type": "http", "scheme": "bearer", "bearerFormat": "haorch_...",
         "description": schema["components"]["securitySchemes"]["bearer"]["description"]}
     routes = {(method.upper(), path) for path, item in schema["paths"].items() for method in item}
-    assert {("POST", "/api/experiments"), ("GET", "/api/experiments"), ("GET", "/api/experiments/{experiment_id}"),
+    assert {("POST", "/api/experiments"), ("POST", "/api/experiments/batch"), ("GET", "/api/experiments"),
+            ("GET", "/api/experiments/{experiment_id}"),
             ("GET", "/api/experiments/{experiment_id}/transitions"),
             ("POST", "/api/experiments/{experiment_id}/cancel"), ("POST", "/api/experiments/{experiment_id}/retry"),
             ("GET", "/api/templates"), ("GET", "/api/templates/{template_type}"), ("POST", "/api/templates"),
