@@ -23,6 +23,7 @@ import httpx
 
 from node.errors import (
     AccessDenied,
+    Busy,
     ConflictError,
     HaorchError,
     NotAuthenticated,
@@ -31,7 +32,7 @@ from node.errors import (
     TimeoutExpired,
     UsageError,
 )
-from node.experiments import Page
+from node.experiments import BUSY_RETRY_AFTER_S, Page
 from node.model.states import TERMINAL_EXPERIMENT_STATES
 
 POLL_S = 0.5  # wait(): between status requests
@@ -73,6 +74,9 @@ class Client:
             message = str(response.json()["error"])
         except (ValueError, KeyError, TypeError):
             message = f"HTTP {response.status_code}: {response.text[:200]}".replace("\n", " ")
+        if response.status_code == 429:
+            retry_after = response.headers.get("Retry-After", "")
+            raise Busy(message, int(retry_after) if retry_after.isdigit() else BUSY_RETRY_AFTER_S)
         raise ERRORS.get(response.status_code, ServiceError)(message)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:

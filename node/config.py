@@ -125,6 +125,9 @@ class Config:
     task_timeout_grace_s: float = 5.0
     sweep_interval_s: float = 1.0
     submit_grace_s: float = 30.0  # a QUEUED experiment without a DAG this old is a dead submit: the leader builds it
+    # backpressure: a submission that would bring the experiments QUEUED or RUNNING above this is refused (Busy, HTTP
+    # 429) instead of growing the queues and the takeover's rescan; 0: no bound
+    max_in_flight: int = 200_000
     takeover_page_size: int = 2000  # ready tasks re-dispatched per takeover page (one small fenced transaction)
     neo4j_tx_timeout_s: float = 15.0  # the server ends a leader transaction that runs or waits on a lock longer
     # RabbitMQ
@@ -391,6 +394,8 @@ def _validated(cfg: Config) -> Config:
         raise UsageError("config values tls_cert and tls_key go together: set both (HTTPS) or neither (HTTP)")
     if cfg.runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {cfg.runtime!r}")
+    if cfg.max_in_flight < 0:
+        raise UsageError(f"max_in_flight must be 0 (no bound) or more, got {cfg.max_in_flight}")
     if not 1024 <= cfg.port_base <= 65000:
         raise UsageError(f"port_base {cfg.port_base} is out of range 1024..65000")
     return cfg

@@ -1,7 +1,8 @@
 """Every exception type users can see, with the one-line messages they read.
 
 The CLI turns a :class:`HaorchError` into ``haorch: <message>`` on stderr and its ``exit_code``:
-2 for bad input (the caller can fix it), 1 for a failure of the system (a service down, a timeout).
+2 for bad input (the caller can fix it), 1 for a failure of the system (a service down, a timeout), 75 for a
+submission refused because the cluster is busy (:class:`Busy`: try again later).
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ class FencedError(HaorchError):
         self.store = store
         self.mine = mine
         self.fence = fence
+
+
+class Busy(HaorchError):
+    """A submission refused because the cluster has as many experiments in flight as it accepts
+    (``max_in_flight``): nothing was stored; submit again after ``retry_after_s`` (HTTP 429 with Retry-After)."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class TimeoutExpired(HaorchError):

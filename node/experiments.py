@@ -36,7 +36,15 @@ import pika
 from neo4j import Driver
 
 from node.config import Config
-from node.errors import ConflictError, DependencyError, IncompleteSubmit, TimeoutExpired, UnknownTypeError, UsageError
+from node.errors import (
+    Busy,
+    ConflictError,
+    DependencyError,
+    IncompleteSubmit,
+    TimeoutExpired,
+    UnknownTypeError,
+    UsageError,
+)
 from node.model.advance import RETRY_WRITER, Dispatch, transition_rows
 from node.model.api_limits import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, check_params_size
 from node.model.builtin import builtin_templates
@@ -57,6 +65,8 @@ from node.stores.records import Records
 log = logging.getLogger(__name__)
 
 BUILTIN_TYPES = ("chain", "diamond", "fanout", "retry")
+IN_FLIGHT_FRESH_S = 1.0  # a submitter counts the experiments in flight again after this long (one COUNT query)
+BUSY_RETRY_AFTER_S = 5  # what a refused submitter is told to wait
 
 
 def new_experiment_id(type_: str) -> str:
@@ -127,6 +137,7 @@ class Experiments:
         self._driver: Driver | None = None
         self._dags: DagStore | None = None
         self._notifier: BatchPublisher | None = None
+        self._in_flight: tuple[float, int] | None = None  # (monotonic time of the count, count + what we admitted)
 
     @property
     def dags(self) -> DagStore:
@@ -202,6 +213,12 @@ class Experiments:
         params = params or {}
         check_params_size(params)
         template.check_overrides(params)
+        try:
+            self._admit(1)
+        except Busy:
+            if not self.records.exists(experiment_id):
+                raise
+            # a resubmission: idempotent, it adds nothing in flight
         with _safe_to_retry([experiment_id], type_):
             row_new = self.records.insert_experiment(experiment_id, type_, version, params, template)
             if not row_new:  # the row is the record: a retry builds the DAG it describes
@@ -225,6 +242,7 @@ class Experiments:
         check_params_size(params)
         template, version = self._latest(type_)
         template.check_overrides(params)
+        self._admit(len(ids))
         items = [(experiment_id, params) for experiment_id in ids]
         with _safe_to_retry(ids, type_):
             self.records.insert_experiments(type_, version, items, template)
@@ -232,6 +250,22 @@ class Experiments:
         if notify and created:
             self._notify(created)
         return created
+
+    def _admit(self, new: int) -> None:
+        """Busy (nothing stored) when ``new`` more experiments would bring those in flight above ``max_in_flight``.
+        The count is this object's, refreshed every IN_FLIGHT_FRESH_S: the bound is approximate, exceeded at most by
+        what every submitter admits within that time."""
+        limit = self.cfg.max_in_flight
+        if not limit:
+            return
+        now = time.monotonic()
+        if self._in_flight is None or now - self._in_flight[0] > IN_FLIGHT_FRESH_S:
+            self._in_flight = (now, self.records.in_flight())
+        at, count = self._in_flight
+        if count + new > limit:
+            raise Busy(f"busy: {count} experiments in flight, at most {limit} accepted; nothing was submitted, "
+                       f"retry after {BUSY_RETRY_AFTER_S} s", BUSY_RETRY_AFTER_S)
+        self._in_flight = (at, count + new)
 
     def _latest(self, type_: str) -> tuple[Template, int]:
         """The latest version of ``type_``; a built-in type is installed first on a fresh store (the HTTP API may be

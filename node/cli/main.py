@@ -1,7 +1,7 @@
 """Entry point of the ``haorch`` console script.
 
-Errors reach the user as one line on stderr (``haorch: ...``) with exit code 2 for bad input and 1 for a
-failure; tracebacks only with ``HAORCH_DEBUG=1``.
+Errors reach the user as one line on stderr (``haorch: ...``) with exit code 2 for bad input, 1 for a failure
+and 75 for a submission refused as busy (retry later); tracebacks only with ``HAORCH_DEBUG=1``.
 """
 
 from __future__ import annotations

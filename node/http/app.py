@@ -29,6 +29,9 @@ least role each one needs is in brackets (``node/access/roles.py``)::
     POST   /api/tokens                     {"name", "role"}: 201 with the token, shown only here      [admin]
     DELETE /api/tokens/NAME                revoke (idempotent)                                        [admin]
 
+A submission that would bring the experiments in flight (QUEUED or RUNNING) above ``max_in_flight`` gets 429 with
+``Retry-After`` (nothing is stored; a resubmission of an existing id is still answered).
+
 Errors are one line of JSON ``{"error": "..."}``: 400 (bad input, malformed JSON, a bad query parameter), 401 (no
 valid token; with ``WWW-Authenticate: Bearer``), 403 (role too low), 404 (unknown id or route), 405, 409
 (conflict), 411 (a body without Content-Length, or chunked), 413 (a body over ``REQUEST_BODY_MAX_BYTES``), 503
@@ -56,7 +59,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from node import __version__
 from node.access.audit import RECENT_MAX
 from node.access.roles import Action, Principal
-from node.errors import AccessDenied, ConflictError, HaorchError, NotAuthenticated, NotFoundError, UsageError
+from node.errors import AccessDenied, Busy, ConflictError, HaorchError, NotAuthenticated, NotFoundError, UsageError
 from node.experiments import BUILTIN_TYPES
 from node.http import actions
 from node.http.auth import context, principal, require
@@ -94,7 +97,7 @@ def error(status: int, message: str, headers: Mapping[str, str] | None = None) -
 
 def status_for(exc: HaorchError) -> int:
     for kind, status in ((NotAuthenticated, 401), (AccessDenied, 403), (NotFoundError, 404), (ConflictError, 409),
-                         (UsageError, 400)):
+                         (UsageError, 400), (Busy, 429)):
         if isinstance(exc, kind):
             return status
     return 503
@@ -175,7 +178,9 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(HaorchError)
     async def haorch_error(_request: Request, exc: HaorchError) -> Response:
         status = status_for(exc)
-        return error(status, str(exc), {"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        headers = ({"WWW-Authenticate": "Bearer"} if status == 401 else
+                   {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Busy) else None)
+        return error(status, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> Response:

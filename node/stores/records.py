@@ -22,7 +22,12 @@ import pymysql.cursors
 from node.config import Config
 from node.errors import ConflictError, FencedError, NotFoundError
 from node.model.api_limits import encode_params
-from node.model.states import RETRYABLE_EXPERIMENT_STATES, TERMINAL_EXPERIMENT_STATES, ExperimentState
+from node.model.states import (
+    LIVE_EXPERIMENT_STATES,
+    RETRYABLE_EXPERIMENT_STATES,
+    TERMINAL_EXPERIMENT_STATES,
+    ExperimentState,
+)
 from node.model.template import Template
 from node.periodic import Periodic
 from node.retry import STORE_OPERATION, call
@@ -270,6 +275,12 @@ class Records:
             return [i for i, _ in new]
         return self.transaction(work)
 
+    def exists(self, experiment_id: str) -> bool:
+        def work(cur: pymysql.cursors.Cursor) -> bool:
+            cur.execute("SELECT 1 FROM experiments WHERE experiment_id = %s", (experiment_id,))
+            return cur.fetchone() is not None
+        return self.transaction(work)
+
     def get_experiment(self, experiment_id: str) -> dict[str, Any]:
         rows = self.experiments("WHERE experiment_id = %s", (experiment_id,))
         if not rows:
@@ -308,6 +319,14 @@ class Records:
             where.append("(created_at > %s OR (created_at = %s AND experiment_id > %s))")
             args += [after[0], after[0], after[1]]
         return self.experiments(("WHERE " + " AND ".join(where)) if where else "", tuple(args), limit=limit)
+
+    def in_flight(self) -> int:
+        """Experiments QUEUED or RUNNING (a range count of idx_state_created)."""
+        def work(cur: pymysql.cursors.Cursor) -> int:
+            cur.execute("SELECT COUNT(*) FROM experiments WHERE state IN (%s, %s)", tuple(LIVE_EXPERIMENT_STATES))
+            (count,) = cur.fetchone() or (0,)
+            return int(count)
+        return self.transaction(work)
 
     def state_counts(self) -> dict[str, int]:
         def work(cur: pymysql.cursors.Cursor) -> dict[str, int]:
