@@ -29,6 +29,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
       haorch stack up          # ZooKeeper x3, RabbitMQ, MariaDB, Neo4j, Prometheus
       haorch cluster up        # 3 orchestrator nodes + workers
       haorch submit chain      # run an experiment
+      haorch token create --role admin --name me   # then the web console: http://127.0.0.1:17171/
       haorch deploy up --docker    # or: stack and cluster as Docker containers
     """
     ctx.obj = {"home": home}

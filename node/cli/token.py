@@ -32,7 +32,8 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--role", required=True, type=click.Choice([str(r) for r in Role]),
-              help="viewer: reads; operator: also submits, cancels, retries; admin: also templates and tokens.")
+              help="viewer: reads; operator: also submits, cancels, retries, reads the audit log; admin: also "
+                   "templates and tokens.")
 @click.option("--name", required=True, help="A unique name (1-64 of A-Z a-z 0-9 . _ @ -), never reused.")
 @json_option
 def token_create(role: str, name: str, as_json: bool) -> None:
