@@ -213,13 +213,13 @@ class Experiments:
         params = params or {}
         check_params_size(params)
         template.check_overrides(params)
-        try:
-            self._admit(1)
-        except Busy:
-            if not self.records.exists(experiment_id):
-                raise
-            # a resubmission: idempotent, it adds nothing in flight
         with _safe_to_retry([experiment_id], type_):
+            try:
+                self._admit(1)
+            except Busy:
+                if not self.records.exists(experiment_id):
+                    raise
+                # a resubmission: idempotent, it adds nothing in flight
             row_new = self.records.insert_experiment(experiment_id, type_, version, params, template)
             if not row_new:  # the row is the record: a retry builds the DAG it describes
                 row = self.records.get_experiment(experiment_id)
@@ -242,9 +242,9 @@ class Experiments:
         check_params_size(params)
         template, version = self._latest(type_)
         template.check_overrides(params)
-        self._admit(len(ids))
         items = [(experiment_id, params) for experiment_id in ids]
         with _safe_to_retry(ids, type_):
+            self._admit(len(ids))
             self.records.insert_experiments(type_, version, items, template)
             created = self._create_dags(template, version, items)
         if notify and created:
