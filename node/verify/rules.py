@@ -49,7 +49,8 @@ carry the same ``now``.
      cancelled before its first dispatch is at attempt 0 and needs none. (A leader that dies between its Neo4j
      and MariaDB commits leaves such a gap unless the next leader writes the lost rows during its takeover.)
    - ``log_order``: an experiment's earliest terminal transition (task NULL, to COMPLETED, FAILED or CANCELLED)
-     is earlier than a SUCCEEDED or FAILED transition of one of its tasks; or a task's first SUCCEEDED or
+     since its last retry (rows of the ``retry`` writer reopen it) is earlier than a SUCCEEDED or FAILED
+     transition of one of its tasks; or a task's first SUCCEEDED or
      FAILED transition of attempt k is earlier than its first DISPATCHED transition of attempt k. Equal times
      are fine: one batch writes all its rows with one ``now``.
 
