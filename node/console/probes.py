@@ -8,6 +8,7 @@ unreachable; a 503 still carries the node's JSON (a standby that is not ready sa
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.cluster import numbered
+from node.cluster import numbered, tls_context
 from node.config import Config
 
 PROBE_TIMEOUT_S = 0.5
@@ -42,10 +43,12 @@ class NodeView:
         return str(self.readyz.get("role", "unknown")) if self.readyz else "unreachable"
 
 
-def fetch_json(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:
-    """The JSON object at ``url`` (also from a 503), or None when nothing usable answered in time."""
+def fetch_json(url: str, timeout_s: float = PROBE_TIMEOUT_S,
+               context: ssl.SSLContext | None = None) -> dict[str, Any] | None:
+    """The JSON object at ``url`` (also from a 503), or None when nothing usable answered in time; ``context``:
+    whom to trust for an https URL."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:
             data = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -76,8 +79,9 @@ def probe_nodes(cfg: Config, numbers: list[int], serving_id: str,
     if not views:
         return views
     urls = [f"{v.url}/{path}" for v in views for path in ("readyz", "healthz")]
+    trusted = tls_context(cfg)  # https nodes: their certificate, or $HAORCH_CA_FILE, as the cluster commands
     with ThreadPoolExecutor(max_workers=min(16, len(urls)), thread_name_prefix="console-probe") as pool:
-        answers = list(pool.map(lambda u: fetch_json(u, timeout_s), urls))
+        answers = list(pool.map(lambda u: fetch_json(u, timeout_s, trusted), urls))
     for i, view in enumerate(views):
         view.readyz, view.healthz = answers[2 * i], answers[2 * i + 1]
         deps = (view.healthz or {}).get("dependencies")

@@ -20,6 +20,7 @@ import pytest
 
 from node.client import Client
 from node.config import Config, load_config
+from node.console.probes import probe_nodes
 from node.errors import NotAuthenticated, ServiceError, UsageError
 from node.http.server import NodeHTTPServer
 from node.model.api_limits import REQUEST_BODY_MAX_BYTES
@@ -157,11 +158,34 @@ def test_a_worker_app_serves_only_the_probes_and_metrics(tmp_path: Path) -> None
         http_server.stop()
 
 
-def test_tls_serves_https_with_the_configured_certificate(tmp_path: Path) -> None:
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key."""
     cert, key = tmp_path / "node.pem", tmp_path / "node.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_the_console_probes_an_https_node_trusting_its_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = load_config(tmp_path, tls_cert=str(cert), tls_key=str(key), port_base=port - 71)  # node-1's port
+    assert cfg.node_url(1) == f"https://127.0.0.1:{port}"
+    ready = {"node_id": "node-1", "role": "leader", "epoch": 3, "session": "CONNECTED"}
+    http_server = NodeHTTPServer(cfg, port, lambda: (True, {"dependencies": {"mariadb": True}}),
+                                 lambda: (True, ready)).start()
+    try:
+        (view,) = probe_nodes(cfg, [1], "node-1")
+        assert view.readyz == ready and view.role == "leader" and view.dependencies == {"mariadb": True}
+    finally:
+        http_server.stop()
+
+
+def test_tls_serves_https_with_the_configured_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
     cfg = load_config(tmp_path, tls_cert=str(cert), tls_key=str(key))
     with socket.socket() as probe:
         probe.bind((cfg.host, 0))
