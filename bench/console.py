@@ -31,6 +31,7 @@ import httpx
 import yaml
 
 from bench.api_server import BASELINE_COMMIT
+from bench.report import percentile
 from node import cluster
 from node.access.tokens import Tokens
 from node.config import Config
@@ -53,11 +54,6 @@ BATCHED_FACTOR = 10  # a batched round submits this many times the experiments o
 def fail_template() -> dict[str, Any]:
     return {"type": FAIL_TYPE, "description": "one task that always fails (haorch bench console)",
             "tasks": [{"name": "doomed", "kind": "job_submission", "executor": "fail"}]}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def summary(latencies: list[float]) -> dict[str, float]:

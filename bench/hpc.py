@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from bench.report import percentile
 from node import cluster
 from node.config import Config
 from node.demo import _require_stack
@@ -161,9 +162,7 @@ def _wait(cfg: Config, ids: list[str]) -> list[dict[str, Any]]:
 def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"latency_p50_s": None, "latency_p99_s": None}
-    ordered = sorted(values)
-    return {"latency_p50_s": round(ordered[len(ordered) // 2], 3),
-            "latency_p99_s": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3)}
+    return {"latency_p50_s": round(percentile(values, 0.5), 3), "latency_p99_s": round(percentile(values, 0.99), 3)}
 
 
 def render(result: dict[str, Any]) -> str:

@@ -24,3 +24,9 @@ def append(section: str) -> None:
         path.write_text(HEADER)
     with path.open("a") as out:
         out.write("\n" + section.rstrip() + "\n")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0..1) of ``values`` (not empty): the value at index int(q * n)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
