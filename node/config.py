@@ -128,6 +128,15 @@ class Config:
     # backpressure: a submission that would bring the experiments QUEUED or RUNNING above this is refused (Busy, HTTP
     # 429) instead of growing the queues and the takeover's rescan; 0: no bound
     max_in_flight: int = 200_000
+    # retention (node/retention/): the leader deletes experiments that finished longer ago than this (their Neo4j
+    # subgraph and MariaDB rows), ``gc_batch`` at a time every ``gc_interval_s``; a template's ``retention_days``
+    # overrides it for its type; 0: keep forever
+    retention_days: float = 30.0
+    gc_batch: int = 100
+    gc_interval_s: float = 5.0
+    archive_dir: str = ""  # before deleting, append each experiment to <dir>/<UTC day>.jsonl.gz; empty: no archive
+    keep_leader_terms: int = 1000  # leader_terms rows kept (the newest)
+    dead_letters_max: int = 100_000  # messages haorch.dead keeps (the oldest are dropped beyond it)
     takeover_page_size: int = 2000  # ready tasks re-dispatched per takeover page (one small fenced transaction)
     neo4j_tx_timeout_s: float = 15.0  # the server ends a leader transaction that runs or waits on a lock longer
     # RabbitMQ

@@ -6,6 +6,8 @@ A template file names the type and lists its tasks; every key but ``name`` and `
     description: data staging, job submission, monitoring, output staging
     params:                     # what an experiment may set (--param K=V), with its default (null: none)
       ms: null
+    retention_days: 7           # delete finished experiments of this type after 7 days (default: the global
+                                # ``retention_days`` of the configuration; 0: keep forever)
     tasks:
       - name: stage_in
         kind: data_staging      # free text: data_staging, job_submission, monitoring, output_staging, ...
@@ -17,6 +19,7 @@ A template file names the type and lists its tasks; every key but ``name`` and `
         backoff_factor: 2       # each further delay is multiplied by this, default 2
         max_backoff_s: 30       # cap on the delay, default 30
         timeout_s: 60           # per attempt, default 60
+        pool: stager            # the concurrency pool it takes a slot of (``haorch pool``), default its kind
       - name: submit_job
         kind: job_submission
         depends_on: [stage_in]
@@ -56,10 +59,10 @@ from node.model.references import REF_RE, reference_problem
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _NAME_RULE = "names are 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter"
-_TEMPLATE_KEYS = ("type", "description", "params", "tasks")
+_TEMPLATE_KEYS = ("type", "description", "params", "retention_days", "tasks")
 _TASK_KEYS = (
     "name", "kind", "executor", "params", "depends_on", "retries", "backoff_s", "backoff_factor",
-    "max_backoff_s", "timeout_s",
+    "max_backoff_s", "timeout_s", "pool",
 )
 _REQUIRED = object()
 
@@ -89,9 +92,17 @@ class TaskSpec:
     depends_on: tuple[str, ...] = ()
     retry: RetryPolicy = RetryPolicy()
     timeout_s: float = 60.0
+    pool_name: str | None = None  # as written in the template; None: the kind
+
+    @property
+    def pool(self) -> str:
+        """The concurrency pool this task takes a slot of while dispatched: its ``pool``, else its kind."""
+        return self.pool_name or self.kind
 
     def to_dict(self) -> dict[str, Any]:
-        """The task in template-file form, every default spelled out."""
+        """The task in template-file form, every default spelled out but ``pool`` (absent unless set, so that a
+        template written before pools existed keeps its hash)."""
+        pool = {"pool": self.pool_name} if self.pool_name is not None else {}
         return {
             "name": self.name,
             "kind": self.kind,
@@ -103,6 +114,7 @@ class TaskSpec:
             "backoff_factor": self.retry.backoff_factor,
             "max_backoff_s": self.retry.max_backoff_s,
             "timeout_s": self.timeout_s,
+            **pool,
         }
 
 
@@ -114,6 +126,7 @@ class Template:
     description: str
     tasks: tuple[TaskSpec, ...]
     params: dict[str, Any] = field(default_factory=dict)  # overridable name -> default (None: no default)
+    retention_days: float | None = None  # None: the configuration's ``retention_days``
 
     def task(self, name: str) -> TaskSpec:
         """The task called ``name``; :class:`NotFoundError` if there is none."""
@@ -169,7 +182,9 @@ class Template:
     def to_dict(self) -> dict[str, Any]:
         """The template in file form; ``parse_template(t.to_dict(), ...) == t``."""
         # no "params" key when none is declared: a template written before they existed keeps its hash
-        declared = {"params": dict(self.params)} if self.params else {}
+        declared: dict[str, Any] = {"params": dict(self.params)} if self.params else {}
+        if self.retention_days is not None:
+            declared["retention_days"] = self.retention_days
         return {"type": self.type, "description": self.description, **declared,
                 "tasks": [t.to_dict() for t in self.tasks]}
 
@@ -247,7 +262,9 @@ def _parse(data: object, known_executors: Collection[str]) -> Template:
         if any(seen.name == spec.name for seen in specs):
             raise _Invalid(f"duplicate task name {spec.name!r}")
         specs.append(spec)
-    template = Template(type_, description, tuple(specs), _parse_declared(data.get("params", {})))
+    retention = _field(data, "retention_days", "the template", None, _is_retention, "a number >= 0")
+    template = Template(type_, description, tuple(specs), _parse_declared(data.get("params", {})),
+                        None if retention is None else float(retention))
     _check_graph(template)
     return template
 
@@ -289,6 +306,7 @@ def _parse_task(raw: object, number: int, known_executors: Collection[str]) -> T
         depends_on=tuple(depends_on),
         retry=retry,
         timeout_s=float(_field(raw, "timeout_s", where, 60.0, _is_positive_number, "a number > 0")),
+        pool_name=_field(raw, "pool", where, None, _is_pool, _NAME_RULE.replace("names are", "a name of")),
     )
 
 
@@ -397,6 +415,14 @@ def _is_str(value: object) -> bool:
 def _is_kind(value: object) -> bool:
     """A kind travels in every request of the task: the workers' decoder takes what this accepts."""
     return isinstance(value, str) and value.strip() != "" and name_problem(value, "kind") is None
+
+
+def _is_pool(value: object) -> bool:
+    return value is None or (isinstance(value, str) and NAME_RE.match(value) is not None)
+
+
+def _is_retention(value: object) -> bool:
+    return value is None or (_is_number(value) and value >= 0)
 
 
 def _is_str_mapping(value: object) -> bool:

@@ -332,3 +332,33 @@ def test_output_references_must_name_an_ancestor_and_be_well_formed() -> None:
                           KNOWN_EXECUTORS).task("out").params["src"] == "{{ params.inputs }}/{{ experiment.id }}"
     assert error_of(tpl({"src": "{{ params.nope }}"})) == (
         "template 'refs': task 'out' references the param 'nope', which it does not have")
+
+
+def test_pool_and_retention_are_read_and_kept_out_of_old_hashes() -> None:
+    before = parse(DIAMOND)
+    data = copy.deepcopy(DIAMOND)
+    data["retention_days"] = 2
+    data["tasks"][0]["pool"] = "gpu"
+    tpl = parse(data)
+    assert tpl.retention_days == 2.0 and tpl.tasks[0].pool == "gpu"
+    assert tpl.tasks[1].pool == tpl.tasks[1].kind  # no pool: its kind's
+    assert parse(tpl.to_dict()) == tpl and tpl.content_hash() != before.content_hash()
+    assert "pool" not in before.to_dict()["tasks"][0] and "retention_days" not in before.to_dict()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("retention_days", -1, "retention_days of the template must be a number >= 0, got -1"),
+    ("retention_days", "week", "retention_days of the template must be a number >= 0, got 'week'"),
+])
+def test_bad_retention_is_refused(key: str, value: object, message: str) -> None:
+    data: dict[str, Any] = copy.deepcopy(DIAMOND)
+    data[key] = value
+    with pytest.raises(TemplateError, match=message):
+        parse(data)
+
+
+def test_bad_pool_is_refused() -> None:
+    data: dict[str, Any] = copy.deepcopy(DIAMOND)
+    data["tasks"][0]["pool"] = "Big Iron"
+    with pytest.raises(TemplateError, match="pool of task .* must be a name"):
+        parse(data)
