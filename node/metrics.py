@@ -89,6 +89,18 @@ WORKER_CLAIMS = Counter("haorch_worker_claims_total",
                         ["result"], registry=WORKER_REGISTRY)
 
 # --- both --------------------------------------------------------------------------------------------------
+# --- retention and pools (leader) -------------------------------------------------------------------
+GC_DELETED = Counter("haorch_gc_experiments_deleted_total",
+                     "Finished experiments deleted by retention (their Neo4j subgraph and MariaDB rows)",
+                     registry=NODE_REGISTRY)
+GC_STEP_SECONDS = Histogram("haorch_gc_step_seconds", "Retention: one step (a batch of experiments, both stores)",
+                            buckets=LATENCY_BUCKETS, registry=NODE_REGISTRY)
+POOL_SLOTS = Gauge("haorch_pool_slots", "Concurrency pools: slots configured", ["pool"], registry=NODE_REGISTRY)
+POOL_IN_USE = Gauge("haorch_pool_in_use", "Concurrency pools: tasks dispatched and not yet answered", ["pool"],
+                    registry=NODE_REGISTRY)
+POOL_WAITING = Gauge("haorch_pool_waiting", "Concurrency pools: ready tasks held for a free slot", ["pool"],
+                     registry=NODE_REGISTRY)
+
 DEPENDENCY_UP = Gauge("haorch_dependency_up", "1 when the dependency answers this process, else 0", ["service"],
                       registry=None)
 DEAD_LETTERS = Counter("haorch_dead_letters_total", "Messages this process parked on haorch.dead (malformed, or "

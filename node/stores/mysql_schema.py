@@ -149,10 +149,20 @@ SCHEMA = [
         KEY idx_at (at),
         KEY idx_target (target(64))
     ) ENGINE=InnoDB""",
+    # retention (node/retention/): the finished experiments past their period, oldest first, per state
+    "CREATE INDEX IF NOT EXISTS idx_state_finished ON experiments (state, finished_at)",
+    # concurrency pools (``haorch pool``): at most ``slots`` tasks of the pool dispatched at once; a task's pool is
+    # its template's ``pool`` or its kind; a pool without a row here is unbounded
+    """CREATE TABLE IF NOT EXISTS pools (
+        name VARCHAR(64) NOT NULL PRIMARY KEY,
+        slots INT NOT NULL,
+        description VARCHAR(255) NOT NULL DEFAULT '',
+        updated_at DOUBLE NOT NULL
+    ) ENGINE=InnoDB""",
 ]
 
 TABLES = ("experiments", "transitions", "ledger", "fence", "applied_batches", "leader_terms", "templates", "graph",
-          "api_tokens", "audit")
+          "api_tokens", "audit", "pools")
 
 
 def ensure_schema(cfg: Config) -> None:
