@@ -24,8 +24,8 @@ T = TypeVar("T")
 
 OUTCOMES = ("ok", "refused", "error")
 #: the ``action`` of each kind of mutation
-SUBMIT, CANCEL, RETRY, REGISTER, TOKEN_CREATE, TOKEN_REVOKE = (
-    "submit", "cancel", "retry", "register", "token.create", "token.revoke")
+SUBMIT, CANCEL, RETRY, REGISTER, TOKEN_CREATE, TOKEN_REVOKE, GC, POOL_SET, POOL_DELETE = (
+    "submit", "cancel", "retry", "register", "token.create", "token.revoke", "gc", "pool.set", "pool.delete")
 RECENT_MAX = 1000  # rows per page
 #: column -> its size in characters (node/stores/mysql_schema.py); longer values are cut to it
 SIZES = {"who": 128, "role": 16, "action": 32, "target": 255, "detail": 1024, "outcome": 16, "node_id": 64}

@@ -39,6 +39,8 @@ class Action(StrEnum):
     REGISTER = "register"
     TOKENS = "tokens"
     AUDIT = "audit"  # read the audit log: it names every token holder and what they did
+    GC = "gc"  # delete finished experiments past their retention by hand
+    POOLS = "pools"  # set or delete concurrency pools
 
 
 #: the least role that may take each action
@@ -50,6 +52,8 @@ REQUIRED: dict[Action, Role] = {
     Action.REGISTER: Role.ADMIN,
     Action.TOKENS: Role.ADMIN,
     Action.AUDIT: Role.OPERATOR,
+    Action.GC: Role.ADMIN,
+    Action.POOLS: Role.ADMIN,
 }
 
 

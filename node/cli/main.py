@@ -85,6 +85,10 @@ def _register_commands() -> None:
     from node.cli.token import audit, token
     cli.add_command(token)
     cli.add_command(audit)
+    from node.cli.gc import gc
+    cli.add_command(gc)
+    from node.cli.pool import pool
+    cli.add_command(pool)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,8 @@ MATRIX = {
     Action.REGISTER: {ADMIN},
     Action.TOKENS: {ADMIN},
     Action.AUDIT: {OPERATOR, ADMIN},
+    Action.GC: {ADMIN},
+    Action.POOLS: {ADMIN},
 }
 
 
