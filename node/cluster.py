@@ -53,6 +53,9 @@ def _env(cfg: Config) -> dict[str, str]:
             "HAORCH_ZK_SESSION_TIMEOUT_S": str(cfg.zk_session_timeout_s), "HAORCH_BATCH_SIZE": str(cfg.batch_size),
             "HAORCH_LEADER_BEACON": str(cfg.leader_beacon).lower(),
             "HAORCH_TAKEOVER_PAGE_SIZE": str(cfg.takeover_page_size),
+            "HAORCH_MAX_IN_FLIGHT": str(cfg.max_in_flight), "HAORCH_ARCHIVE_DIR": cfg.archive_dir,
+            "HAORCH_GC_INTERVAL_S": str(cfg.gc_interval_s), "HAORCH_GC_BATCH": str(cfg.gc_batch),
+            "HAORCH_RETENTION_DAYS": str(cfg.retention_days),
             "PYTHONUNBUFFERED": "1"}
 
 

@@ -403,6 +403,8 @@ class Experiments:
     def wait(self, ids: builtins.list[str], timeout_s: float,
              poll_s: float = 0.1) -> builtins.list[dict[str, Any]]:
         """Block until every experiment is terminal; TimeoutExpired names those that are not."""
+        if not ids:
+            return []
         for experiment_id in ids:
             self.records.get_experiment(experiment_id)
         deadline = time.monotonic() + timeout_s

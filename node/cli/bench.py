@@ -202,3 +202,64 @@ def console(experiments: int, samples: int, submits: int, clients: int, no_recor
     if not no_record:
         report.append(section)
     emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
+@click.option("--minutes", type=click.FloatRange(min=1, max=24 * 60), default=30.0, show_default=True,
+              help="How long the load runs (then it drains and is checked).")
+@click.option("--rate", type=click.FloatRange(min=1), default=None,
+              help="Advancements/s to submit [default: half of a capacity run made first].")
+@click.option("--tasks", type=click.IntRange(min=1, max=20), default=4, show_default=True,
+              help="Steps of each experiment's noop chain.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--kill-every", "kill_every_s", type=click.FloatRange(min=20), default=180.0, show_default=True,
+              help="Seconds between leader SIGKILLs.")
+@click.option("--retention", "retention_s", type=click.FloatRange(min=10), default=120.0, show_default=True,
+              help="Retention of the soak's experiments (seconds after they finish).")
+@click.option("--sample", "sample_s", type=click.FloatRange(min=5), default=60.0, show_default=True,
+              help="Seconds between samples (one table row each).")
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md or write the PNG.")
+@json_option
+def soak(minutes: float, rate: float | None, tasks: int, workers: int, kill_every_s: float, retention_s: float,
+         sample_s: float, no_record: bool, as_json: bool) -> None:
+    """Steady load at half capacity with leader SIGKILLs and retention: memory, store sizes, p99, lost work."""
+    from bench import report
+    from bench import soak as bench_soak
+
+    if not no_record:
+        png = report.benchmarks_file().parent / "img" / "soak.png"
+    result = bench_soak.run(config(), minutes, rate, tasks, workers, kill_every_s, retention_s, sample_s,
+                            progress=_progress)
+    if not no_record:
+        result["png"] = str(bench_soak.plot(result, png).relative_to(png.parents[2]))
+    section = bench_soak.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))
+
+
+@bench.command()
+@click.option("--in-flight", type=click.IntRange(min=100), default=100_000, show_default=True,
+              help="Experiments in flight (dispatched, unanswered) when the leader is killed.")
+@click.option("--burst", type=click.IntRange(min=10), default=10_000, show_default=True,
+              help="Single-experiment API submissions of the burst.")
+@click.option("--clients", type=click.IntRange(min=1, max=128), default=32, show_default=True,
+              help="Client threads of the burst.")
+@click.option("--burst-limit", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="max_in_flight of the node during the burst.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def scale(in_flight: int, burst: int, clients: int, burst_limit: int, workers: int, no_record: bool,
+          as_json: bool) -> None:
+    """Takeover with 100,000 experiments in flight; a burst of 10,000 API submissions against backpressure."""
+    from bench import report
+    from bench import scale as bench_scale
+
+    if not no_record:
+        report.benchmarks_file()
+    result = bench_scale.run(config(), in_flight, burst, clients, burst_limit, workers, progress=_progress)
+    section = bench_scale.render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))
