@@ -39,6 +39,8 @@ bench: setup
 	$(HAORCH) bench recover
 	$(HAORCH) bench hpc
 	$(HAORCH) bench console
+	$(HAORCH) bench scale
+	$(HAORCH) bench soak
 	$(LAB) lab up --hosts 3 && $(HAORCH) bench hosts --lab-home .haorch-lab; rc=$$?; $(LAB) lab down; exit $$rc
 
 deploy-docker: setup
