@@ -2,7 +2,8 @@
 
 Threads: the election thread (kazoo) only flips ``self._term`` in its callbacks; the main thread owns the
 RabbitMQ connection (pika is not thread-safe) and runs a :class:`LeaderTerm` while the term it was started for
-is still current; the HTTP server answers /metrics, /healthz, /readyz and /api from its own threads.
+is still current; the HTTP server answers /metrics, /healthz, /readyz and /api from its own threads; while it
+leads, retention's gc loop (``node/retention/collector.py``) runs on a thread of its own, fenced by the term's epoch.
 
     replica = Replica(cfg, "node-1")
     replica.run(shutdown_event)      # returns after shutdown is set (SIGTERM): leadership handed over first
@@ -23,6 +24,7 @@ from node.leader.fence_guard import FenceGuard
 from node.leader.generation import expected_generation
 from node.leader.submits import SubmitRepair
 from node.leader.term import LeaderTerm, PhaseClock, TermProgress
+from node.retention.collector import Background
 from node.retry import RECONNECT, RESUME, call
 from node.stores.connect import neo4j_driver, zookeeper_client
 from node.stores.dags import DagStore, GraphNotReady
@@ -177,9 +179,12 @@ class Replica:
             else:
                 self._log_term_failure(exc)
 
+        # retention's gc steps run beside the batch loop, once this term's fences are raised (fenced like it)
+        gc = Background(self.cfg, self.node_id, epoch, dags.driver, acting, ready=lambda: "fence" in clock.marks)
         try:
-            call(RESUME, serve, what=None, retry_on=_resumable, stop=lambda: not acting(), idle=self._shutdown.wait,
-                 on_failure=failed)
+            with gc:
+                call(RESUME, serve, what=None, retry_on=_resumable, stop=lambda: not acting(),
+                     idle=self._shutdown.wait, on_failure=failed)
         except FencedError as exc:
             metrics.FENCE_REJECTIONS.inc()
             self.last_error = str(exc)

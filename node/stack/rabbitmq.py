@@ -2,9 +2,10 @@
 ``ha`` topology's cluster, each with its ports, data dir and log dir, and epmd as a managed process.
 
 The generated user is the broker's *default user* (``default_user`` in rabbitmq.conf), so the ``guest`` user is
-never created. The workers' user is added by the bootstrap (``rabbitmqctl``) with the rights a worker needs and
-no more: read ``haorch.requests``, write the ``haorch.worker`` exchange (bound to ``haorch.responses`` and
-``haorch.dead``), configure nothing. epmd runs as a managed process in the foreground on its own port, so that it
+never created. A policy bounds ``haorch.dead`` to ``dead_letters_max`` messages (the oldest dropped). The workers'
+user is added by the bootstrap (``rabbitmqctl``) with the rights a worker needs and no more: read
+``haorch.requests``, write the ``haorch.worker`` exchange (bound to ``haorch.responses`` and ``haorch.dead``),
+configure nothing. epmd runs as a managed process in the foreground on its own port, so that it
 can be stopped by PID and two stacks on one machine do not share it.
 
 The cluster (``rabbitmq-1..3``): node ``m`` listens on its host's address (``Config.member_host``); blank nodes find
@@ -27,6 +28,7 @@ before declaring the quorum queues, so that each gets one member on every node.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 
@@ -39,7 +41,7 @@ from node.runtime.handle import TcpCheck
 from node.runtime.programs import handle
 from node.stack.service import Launch, Service
 from node.stores.connect import amqp_parameters
-from node.stores.queues import REQUESTS, WORKER_EXCHANGE, declare_topology
+from node.stores.queues import DEAD, REQUESTS, WORKER_EXCHANGE, declare_topology
 
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 # configure, write, read (regular expressions over resource names): declare nothing, publish only through the
@@ -50,6 +52,7 @@ WORKER_PERMISSIONS = ("^$", f"^{re.escape(WORKER_EXCHANGE)}$", f"^{re.escape(REQ
 # queues a frozen or cut-off node led for a minute; with 5 they served again after ~8.5 s here.
 NET_TICKTIME_S = 5
 CLUSTER_WAIT_S = 120  # how long the bootstrap waits for all nodes to run
+DEAD_POLICY = "haorch-dead-bound"  # the policy bounding haorch.dead (dead_letters_max)
 
 
 def erlang_ip(address: str) -> str:
@@ -212,6 +215,17 @@ net_ticktime = {NET_TICKTIME_S}
                      timeout_s=CLUSTER_WAIT_S + 30)
         declare_topology(self.cfg)
         self._bootstrap_worker_user()
+        self._bound_dead_letters()
+
+    def _bound_dead_letters(self) -> None:
+        """Keep at most ``dead_letters_max`` messages in ``haorch.dead``, the oldest dropped first: a policy, since a
+        declared queue's arguments cannot change (quorum queues support ``max-length`` with ``drop-head``). Set again
+        at every bootstrap, so a changed bound applies; ``dead_letters_max`` 0 removes it (no bound)."""
+        if self.cfg.dead_letters_max > 0:
+            self.ctl("set_policy", "-p", RABBIT_VHOST, "--apply-to", "queues", DEAD_POLICY, f"^{re.escape(DEAD)}$",
+                     json.dumps({"max-length": self.cfg.dead_letters_max, "overflow": "drop-head"}))
+        else:
+            self.ctl("clear_policy", "-p", RABBIT_VHOST, DEAD_POLICY, ok_if="not found")
 
     def _bootstrap_worker_user(self) -> None:
         """Create the workers' user (or reset its password to the secrets file's) and set its permissions."""

@@ -177,6 +177,18 @@ class Records:
                                (time.time() - APPLIED_BATCHES_KEEP_S, limit))
         return self.transaction(work)
 
+    def prune_leader_terms(self, keep: int, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest ``leader_terms`` rows beyond the newest ``keep``, in a transaction of
+        their own (unfenced housekeeping, like :meth:`prune_applied_batches`; the newest row, the current term's, always
+        stays); returns how many."""
+        def work(cur: pymysql.cursors.Cursor) -> int:
+            cur.execute("SELECT epoch FROM leader_terms ORDER BY epoch DESC LIMIT 1 OFFSET %s", (max(keep, 1),))
+            row = cur.fetchone()
+            if row is None:
+                return 0
+            return cur.execute("DELETE FROM leader_terms WHERE epoch <= %s ORDER BY epoch LIMIT %s", (row[0], limit))
+        return self.transaction(work)
+
     def record_phases(self, epoch: int, phases: dict[str, float]) -> None:
         def work(cur: pymysql.cursors.Cursor) -> None:
             cur.execute("UPDATE leader_terms SET phases = %s WHERE epoch = %s", (json.dumps(phases), epoch))
@@ -361,6 +373,99 @@ class Records:
             return {r[0]: r[1] for r in cur.fetchall()}
         return self.transaction(work)
 
+    # --- retention (node/retention/) ---------------------------------------------------------------------
+    def latest_definitions(self) -> dict[str, str]:
+        """type -> the definition (canonical JSON) of its latest template version."""
+        def work(cur: pymysql.cursors.Cursor) -> dict[str, str]:
+            cur.execute("SELECT t.type, t.definition FROM templates t JOIN (SELECT type, MAX(version) AS v "
+                        "FROM templates GROUP BY type) m ON t.type = m.type AND t.version = m.v")
+            return {r[0]: r[1] for r in cur.fetchall()}
+        return self.transaction(work)
+
+    def gc_candidates(self, default: float | None, by_type: dict[str, float | None],
+                      limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` terminal experiments finished before their type's cutoff (``by_type``, else ``default``;
+        None: kept forever), oldest first: ``{experiment_id, type, state, finished_at, cutoff}``. One index range of
+        ``idx_state_finished`` per terminal state and cutoff, each ``LIMIT``-ed; rows of types kept longer than the
+        default are skipped within the default's range (see docs: the cost of long overrides)."""
+        def work(cur: pymysql.cursors.Cursor) -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            for state in TERMINAL_EXPERIMENT_STATES:
+                for where, args, cutoff_of in _gc_groups(default, by_type):
+                    cur.execute("SELECT experiment_id, type, state, finished_at FROM experiments "
+                                f"WHERE state = %s AND {where} ORDER BY finished_at LIMIT %s", (state, *args, limit))
+                    found += [{"experiment_id": r[0], "type": r[1], "state": r[2], "finished_at": r[3],
+                               "cutoff": cutoff_of(r[1])} for r in cur.fetchall()]
+            found.sort(key=lambda r: (r["finished_at"], r["experiment_id"]))
+            return found[:limit]
+        return self.transaction(work)
+
+    def gc_summary(self, default: float | None, by_type: dict[str, float | None]) -> list[dict[str, Any]]:
+        """Per type, how many terminal experiments are past its cutoff and the oldest ``finished_at`` among them
+        (what ``haorch gc --dry-run`` shows): ``{type, count, oldest_finished_at}``, by type."""
+        def work(cur: pymysql.cursors.Cursor) -> list[dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            marks = ",".join(["%s"] * len(TERMINAL_EXPERIMENT_STATES))
+            for where, args, _ in _gc_groups(default, by_type):
+                cur.execute(f"SELECT type, COUNT(*), MIN(finished_at) FROM experiments WHERE state IN ({marks}) "
+                            f"AND {where} GROUP BY type", (*TERMINAL_EXPERIMENT_STATES, *args))
+                for type_, count, oldest in cur.fetchall():
+                    out[type_] = {"type": type_, "count": int(count), "oldest_finished_at": oldest}
+            return [out[t] for t in sorted(out)]
+        return self.transaction(work)
+
+    def archive_rows(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """experiment_id -> ``{experiment, transitions, ledger}``: its row (params as stored) and every row of its
+        transition log and ledger, for the archive; ids without a row are left out."""
+        if not ids:
+            return {}
+        marks = ",".join(["%s"] * len(ids))
+
+        def rows(cur: pymysql.cursors.Cursor, sql: str) -> list[dict[str, Any]]:
+            cur.execute(sql, ids)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+        def work(cur: pymysql.cursors.Cursor) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {
+                r["experiment_id"]: {"experiment": r, "transitions": [], "ledger": []}
+                for r in rows(cur, f"SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id IN ({marks})")}
+            for table in ("transitions", "ledger"):
+                for r in rows(cur, f"SELECT * FROM {table} WHERE experiment_id IN ({marks}) ORDER BY id"):
+                    if r["experiment_id"] in out:
+                        out[r["experiment_id"]][table].append(r)
+            return out
+        return self.transaction(work)
+
+    def delete_experiments(self, epoch: int, cutoffs: dict[str, float]) -> list[str]:
+        """Delete the experiment rows, transition log and ledger rows of those experiments of ``cutoffs`` (id ->
+        cutoff) still terminal and finished before their cutoff, in ONE fenced transaction; returns the ids
+        deleted. READ COMMITTED, so the deletes lock the rows they delete and no gap (the leader's inserts of other
+        experiments' rows never wait for them), and the fence row is written last, so the lock every leader write
+        takes is held only while this commits (a write, as for every fenced transaction: see
+        :meth:`_check_fence`). A crash before the commit deletes nothing (the next gc step does it)."""
+        if not cutoffs:
+            return []
+        ids = sorted(cutoffs)
+        marks = ",".join(["%s"] * len(ids))
+        terminal = ",".join(["%s"] * len(TERMINAL_EXPERIMENT_STATES))
+
+        def work(cur: pymysql.cursors.Cursor) -> list[str]:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cur.execute(f"SELECT experiment_id, finished_at FROM experiments WHERE experiment_id IN ({marks}) "
+                        f"AND state IN ({terminal}) FOR UPDATE", (*ids, *TERMINAL_EXPERIMENT_STATES))
+            due = sorted(i for i, finished_at in cur.fetchall()
+                         if finished_at is not None and finished_at < cutoffs[i])
+            if due:
+                chosen = ",".join(["%s"] * len(due))
+                cur.execute(f"DELETE FROM transitions WHERE experiment_id IN ({chosen})", due)
+                cur.execute(f"DELETE FROM ledger WHERE experiment_id IN ({chosen})", due)
+                cur.execute(f"DELETE FROM experiments WHERE experiment_id IN ({chosen}) AND state IN ({terminal})",
+                            (*due, *TERMINAL_EXPERIMENT_STATES))
+            self._check_fence(cur, epoch)
+            return due
+        return self.transaction(work)
+
     def first_advance_after(self, epoch: int, since: float) -> tuple[int, str, float] | None:
         """(epoch, node_id, at) of the first transition written with an epoch above ``epoch`` at or after
         ``since``: where a failover ends (a measurement; ``haorch demo`` and the HA tests time failovers with it)."""
@@ -370,6 +475,20 @@ class Records:
             row = cur.fetchone()
             return None if row is None else (row[0], row[1], row[2])
         return self.transaction(work)
+
+
+def _gc_groups(default: float | None, by_type: dict[str, float | None]) -> list[tuple[str, tuple, Any]]:
+    """``(condition, args, cutoff_of)`` per cutoff: the default's (types without their own), then each type's; a
+    cutoff of None (kept forever) has none."""
+    groups: list[tuple[str, tuple, Any]] = []
+    if default is not None:
+        own = sorted(by_type)
+        where = "finished_at < %s" + (f" AND type NOT IN ({','.join(['%s'] * len(own))})" if own else "")
+        groups.append((where, (default, *own), lambda _type, c=default: c))
+    for type_, cutoff in sorted(by_type.items()):
+        if cutoff is not None:
+            groups.append(("type = %s AND finished_at < %s", (type_, cutoff), lambda _type, c=cutoff: c))
+    return groups
 
 
 class _FenceUnblocker:

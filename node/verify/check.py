@@ -2,6 +2,7 @@
 
     report = check(cfg, Scope(since=started_at))          # experiments created at or after ``since``
     report = check(cfg, Scope(experiment_ids=["exp-1"]))  # just these
+    report = check(cfg, Scope(since=t, archive_dir=cfg.archive_dir))  # and those retention archived and deleted
     if not report.ok:
         print(report.to_markdown())
 
@@ -35,5 +36,6 @@ def evaluate(snapshot: Snapshot) -> Report:
         experiments=len(snapshot.experiments), tasks=len(snapshot.tasks),
         duplicate_executions=snapshot.duplicate_keys, duplicate_rows=snapshot.duplicate_rows,
         replays=snapshot.replays, epochs=len(snapshot.epoch_nodes), executions=snapshot.executions,
-        transitions=snapshot.transitions, states=dict(Counter(snapshot.experiments.values())),
+        transitions=snapshot.transitions, archived=snapshot.archived,
+        states=dict(Counter(snapshot.experiments.values())),
         since=scope.since, experiment_ids=None if scope.experiment_ids is None else len(scope.experiment_ids))

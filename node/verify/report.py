@@ -20,6 +20,7 @@ class Report:
     epochs: int = 0                 # leader epochs that wrote transitions of the checked experiments
     executions: int = 0             # ledger rows
     transitions: int = 0            # transitions rows
+    archived: int = 0               # experiments retention deleted, checked from their archive records
     states: dict[str, int] = field(default_factory=dict)
     since: float | None = None
     experiment_ids: int | None = None  # how many ids the check was restricted to, if any
@@ -41,7 +42,8 @@ class Report:
     def counters(self) -> dict[str, Any]:
         return {"experiments": self.experiments, "tasks": self.tasks, "transitions": self.transitions,
                 "executions": self.executions, "duplicate_executions": self.duplicate_executions,
-                "duplicate_rows": self.duplicate_rows, "replays": self.replays, "epochs": self.epochs}
+                "duplicate_rows": self.duplicate_rows, "replays": self.replays, "epochs": self.epochs,
+                "archived": self.archived}
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, **self.counters(), "states": dict(self.states),

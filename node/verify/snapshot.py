@@ -1,11 +1,16 @@
 """What MariaDB and Neo4j recorded about a set of experiments, read once into plain data for the rules.
 
     snapshot = read(cfg, Scope(experiment_ids=ids))    # or Scope(since=started_at); Scope() is everything
+    snapshot = read(cfg, Scope(experiment_ids=ids, archive_dir=cfg.archive_dir))  # also what retention archived
 
 I/O only, no verdict. MariaDB is read in ONE transaction (``START TRANSACTION WITH CONSISTENT SNAPSHOT``): about
 a dozen aggregate statements whatever the number of experiments; Neo4j in one query per ``NEO4J_CHUNK`` experiments;
 the per-task work happens in the rules. A crash mid-read leaves nothing behind (the transaction is read only and
 rolled back). Neo4j is read after MariaDB, so a run still in progress can look inconsistent; check after a run.
+
+With ``archive_dir``, the experiments of the scope that retention deleted (``node/retention/``) are read from their
+archive records (``node/verify/archived.py``); without it, they are simply not in the snapshot (never reported
+lost). The archive is read first: its rows count for each epoch's first act, which the fencing rule compares with.
 
 Times are the UNIX seconds the writers stored; every process runs on one machine, so they share a clock.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -21,6 +27,7 @@ import pymysql
 from node.config import Config
 from node.model.advance import RETRY_WRITER
 from node.model.states import REDISPATCHED, TERMINAL_EXPERIMENT_STATES, TaskStatus
+from node.retention.archive import read_archive
 from node.stores.connect import mysql_connect, neo4j_driver
 
 NEO4J_CHUNK = 5000
@@ -31,10 +38,12 @@ Key = tuple[str, str]  # (experiment_id, task)
 
 @dataclass
 class Scope:
-    """The experiments to read: created at or after ``since`` and/or in ``experiment_ids`` (None: no limit)."""
+    """The experiments to read: created at or after ``since`` and/or in ``experiment_ids`` (None: no limit); those
+    retention deleted are read from ``archive_dir`` when given (empty or None: not at all)."""
 
     since: float | None = None
     experiment_ids: list[str] | None = None
+    archive_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.experiment_ids is not None:
@@ -159,6 +168,7 @@ class Snapshot:
     executions: int = 0                                                # ledger rows
     repeated_executions: list[RepeatedExecution] = field(default_factory=list)
     replays: int = 0                                                   # sum of ledger.replayed_count
+    archived: int = 0                                                  # experiments read from the archive
 
     @property
     def duplicate_keys(self) -> int:
@@ -188,13 +198,17 @@ class Snapshot:
 
 
 def read(cfg: Config, scope: Scope) -> Snapshot:
+    from node.verify.archived import add_archived, epoch_first_acts  # it builds on this module's types
+
     snapshot = Snapshot(scope=scope)
-    _read_mariadb(cfg, snapshot)
+    archived = read_archive(Path(scope.archive_dir)) if scope.archive_dir else {}
+    _read_mariadb(cfg, snapshot, epoch_first_acts(archived.values()))
     _read_neo4j(cfg, snapshot)
+    add_archived(snapshot, archived)
     return snapshot
 
 
-def _read_mariadb(cfg: Config, out: Snapshot) -> None:
+def _read_mariadb(cfg: Config, out: Snapshot, archived_first_at: dict[int, float] | None = None) -> None:
     exp_where, exp_args = out.scope.experiments()
     where, args = out.scope.rows()
     dispatches = (TaskStatus.DISPATCHED, REDISPATCHED)
@@ -242,7 +256,7 @@ def _read_mariadb(cfg: Config, out: Snapshot) -> None:
             cur.execute(f"SELECT COUNT(*), COALESCE(SUM(replayed_count), 0) FROM ledger WHERE {where}", args)
             executions, replays = _one(cur)
             out.executions, out.replays = int(executions), int(replays)
-            _read_epochs(cur, out, where, args)
+            _read_epochs(cur, out, where, args, archived_first_at or {})
         conn.rollback()
     finally:
         conn.close()
@@ -281,12 +295,16 @@ def _ints(csv: str | None) -> frozenset[int]:
     return frozenset(int(x) for x in csv.split(",")) if csv else frozenset()
 
 
-def _read_epochs(cur: pymysql.cursors.Cursor, out: Snapshot, where: str, args: list[Any]) -> None:
+def _read_epochs(cur: pymysql.cursors.Cursor, out: Snapshot, where: str, args: list[Any],
+                 archived_first_at: dict[int, float]) -> None:
     """Leader writes only (epoch 0 rows are the unfenced submit and cancel rows): the first act of every epoch
-    over the whole table, the actors of the scoped rows, leader terms, and the scoped rows written after a newer
-    epoch had acted (fetched only for the epochs whose last scoped act is that late)."""
+    over the whole table and the archive (``archived_first_at``), the actors of the scoped rows, leader terms, and
+    the scoped rows written after a newer epoch had acted (fetched only for the epochs whose last scoped act is that
+    late)."""
     cur.execute("SELECT epoch, MIN(at) FROM transitions WHERE epoch > 0 GROUP BY epoch")
-    out.epoch_first_at = {int(r[0]): r[1] for r in cur.fetchall()}
+    out.epoch_first_at = dict(archived_first_at)
+    for epoch, at in cur.fetchall():
+        out.epoch_first_at[int(epoch)] = min(at, out.epoch_first_at.get(int(epoch), at))
     cur.execute("SELECT epoch, MAX(at), GROUP_CONCAT(DISTINCT node_id ORDER BY node_id SEPARATOR ',') "
                 f"FROM transitions WHERE epoch > 0 AND {where} GROUP BY epoch", args)
     last_at: dict[int, float] = {}
