@@ -5,13 +5,22 @@
     graphs = purge.graphs(ids)                       # {id: {"experiment": {...}, "tasks": [...]}} for the archive
     done = purge.delete(epoch, {id: cutoff}, now)    # Purged(deleted, absent, kept)
 
-:meth:`Purge.delete` is ONE transaction that first locks the ``(:Fence {name: 'leader'})`` node, as every leader
-write, cancel and retry does (so it is serialized with them), refuses with :class:`FencedError` if the fence holds
-a newer epoch than the caller's, and with :class:`GraphNotReady` if the node lacks the generation MariaDB records.
-Under that lock it re-checks each experiment: still terminal, finished before its cutoff, and named by no Outbox
-node (a write MariaDB does not have yet, e.g. a retry whose caller died before its MariaDB write); anything else
-is kept. A crash before the commit deletes nothing; after it, the experiments' MariaDB rows remain and the next gc
-step finds them again, with no node here (``absent``), and deletes the rows. Deleting is idempotent.
+:meth:`Purge.delete` is ONE transaction that refuses with :class:`FencedError` if the ``(:Fence {name:
+'leader'})`` node holds a newer epoch than the caller's, and with :class:`GraphNotReady` if the node lacks the
+generation MariaDB records; then it write-locks each candidate's Experiment node and, under that lock, re-checks it:
+still terminal, finished before its cutoff, and named by no Outbox node (a write MariaDB does not have yet, e.g. a
+retry whose caller died before its MariaDB write); anything else is kept.
+
+Why it reads the fence instead of locking it as the leader's batches, cancel and retry do: the lock would make
+every batch of the leader wait for the whole delete (hundreds of milliseconds for a batch of experiments), and it
+is not needed for safety. Whatever changes an experiment (a retry reopening it, the leader finishing it and
+writing its Outbox node) writes its Experiment node in the same transaction, so the Experiment node lock orders
+this delete with each of them, and what is re-read under it is their committed result. A leader deposed after the
+fence was read may still delete, but only experiments that are finished and past their retention under that lock:
+what the new leader deletes too.
+
+A crash before the commit deletes nothing; after it, the experiments' MariaDB rows remain and the next gc step finds
+them again, with no node here (``absent``), and deletes the rows. Deleting is idempotent.
 """
 
 from __future__ import annotations
@@ -78,13 +87,15 @@ class Purge:
         now = time.time() if now is None else now
 
         def work(tx: ManagedTransaction) -> Purged:
-            fence = tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_gc_at = $now "
-                           "RETURN f.epoch AS epoch, f.generation AS generation", now=now).single()
+            fence = tx.run("MATCH (f:Fence {name: 'leader'}) "
+                           "RETURN f.epoch AS epoch, f.generation AS generation").single()
             if fence is not None and fence["epoch"] > epoch:
                 raise FencedError("neo4j", epoch, fence["epoch"])
             found = fence["generation"] if fence is not None else None
             if self.generation is not None and found != self.generation:
                 raise GraphNotReady(self.boundary.endpoint, self.generation, found)
+            tx.run("UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) SET e.gc_at = $now",
+                   ids=sorted(cutoffs), now=now)  # the locks (in one order: two collectors never deadlock)
             rows = tx.run("UNWIND $items AS item OPTIONAL MATCH (e:Experiment {experiment_id: item[0]}) "
                           "RETURN item[0] AS id, e IS NOT NULL AS present, "
                           "e.state IN $terminal AND coalesce(e.finished_at, 0) < item[1] AS due",
