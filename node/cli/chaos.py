@@ -42,11 +42,14 @@ def _parse_since(value: str | None) -> float | None:
 @click.option("--id", "experiment_ids", multiple=True, metavar="ID", help="Only this experiment (repeatable).")
 @json_option
 def check(since: str | None, experiment_ids: tuple[str, ...], as_json: bool) -> None:
-    """Verify every invariant over MariaDB and Neo4j; exit 1 naming each violation, 0 when all hold."""
+    """Verify every invariant over MariaDB and Neo4j (and the retention archive, when archive_dir is set); exit 1
+    naming each violation, 0 when all hold."""
     from node.verify import Scope
     from node.verify import check as run_check
 
-    report = run_check(config(), Scope(since=_parse_since(since), experiment_ids=list(experiment_ids) or None))
+    cfg = config()
+    report = run_check(cfg, Scope(since=_parse_since(since), experiment_ids=list(experiment_ids) or None,
+                                  archive_dir=cfg.archive_dir or None))
 
     def human(_data: object) -> None:
         counters = ", ".join(f"{k} {v}" for k, v in report.counters().items())
