@@ -22,8 +22,6 @@ also on an error or Ctrl-C (:mod:`bench.scratch`), and so is the archive, once c
 
 from __future__ import annotations
 
-import gzip
-import json
 import shutil
 import subprocess
 import time
@@ -43,6 +41,7 @@ from node.load import Load
 from node.model.executors import KNOWN_EXECUTORS
 from node.model.states import ExperimentState, TaskStatus
 from node.model.template import Template, parse_template
+from node.retention.archive import archive_files, read_lines
 from node.runtime.process import rss_bytes, wait_gone
 from node.runtime.programs import names, recorded
 from node.stores.queues import QUEUES
@@ -164,12 +163,9 @@ def kill_leader(cfg: Config, progress: Progress) -> dict[str, Any]:
 
 
 def archived(archive_dir: Path) -> Iterator[dict[str, Any]]:
-    """Every experiment record of the archive (``*.jsonl.gz``, one JSON object per line)."""
-    for path in sorted(archive_dir.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            for line in lines:
-                if line.strip():
-                    yield json.loads(line)
+    """Every experiment record of the archive, file by file (not all in memory at once)."""
+    for path in archive_files(archive_dir):
+        yield from read_lines(path)
 
 
 def account(cfg: Config, prefix: str, ids: list[str], archive_dir: Path) -> dict[str, int]:
@@ -178,8 +174,7 @@ def account(cfg: Config, prefix: str, ids: list[str], archive_dir: Path) -> dict
                                                "WHERE experiment_id LIKE %s", (prefix + "%",))}
     in_archive: dict[str, str] = {}
     for record in archived(archive_dir):
-        experiment = record.get("experiment", record)
-        in_archive[experiment["experiment_id"]] = experiment["state"]
+        in_archive[record["experiment_id"]] = record["experiment"]["state"]
     counts = {"stored_completed": 0, "archived_completed": 0, "other_state": 0, "lost": 0}
     for experiment_id in ids:
         if in_store.get(experiment_id) == ExperimentState.COMPLETED:

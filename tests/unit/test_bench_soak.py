@@ -28,8 +28,8 @@ def test_archived_reads_every_line_of_every_file(tmp_path: Path) -> None:
     for day, ids in (("2026-12-05", ["a", "b"]), ("2026-12-06", ["c"])):
         with gzip.open(tmp_path / f"{day}.jsonl.gz", "wt", encoding="utf-8") as out:
             for experiment_id in ids:
-                out.write(json.dumps({"experiment": {"experiment_id": experiment_id, "state": "COMPLETED"}}) + "\n")
-    assert [r["experiment"]["experiment_id"] for r in archived(tmp_path)] == ["a", "b", "c"]
+                out.write(json.dumps({"experiment_id": experiment_id, "experiment": {"state": "COMPLETED"}}) + "\n")
+    assert [r["experiment_id"] for r in archived(tmp_path)] == ["a", "b", "c"]
 
 
 def test_the_template_keeps_its_experiments_for_the_retention_given() -> None:
