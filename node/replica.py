@@ -29,6 +29,7 @@ from node.retry import RECONNECT, RESUME, call
 from node.stores.connect import neo4j_driver, zookeeper_client
 from node.stores.dags import DagStore, GraphNotReady
 from node.stores.ledger import Ledger
+from node.stores.pools import Pools
 from node.stores.rabbit import BatchConsumer, BatchPublisher, connect, pump
 from node.stores.records import Records
 
@@ -160,7 +161,7 @@ class Replica:
                 open_consumer=lambda: BatchConsumer(conn, list(LeaderTerm.QUEUES), prefetch=self.cfg.batch_size * 2),
                 fence_guard=lambda e: FenceGuard(dags.driver, e), acting=acting, clock=clock,
                 ledger_progress=self.ledger.in_progress if self.ledger else None, progress=progress,
-                repair_submits=repair, pump=lambda: pump(conn), waiting=publisher.waiting)
+                repair_submits=repair, pump=lambda: pump(conn), waiting=publisher.waiting, pools=Pools(records))
             self.leader_term = term
             self._mark_last_seen(dags, clock)
             dags.generation = expected_generation(dags, records)  # read again each retry: a rebuild changes it

@@ -13,7 +13,10 @@ from node.model.advance import AdvanceResult, Outcome
 
 
 class Dags(Protocol):
-    """The concrete DAGs; every write is fenced (FencedError once a newer epoch raised the fence)."""
+    """The concrete DAGs; every write is fenced (FencedError once a newer epoch raised the fence). ``pools``: the
+    slots of the bounded concurrency pools, which every dispatch respects (set by the leader)."""
+
+    pools: dict[str, int]
 
     def raise_fence(self, epoch: int, node_id: str) -> None: ...
 
@@ -31,6 +34,8 @@ class Dags(Protocol):
 
     def release_retry(self, ids: list[str], now: float) -> int: ...
 
+    def pool_usage(self, names: list[str], now: float) -> dict[str, dict[str, int]]: ...
+
 
 class Records(Protocol):
     """Experiment rows and the transition log; every write is fenced."""
@@ -42,3 +47,9 @@ class Records(Protocol):
                     fenced: bool = ..., reopen: bool = ...) -> bool: ...
 
     def prune_applied_batches(self, limit: int) -> int: ...
+
+
+class PoolLimits(Protocol):
+    """The record of the concurrency pools (:class:`~node.stores.pools.Pools`, MariaDB)."""
+
+    def limits(self) -> dict[str, int]: ...

@@ -17,6 +17,11 @@ starts and the others between batches, so the leader advances DAGs, and services
 backlog of any size is being re-dispatched. What a term has done is kept in a :class:`TermProgress` across retries
 of the same epoch: a retried term resumes the takeover after the last page and finishes a step Neo4j committed
 but MariaDB or the broker did not get, instead of starting over.
+
+Concurrency pools: the term reads the bounded pools' slots from MariaDB when it takes over and at every sweep and
+hands them to the DAG store, which holds a ready task of a full pool instead of dispatching it and dispatches the
+held ones, oldest first, as slots free (``node/stores/dags.py``); a changed limit is in force within a sweep
+interval. Everything it needs is in the stores, so a new leader enforces the same limits from its first dispatch.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any, ClassVar
 from node import failpoints, metrics
 from node.errors import MalformedMessage
 from node.isolation import handle_isolated
-from node.leader.ports import Dags, Records
+from node.leader.ports import Dags, PoolLimits, Records
 from node.model.advance import RETRY_WRITER, AdvanceResult, Dispatch, Outcome, transition_rows
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
 from node.model.states import TaskStatus
@@ -125,7 +130,8 @@ class LeaderTerm:
     ``ledger_progress`` maps (experiment_id, task, attempt) to the start time of an unfinished execution, so
     that the takeover does not re-dispatch work a live worker is doing. ``progress`` is the term's
     :class:`TermProgress`, shared by the retries of one epoch. ``pump()`` serves the AMQP connection (heartbeats)
-    between the steps of a takeover page; it raises DependencyError once the connection is gone."""
+    between the steps of a takeover page; it raises DependencyError once the connection is gone. ``pools`` reads the
+    concurrency pools' slots (the replica passes MariaDB's ``pools`` table; None: every pool unbounded)."""
 
     QUEUES = (RESPONSES, SUBMISSIONS)
 
@@ -137,7 +143,8 @@ class LeaderTerm:
                  progress: TermProgress | None = None,
                  repair_submits: Callable[[int, float], None] | None = None,
                  pump: Callable[[], None] = lambda: None,
-                 waiting: Callable[[str], int] | None = None) -> None:
+                 waiting: Callable[[str], int] | None = None,
+                 pools: PoolLimits | None = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.epoch = epoch
@@ -153,6 +160,9 @@ class LeaderTerm:
         self.progress = progress if progress is not None else TermProgress()
         self.pump = pump
         self.waiting = waiting
+        self.pools = pools
+        self._limits: dict[str, int] | None = None  # the pools' slots last read (None: not yet)
+        self._gauged: set[str] | None = None  # the pools whose gauges this term set (None: none yet)
         self.consumer: Consumer | None = None
         self.advanced = 0
         self._settled: list[str] = []  # Outbox ids MariaDB has; deleted by the next sweep
@@ -164,6 +174,7 @@ class LeaderTerm:
         """Raise both fences, write the transition rows a previous leader committed in Neo4j only, finish what a
         failed attempt of this term left half-done, then re-dispatch the first page of lost work; :meth:`run`
         re-dispatches the other pages between batches."""
+        self._read_pools()
         self.records.raise_fence(self.epoch, self.node_id, self.clock.marks.get("elected", time.time()))
         with self.fence_guard(self.epoch):  # an older leader frozen mid-transaction may hold the lock
             self.dags.raise_fence(self.epoch, self.node_id)
@@ -398,6 +409,8 @@ class LeaderTerm:
             self.dags.forget_outbox(self._settled)
             self._settled = []
         now = time.time()
+        self._read_pools()
+        self._observe_pools(now)
         self._write_outbox(before=now - self.cfg.submit_grace_s)
         self.records.prune_applied_batches(limit=self.cfg.batch_size * 5)
         if self.repair_submits is not None:  # first: the roots of the DAGs it builds are due work
@@ -409,6 +422,31 @@ class LeaderTerm:
         self._record(due, now)
         if self.acting():
             self._send(due)
+
+    def _read_pools(self) -> None:
+        """Hand the bounded pools' slots, as MariaDB has them now, to the DAG store, which enforces them at every
+        dispatch from now on (a pool whose row went is unbounded again)."""
+        limits = self.pools.limits() if self.pools is not None else {}
+        if limits != self._limits and (limits or self._limits):
+            log.info("leader: epoch=%d concurrency pools %s", self.epoch,
+                     ", ".join(f"{name}={slots}" for name, slots in sorted(limits.items())) or "none")
+        self.dags.pools = self._limits = limits
+
+    def _observe_pools(self, now: float) -> None:
+        """The pools' gauges: slots, tasks dispatched, ready tasks held (one read, bounded pools only)."""
+        limits = self.dags.pools
+        gauges = (metrics.POOL_SLOTS, metrics.POOL_IN_USE, metrics.POOL_WAITING)
+        if self._gauged != set(limits):  # a pool's limit was lifted: its series go
+            for gauge in gauges:
+                gauge.clear()
+            self._gauged = set(limits)
+        if not limits:
+            return
+        usage = self.dags.pool_usage(sorted(limits), now)
+        for name, slots in limits.items():
+            metrics.POOL_SLOTS.labels(name).set(slots)
+            metrics.POOL_IN_USE.labels(name).set(usage.get(name, {}).get("in_use", 0))
+            metrics.POOL_WAITING.labels(name).set(usage.get(name, {}).get("waiting", 0))
 
     def _queues_drained(self) -> bool:
         """Whether an overdue attempt can only be lost or stuck with a worker: no more than a batch waits in

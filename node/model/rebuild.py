@@ -19,7 +19,9 @@ dynamic part replays the task's rows in log order (the log records every change 
   dispatch is attempt + 1, with the template's attempts again); the leader dispatches it when it is ready.
 
 ``waiting`` counts the predecessors not executed, ``remaining`` the experiment's tasks not executed, and the
-experiment's state is the one its MariaDB row holds. ``epoch`` is the epoch of the task's last row.
+experiment's state is the one its MariaDB row holds. ``epoch`` is the epoch of the task's last row. ``pool`` is the
+task's concurrency pool; a task that was held for a slot (ready, not dispatched: no row says so) is rebuilt ready,
+without the time it became ready, and the leader dispatches it within its pool's slots.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def task_node(experiment_id: str, spec: TaskSpec, request: bytes, steps: Sequenc
     """The Task node of ``spec`` after replaying its ``steps`` (``waiting`` is set by :func:`rebuild`)."""
     node: dict[str, Any] = {
         "key": f"{experiment_id}/{spec.name}", "experiment_id": experiment_id, "name": spec.name, "kind": spec.kind,
-        "request": request, "executed": False, "status": TaskStatus.PENDING.value, "attempt": 0, "waiting": 0,
+        "pool": spec.pool, "request": request, "executed": False, "status": TaskStatus.PENDING.value, "attempt": 0,
+        "waiting": 0,
         "max_attempts": spec.retry.max_attempts, "backoff_s": spec.retry.backoff_s,
         "backoff_factor": spec.retry.backoff_factor, "max_backoff_s": spec.retry.max_backoff_s,
         "timeout_s": spec.timeout_s, "epoch": 0, "flags": 0, "dispatched_at": None, "finished_at": None,

@@ -10,6 +10,10 @@ can be dispatched again (a takeover or an overdue response re-sends the same att
 final, except that a user's *retry* (``haorch retry``) takes a FAILED or CANCELLED experiment back to RUNNING and its
 FAILED and CANCELLED tasks back to PENDING (each then runs with a new attempt number).
 
+A ready task (PENDING with no predecessor left, or RETRY_WAIT past its backoff) of a concurrency pool whose slots are
+all taken is *held*: it keeps its status until the leader dispatches it into a free slot (``node/stores/dags.py``).
+Held is not a status: nothing but the pool's count decides it, and no transition is logged for it.
+
 The transition log (MariaDB ``transitions.to_state``) uses these names, plus :data:`REDISPATCHED` for a re-send of
 an attempt that was already dispatched.
 """

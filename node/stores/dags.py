@@ -39,6 +39,18 @@ sets it for each term, submitters when they connect): every fenced transaction a
 the Fence node carries it, and raises :class:`GraphNotReady` otherwise — an emptied Neo4j (its Fence node is new, or
 missing) or one ``haorch recover neo4j`` is rebuilding is never advanced, and no response is taken there for a task
 that does not exist yet.
+
+**Concurrency pools.** Each Task node carries its ``pool`` (its template's ``pool``, else its kind;
+``coalesce(t.pool, t.kind)`` for a node older than pools). ``DagStore.pools``, when not empty, holds the slots of the
+bounded pools (MariaDB ``pools``, :mod:`node.stores.pools`; the leader sets it each term and sweep). Every dispatch
+(successors in ``_flag``, submitted roots, due roots and retries) then leaves a ready task of a bounded pool where it
+is — PENDING with ``waiting = 0`` (``held_at`` set: the time it became ready) or RETRY_WAIT past its ``not_before``:
+*held* — and :func:`_release` dispatches held tasks, oldest first, while the pool's count of DISPATCHED tasks is below
+its slots. That count is taken in the same transaction, after the Fence lock that serializes every dispatching
+transaction, so it is exact: no two leaders' or batches' counts overlap. A re-send of a DISPATCHED attempt takes no
+new slot. Held is not a status of its own: it is what a ready task is while its pool is full, so the transition log,
+the rebuild from MariaDB and the verifier know nothing of it; a rebuilt graph has no ``held_at`` (its held tasks go
+first, by key). With no bounded pool the queries are those without pools: no extra statement, no extra predicate.
 """
 
 from __future__ import annotations
@@ -79,6 +91,55 @@ _LIVE = list(LIVE_EXPERIMENT_STATES)
 
 #: the ``not_before`` of a retried task held until MariaDB records its retry (never due: far beyond any clock)
 RETRY_HELD = 1.0e18
+
+# Held tasks of the bounded pools ($pools: [{name, slots}]) dispatched while slots are free, oldest ready first: a
+# PENDING task since it became ready (``held_at``; none: a root whose notice was lost, or a rebuilt graph's), a
+# RETRY_WAIT task since its backoff passed. Every seek is one on the (pool, status, waiting) index: the hint, because
+# the planner otherwise picks the status index (every DISPATCHED task) or a scan for a pool that comes from UNWIND.
+_BY_POOL = "MATCH (t:Task) USING INDEX t:Task(pool, status, waiting) WHERE t.pool = p.name AND "
+_RELEASE = (
+    "UNWIND $pools AS p "
+    "CALL (p) { " + _BY_POOL + "t.status = $dispatched AND t.waiting IS NOT NULL RETURN count(t) AS used } "
+    "WITH p, p.slots - used AS free WHERE free > 0 "
+    "CALL (p, free) { "
+    "  CALL (p) { " + _BY_POOL + "t.status = $pending AND t.waiting = 0 "
+    "             RETURN t, coalesce(t.held_at, 0.0) AS since "
+    "             UNION ALL "
+    "             " + _BY_POOL + "t.status = $retry_wait AND t.waiting IS NOT NULL AND t.not_before <= $now "
+    "             RETURN t, t.not_before AS since } "
+    "  WITH free, t ORDER BY since, t.key "
+    "  WITH free, collect(t) AS ready UNWIND ready[..free] AS t RETURN t } "
+    "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, t.epoch = $epoch ")
+
+
+def _unbounded(task: str, pools: dict[str, int]) -> str:
+    """A predicate (`` AND ...``) that keeps tasks of the bounded ``pools`` out of a dispatch; empty with none."""
+    return f" AND NOT coalesce({task}.pool, {task}.kind) IN $bounded" if pools else ""
+
+
+def _hold(task: str, pools: dict[str, int]) -> str:
+    """Clauses that mark the ready ``task`` rows of the bounded ``pools`` held (from now) and keep the others."""
+    if not pools:
+        return ""
+    return (f"WITH {task}, coalesce({task}.pool, {task}.kind) IN $bounded AS held "
+            f"SET {task}.held_at = CASE WHEN held THEN coalesce({task}.held_at, $now) ELSE {task}.held_at END "
+            f"WITH {task} WHERE NOT held ")
+
+
+def _release(tx: ManagedTransaction, epoch: int, now: float, pools: dict[str, int],
+             result: AdvanceResult) -> None:
+    """Dispatch held tasks of the bounded ``pools`` into their free slots (see :data:`_RELEASE`), into ``result``;
+    their experiments still QUEUED start."""
+    rows = tx.run(_RELEASE + _RETURN_DISPATCH, pools=[{"name": n, "slots": s} for n, s in sorted(pools.items())],
+                  now=now, epoch=epoch, pending=TaskStatus.PENDING, retry_wait=TaskStatus.RETRY_WAIT,
+                  dispatched=TaskStatus.DISPATCHED)
+    released = AdvanceResult(dispatches=_dispatch_rows(list(rows)))
+    if not released.dispatches:
+        return
+    _start_experiments(tx, now, released)
+    result.dispatches += released.dispatches
+    for experiment_id, state in released.experiments.items():
+        result.experiments.setdefault(experiment_id, state)
 
 
 class GraphNotReady(DependencyError):
@@ -168,6 +229,7 @@ class DagStore:
         self.tx_timeout_s = tx_timeout_s
         self.boundary = neo4j_boundary(driver)  # every public method: driver failures leave as DependencyError
         self.generation: str | None = None  # the graph's generation in MariaDB; None: not checked
+        self.pools: dict[str, int] = {}  # the bounded pools' slots (MariaDB ``pools``), set by the leader
 
     def _gate(self, found: str | None) -> None:
         """GraphNotReady unless the Fence node carries :attr:`generation` (when one is expected)."""
@@ -250,7 +312,7 @@ class DagStore:
             if not new:
                 return []
             rows = [{"id": experiment_id, "tasks": [
-                {"key": f"{experiment_id}/{spec.name}", "name": spec.name, "kind": spec.kind,
+                {"key": f"{experiment_id}/{spec.name}", "name": spec.name, "kind": spec.kind, "pool": spec.pool,
                  "request": static_request_bytes(experiment_id, spec, params, defaults), "waiting": waiting,
                  "max_attempts": spec.retry.max_attempts, "backoff_s": spec.retry.backoff_s,
                  "backoff_factor": spec.retry.backoff_factor, "max_backoff_s": spec.retry.max_backoff_s,
@@ -259,7 +321,8 @@ class DagStore:
                    "CREATE (e:Experiment {experiment_id: row.id, type: $type, version: $version, state: $queued, "
                    "remaining: $n, created_at: $now}) "
                    "WITH row UNWIND row.tasks AS t "
-                   "CREATE (:Task {key: t.key, experiment_id: row.id, name: t.name, kind: t.kind, request: t.request, "
+                   "CREATE (:Task {key: t.key, experiment_id: row.id, name: t.name, kind: t.kind, pool: t.pool, "
+                   "request: t.request, "
                    "executed: false, status: $pending, attempt: 0, waiting: t.waiting, "
                    "max_attempts: t.max_attempts, backoff_s: t.backoff_s, backoff_factor: t.backoff_factor, "
                    "max_backoff_s: t.max_backoff_s, timeout_s: t.timeout_s, epoch: 0, flags: 0})",
@@ -304,7 +367,8 @@ class DagStore:
     @at_boundary
     def experiment_tasks(self, experiment_id: str) -> list[dict[str, Any]]:
         """Every task of an experiment with its state, attempts and timings, in a stable order; ``max_attempts`` is the
-        attempt it may reach (after a retry: the attempts before it plus the template's)."""
+        attempt it may reach (after a retry: the attempts before it plus the template's); ``waiting_on``: what a
+        dispatched attempt waits on, or for a ready task held by its full pool, that pool."""
         records, _, _ = self.driver.execute_query(
             "MATCH (t:Task {experiment_id: $id}) OPTIONAL MATCH (t)-[:DEPENDS_ON]->(p:Task) "
             "WITH t, collect(p.name) AS deps "
@@ -312,8 +376,11 @@ class DagStore:
             "t.attempt AS attempt, t.max_attempts + coalesce(t.attempt_base, 0) AS max_attempts, "
             "t.dispatched_at AS dispatched_at, "
             "t.finished_at AS finished_at, t.last_error AS last_error, t.epoch AS epoch, deps AS depends_on, "
-            "CASE WHEN t.status = $dispatched THEN t.waiting_on END AS waiting_on "
-            "ORDER BY coalesce(t.dispatched_at, 1e18), t.name", id=experiment_id, dispatched=TaskStatus.DISPATCHED)
+            "CASE WHEN t.status = $dispatched THEN t.waiting_on "
+            "     WHEN t.status = $pending AND t.waiting = 0 AND t.held_at IS NOT NULL "
+            "     THEN 'a slot of pool ' + coalesce(t.pool, t.kind) END AS waiting_on "
+            "ORDER BY coalesce(t.dispatched_at, 1e18), t.name", id=experiment_id, dispatched=TaskStatus.DISPATCHED,
+            pending=TaskStatus.PENDING)
         return [dict(r) for r in records]
 
     # --- fencing -----------------------------------------------------------------------------------------
@@ -356,24 +423,27 @@ class DagStore:
     def _advance(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], submitted: list[str],
                  now: float) -> AdvanceResult:
         result = AdvanceResult()
+        pools = dict(self.pools)  # one view of the limits for the whole transaction
         if outcomes:
-            self._apply_outcomes(tx, epoch, outcomes, now, result)
+            self._apply_outcomes(tx, epoch, outcomes, now, result, pools)
         else:
             self._gate(_check_fence(tx, epoch))
         if submitted:  # once per experiment: a repeated id in one UNWIND dispatched its roots twice
             rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
-                          "WHERE t.status = $pending AND t.waiting = 0 "
+                          "WHERE t.status = $pending AND t.waiting = 0 " + _hold("t", pools) +
                           "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, "
                           "t.epoch = $epoch " + _RETURN_DISPATCH, ids=sorted(set(submitted)), now=now, epoch=epoch,
-                          pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
+                          pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED, bounded=list(pools))
             roots = AdvanceResult(dispatches=_dispatch_rows(list(rows)))
             _start_experiments(tx, now, roots)  # successors' experiments are RUNNING already
             result.dispatches += roots.dispatches
             result.experiments.update({k: v for k, v in roots.experiments.items() if k not in result.experiments})
+        if pools:  # slots this batch freed, tasks it made ready: one release for every bounded pool
+            _release(tx, epoch, now, pools, result)
         return _outbox(tx, epoch, now, result)
 
     def _apply_outcomes(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], now: float,
-                        result: AdvanceResult) -> None:
+                        result: AdvanceResult, pools: dict[str, int]) -> None:
         # One statement: check the fence (which also serializes this transaction with cancel(), since both
         # write the Fence node first), then read the tasks.
         rows = list(tx.run(
@@ -400,7 +470,7 @@ class DagStore:
                    rows=verdict.waits, now=now, epoch=epoch)
             result.waits += verdict.waits
         if verdict.successes:
-            self._flag(tx, epoch, verdict.successes, now, result)
+            self._flag(tx, epoch, verdict.successes, now, result, pools)
         if verdict.retries:
             # the template's backoff: backoff_s * backoff_factor ^ (attempt - 1), at most max_backoff_s; a lost
             # attempt is retried at once and counted in t.lost
@@ -418,10 +488,10 @@ class DagStore:
             self._fail(tx, epoch, verdict.fails, now, result)
 
     def _flag(self, tx: ManagedTransaction, epoch: int, successes: list[dict], now: float,
-              result: AdvanceResult) -> None:
-        """Flag tasks executed, dispatch successors whose last predecessor this was, complete experiments:
-        one statement. Successors lose one waiting predecessor per flagged parent, aggregated first so that
-        a fan-in with several parents in the batch counts right."""
+              result: AdvanceResult, pools: dict[str, int]) -> None:
+        """Flag tasks executed, dispatch successors whose last predecessor this was (those of bounded ``pools``
+        are held instead), complete experiments: one statement. Successors lose one waiting predecessor per flagged
+        parent, aggregated first so that a fan-in with several parents in the batch counts right."""
         per_experiment: dict[str, int] = {}
         for success in successes:
             per_experiment[success["experiment_id"]] = per_experiment.get(success["experiment_id"], 0) + 1
@@ -431,7 +501,7 @@ class DagStore:
             "      t.flags = t.flags + 1 "
             "  WITH t MATCH (s:Task)-[:DEPENDS_ON]->(t) "
             "  WITH s, count(*) AS n SET s.waiting = s.waiting - n "
-            "  WITH s WHERE s.waiting = 0 AND s.status = $pending "
+            "  WITH s WHERE s.waiting = 0 AND s.status = $pending " + _hold("s", pools) +
             "  SET s.status = $dispatched, s.attempt = s.attempt + 1, s.dispatched_at = $now, s.epoch = $epoch "
             "  RETURN collect({key: s.key, experiment_id: s.experiment_id, name: s.name, kind: s.kind, "
             "                  request: s.request, attempt: s.attempt}) AS dispatches } "
@@ -442,7 +512,8 @@ class DagStore:
             "RETURN dispatches, completed",
             keys=[s["key"] for s in successes], exps=[{"id": k, "n": v} for k, v in per_experiment.items()],
             now=now, epoch=epoch, succeeded=TaskStatus.SUCCEEDED, pending=TaskStatus.PENDING,
-            dispatched=TaskStatus.DISPATCHED, live=_LIVE, completed=ExperimentState.COMPLETED).single(strict=True)
+            dispatched=TaskStatus.DISPATCHED, live=_LIVE, completed=ExperimentState.COMPLETED,
+            bounded=list(pools)).single(strict=True)
         result.flagged += successes
         result.dispatches += _dispatch_rows(record["dispatches"])
         for experiment_id in record["completed"]:
@@ -535,7 +606,7 @@ class DagStore:
                 "SET t.status = CASE WHEN waiting = 0 THEN $retry_wait ELSE $pending END, "
                 "t.not_before = CASE WHEN waiting = 0 THEN $held END, t.waiting = waiting, "
                 "t.attempt_base = t.attempt, t.lost = 0, t.finished_at = null, t.last_error = null, "
-                "t.recheck_at = null, t.waiting_since = null, t.waiting_on = null, t.epoch = 0 "
+                "t.recheck_at = null, t.waiting_since = null, t.waiting_on = null, t.held_at = null, t.epoch = 0 "
                 "RETURN t.experiment_id AS experiment_id, t.name AS name, was AS status, t.attempt AS attempt "
                 "ORDER BY t.name", id=experiment_id, retry_wait=TaskStatus.RETRY_WAIT, pending=TaskStatus.PENDING,
                 held=RETRY_HELD)
@@ -568,20 +639,23 @@ class DagStore:
     def due_work(self, epoch: int, now: float, grace_s: float, limit: int, overdue: bool = True) -> AdvanceResult:
         """Roots never dispatched (a submission whose notice was lost), retries whose backoff has passed, waiting
         attempts whose re-check is due and, if ``overdue``, dispatched tasks whose response is overdue (not those
-        waiting for their re-check), as dispatches."""
+        waiting for their re-check), as dispatches; with bounded pools, the roots and retries of those pools only
+        as their free slots allow (held tasks of a pool whose slots were raised or freed by a cancel go here)."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
             self._gate(_check_fence(tx, epoch))
-            roots = tx.run("MATCH (t:Task {status: $pending}) WHERE t.waiting = 0 WITH t LIMIT $limit "
+            pools = dict(self.pools)
+            roots = tx.run("MATCH (t:Task {status: $pending}) WHERE t.waiting = 0" + _unbounded("t", pools) +
+                           " WITH t LIMIT $limit "
                            "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, "
                            "t.epoch = $epoch " + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
-                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
+                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED, bounded=list(pools))
             found = _dispatch_rows(list(roots))
-            retries = tx.run("MATCH (t:Task {status: $retry_wait}) WHERE t.not_before <= $now "
-                             "WITH t LIMIT $limit "
+            retries = tx.run("MATCH (t:Task {status: $retry_wait}) WHERE t.not_before <= $now" +
+                             _unbounded("t", pools) + " WITH t LIMIT $limit "
                              "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, "
                              "t.epoch = $epoch " + _RETURN_DISPATCH, now=now, limit=limit, epoch=epoch,
-                             retry_wait=TaskStatus.RETRY_WAIT, dispatched=TaskStatus.DISPATCHED)
+                             retry_wait=TaskStatus.RETRY_WAIT, dispatched=TaskStatus.DISPATCHED, bounded=list(pools))
             found += _dispatch_rows(list(retries))
             rechecks = tx.run("MATCH (t:Task {status: $dispatched}) WHERE t.recheck_at <= $now WITH t LIMIT $limit "
                               "SET t.recheck_at = null, t.dispatched_at = $now, t.epoch = $epoch " + _RETURN_DISPATCH,
@@ -595,10 +669,28 @@ class DagStore:
                           dispatched=TaskStatus.DISPATCHED)
             result = AdvanceResult(dispatches=found + _dispatch_rows(list(late), redispatch=True))
             _start_experiments(tx, now, result)
+            if pools:
+                _release(tx, epoch, now, pools, result)
             return _outbox(tx, epoch, now, result)
 
         with self.driver.session() as session:
             return session.execute_write(self._timed(work))
+
+    @at_boundary
+    def pool_usage(self, names: list[str], now: float) -> dict[str, dict[str, int]]:
+        """Per pool of ``names``: ``in_use``, its DISPATCHED tasks, and ``waiting``, its ready tasks not dispatched
+        (PENDING with no predecessor left, RETRY_WAIT past its backoff): held while the pool is full. Index seeks on
+        (pool, status, waiting); read only."""
+        records, _, _ = self.driver.execute_query(
+            "UNWIND $names AS name WITH {name: name} AS p "
+            "CALL (p) { " + _BY_POOL + "t.status = $dispatched AND t.waiting IS NOT NULL RETURN count(t) AS in_use } "
+            "CALL (p) { " + _BY_POOL + "t.status = $pending AND t.waiting = 0 RETURN count(t) AS ready } "
+            "CALL (p) { " + _BY_POOL + "t.status = $retry_wait AND t.waiting IS NOT NULL AND t.not_before <= $now "
+            "           RETURN count(t) AS due } "
+            "RETURN p.name AS name, in_use, ready + due AS waiting", names=names, now=now,
+            dispatched=TaskStatus.DISPATCHED, pending=TaskStatus.PENDING, retry_wait=TaskStatus.RETRY_WAIT,
+            routing_="r")
+        return {r["name"]: {"in_use": r["in_use"], "waiting": r["waiting"]} for r in records}
 
     @at_boundary
     def rescan(self, epoch: int, after: str, limit: int) -> list[dict[str, Any]]:
@@ -621,18 +713,21 @@ class DagStore:
     def mark_dispatched(self, epoch: int, keys: list[str], now: float) -> AdvanceResult:
         """Takeover re-dispatch of one page: (re)mark tasks as dispatched now; PENDING roots get attempt 1 (a first
         dispatch, not a re-send). A task this epoch has dispatched since the page was read (a batch or the sweep
-        did) is left alone."""
+        did) is left alone, and so is a PENDING task of a bounded pool: a held task is the sweep's to dispatch,
+        within its pool's slots (a re-send takes no new slot)."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
             self._gate(_check_fence(tx, epoch))
+            pools = dict(self.pools)
+            held = "AND (t.status = $dispatched OR NOT coalesce(t.pool, t.kind) IN $bounded) " if pools else ""
             rows = tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) "
                           "WHERE t.executed = false AND t.status IN [$pending, $dispatched] "
-                          "AND coalesce(t.epoch, 0) <> $epoch "
+                          "AND coalesce(t.epoch, 0) <> $epoch " + held +
                           "WITH t, t.status = $dispatched AS again "
                           "SET t.attempt = CASE WHEN again THEN t.attempt ELSE t.attempt + 1 END, "
                           "t.status = $dispatched, t.dispatched_at = $now, t.epoch = $epoch, t.recheck_at = null "
                           + _RETURN_DISPATCH + ", again", keys=keys, now=now, epoch=epoch,
-                          pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED)
+                          pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED, bounded=list(pools))
             result = AdvanceResult(dispatches=[
                 Dispatch(r["key"], r["experiment_id"], r["name"], r["kind"], r["request"], r["attempt"], r["again"])
                 for r in rows])
