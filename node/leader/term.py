@@ -381,7 +381,7 @@ class LeaderTerm:
         t0 = time.perf_counter()
         result = self.dags.advance(self.epoch, outcomes, submitted, now)
         t1 = time.perf_counter()
-        dead += [(d, f"response for unknown task {key}")
+        dead += [(d, f"response for unknown task {key} (never submitted, or deleted by retention)")
                  for key in dict.fromkeys(result.unknown) for d in by_key[key]]
         self._record(result, now)
         if not self.acting():
