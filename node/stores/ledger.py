@@ -35,10 +35,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import pymysql
+from pymysql.constants import CLIENT
 from pymysql.cursors import Cursor
 
 from node.config import Config
@@ -139,20 +140,15 @@ class Ledger:
         args = [value for start in unique.values() for value in start]
 
         def insert(cur: Cursor) -> dict[Key, int]:
-            cur.execute(sql, args)
-            won = {(r[1], r[2], int(r[3])): int(r[0]) for r in cur.fetchall()}
-            taken = [key for key in unique if key not in won]
-            if taken:  # a retry whose first commit went through finds its own rows: same worker, same claim time
-                cur.execute("SELECT id, experiment_id, task, attempt, worker, started_at FROM ledger WHERE "
-                            "(experiment_id, task, attempt) IN (" + ",".join(["(%s,%s,%s)"] * len(taken))
-                            + ") AND ended_at IS NULL", [v for key in taken for v in key])
-                for row_id, experiment_id, task, attempt, worker, started_at in cur.fetchall():
-                    mine = unique[(experiment_id, task, int(attempt))]
-                    if (worker, started_at) == (mine.worker, mine.started_at):
-                        won[(experiment_id, task, int(attempt))] = int(row_id)
-            return won
+            return {(r[1], r[2], int(r[3])): int(r[0]) for r in _committed(cur, sql, args)}
 
-        return self._transaction(insert)
+        won = self._transaction(insert, commit=False)
+        taken = [key for key in unique if key not in won]
+        if taken:  # a retry whose first commit went through finds its own rows: same worker, same claim time
+            for row in self._rows(taken, "ended_at IS NULL"):
+                if (row.worker, row.started_at) == (unique[row.key].worker, unique[row.key].started_at):
+                    won[row.key] = row.id
+        return won
 
     def rows(self, keys: Iterable[Key]) -> dict[Key, LedgerRow]:
         """The claim of each of ``keys`` that has one (one SELECT), ended or not, with ``expired`` set."""
@@ -219,13 +215,10 @@ class Ledger:
         args += ids
 
         def update(cur: Cursor) -> set[int]:
-            cur.execute(f"SELECT id FROM ledger WHERE id IN ({marks}) AND ended_at IS NULL FOR UPDATE", ids)
-            open_ids = {int(r[0]) for r in cur.fetchall()}
-            if open_ids:
-                cur.execute(sql, args)
-            return open_ids
+            lock = f"SELECT id FROM ledger WHERE id IN ({marks}) AND ended_at IS NULL FOR UPDATE"
+            return {int(r[0]) for r in _committed(cur, f"{lock}; {sql}", [*ids, *args])}
 
-        return self._transaction(update)
+        return self._transaction(update, commit=False)
 
     def abandon(self, ids: list[int], reason: str) -> dict[int, LedgerRow]:
         """End, as failed with ``"abandoned: <reason>"``, each claim of ``ids`` still open after its deadline (one
@@ -281,15 +274,17 @@ class Ledger:
         self._drop()
 
     # --- connection handling ------------------------------------------------------------------
-    def _transaction(self, work: Callable[[Cursor], T], within_s: float | None = None) -> T:
-        """Run ``work`` in a transaction and commit; on a lost connection reconnect and run it again (for up to
-        ``within_s``, default ``retry_for_s``)."""
+    def _transaction(self, work: Callable[[Cursor], T], within_s: float | None = None, commit: bool = True) -> T:
+        """Run ``work`` in a transaction and commit (``commit=False``: ``work`` commits itself, see
+        :func:`_committed`); on a lost connection reconnect and run it again (for up to ``within_s``, default
+        ``retry_for_s``)."""
         def once() -> T:
             with self._boundary:
                 conn = self._connection()
                 with conn.cursor() as cur:
                     value = work(cur)
-                conn.commit()
+                if commit:
+                    conn.commit()
                 return value
 
         try:
@@ -310,7 +305,8 @@ class Ledger:
         if self._conn is not None and suspected(self._conn.host):  # cut off, likely: reconnect to another member
             self._drop()
         if self._conn is None:
-            conn = mysql_connect(self.cfg, self.role)
+            # several statements in one query: a transaction and its COMMIT in one round trip (_committed)
+            conn = mysql_connect(self.cfg, self.role, client_flag=CLIENT.MULTI_STATEMENTS)
             with conn.cursor() as cur:  # every statement sees what other workers committed before it
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             self._conn = conn
@@ -323,6 +319,17 @@ class Ledger:
                 conn.close()
             except Exception:  # noqa: BLE001 - the connection is already broken; nothing to release
                 pass
+
+
+def _committed(cur: Cursor, sql: str, args: Sequence[object]) -> list[tuple]:
+    """Run the statements ``sql`` (``;``-separated, arguments bound as usual) followed by COMMIT, in one round trip:
+    the rows of the first statement. A failing statement raises and stops the rest; the transaction is then left
+    uncommitted, and the caller drops the connection (rollback)."""
+    cur.execute(f"{sql}; COMMIT", args)
+    rows = list(cur.fetchall())
+    while cur.nextset():
+        pass
+    return rows
 
 
 def _row(raw: tuple) -> LedgerRow:

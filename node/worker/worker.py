@@ -1,4 +1,4 @@
-"""The worker loop: a batch of requests in, one claim, the executions, one update, one publish, one ack.
+"""The worker loop: a batch of requests in, one claim, the executions, and each group of them answered as it ends.
 
     stop = threading.Event()
     Worker(cfg, "worker-1", concurrency=4).run(stop)      # until stop is set; survives broker/database restarts
@@ -16,15 +16,19 @@ Per batch taken from ``haorch.requests`` (at most ``cfg.batch_size``, fewer whil
 3. the claimed attempts run concurrently on ``concurrency`` threads, each within its request's ``timeout_s``
    counted from its own start (a late task is reported as failed and its thread abandoned: Python cannot kill a
    thread, so the pool is replaced and the straggler finishes alone);
-4. one transaction records every end (an attempt abandoned meanwhile by another worker keeps that end, and its
-   result is dropped); one publish (confirmed by the broker) sends every response;
-5. then the batch is acknowledged up to its last delivery tag.
+4. as they end, in groups (an ended task waits at most ``GROUP_S`` for others of its batch), one transaction records
+   the group's ends (an attempt abandoned meanwhile by another worker keeps that end, and its result is dropped),
+   then one publish (confirmed by the broker) sends the group's responses: a short task is not held up by a long one
+   of the same batch;
+5. then the batch is acknowledged cumulatively through its answered prefix (:class:`Acks`): no delivery is
+   acknowledged before its response is confirmed, or before it is known to need none.
 
-A crash anywhere before step 5 leaves the batch unacknowledged: the broker redelivers it, and the claims replay
-what ended and hold what did not until its deadline (then a copy — the leader re-sends overdue attempts —
+A crash anywhere before step 5 leaves (the rest of) the batch unacknowledged: the broker redelivers it, and the claims
+replay what ended and hold what did not until its deadline (then a copy — the leader re-sends overdue attempts —
 abandons it, and the leader retries it as a new attempt). If the
-AMQP connection is lost while tasks run, nothing more of the batch starts: the claims of what had not started are
-released (deleted) so that the redelivered copies can be claimed, and what runs finishes and is recorded. A lost
+AMQP connection is lost (or a publish fails) while tasks run, nothing more of the batch starts, is published or is
+acknowledged: the claims of what had not started are released (deleted) so that the redelivered copies can be claimed,
+and what runs finishes and is recorded. A lost
 RabbitMQ or MariaDB connection is logged in one line and reopened with backoff for as long as the worker is not
 stopped; AMQP heartbeats keep flowing while tasks run or the database is retried.
 """
@@ -37,7 +41,9 @@ import threading
 import time
 import zlib
 from collections import Counter
-from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Generator
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import closing
 from dataclasses import dataclass, replace
 
 from pika.adapters.blocking_connection import BlockingConnection
@@ -79,6 +85,9 @@ MAX_RESULT_BYTES = 60_000  # ledger column result (TEXT: 65,535 bytes)
 RENEW_S = CLAIM_LEASE_S / 6  # how often a worker renews the claims it holds while their tasks run or wait
 TARGET_BATCH_S = 1.0  # a batch of slow tasks is cut to about this much work per thread (see batch_limit)
 POLL_S = 0.05  # longest wait without pumping AMQP events (heartbeats) or checking timeouts
+# an ended execution waits this long at most for others of its batch still running: quick tasks share one ledger
+# write and one publish (a batch of 200 noop tasks ends within a few ms), a slow one holds up nobody
+GROUP_S = 0.005
 MIN_RECHECK_S = 0.5  # a waiting task's re-checks come at most this often
 DEPENDENCIES = ("rabbitmq", "mariadb")  # the services of the worker's haorch_dependency_up
 
@@ -95,6 +104,49 @@ class Outcome:
     seconds: float
     recheck_after_s: float | None = None  # a waiting outcome: the task waits on something outside haorch
     waiting_on: str | None = None
+
+
+class Acks:
+    """In-order cumulative acknowledgement of a batch's deliveries. A delivery is *settled* once its response is
+    confirmed by the broker, or once it needs none (a copy another worker's claim holds, a dead letter, an undo); the
+    batch is acknowledged through the last delivery of its settled prefix. A quick task's response is not held up by
+    a slow one before it, only its ack: if the worker dies meanwhile, that delivery comes back and is answered from
+    the ledger (a replay). One ack frame per settled run instead of one per delivery, and the consumer's cumulative
+    ``ack_through`` stays the only ack there is (``node/isolation.py`` relies on it)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.through = 0  # the highest delivery tag acknowledged on this consumer
+        self._order: list[int] = []
+        self._settled: set[int] = set()
+        self._done: set[int] = set()  # settled in any batch of this object (kept across expect())
+        self._next = 0
+
+    def expect(self, deliveries: list[Delivery]) -> None:
+        """Start a batch: ``deliveries``, in delivery order, all later than what was acknowledged."""
+        self._order, self._settled, self._next = [d.tag for d in deliveries], set(), 0
+
+    def settle(self, deliveries: list[Delivery]) -> None:
+        """Mark ``deliveries`` settled and acknowledge the batch through its settled prefix, if that grew."""
+        self._settled.update(d.tag for d in deliveries)
+        self._done.update(d.tag for d in deliveries)
+        last = None
+        while self._next < len(self._order) and self._order[self._next] in self._settled:
+            last = self._order[self._next]
+            self._next += 1
+        if last is not None:
+            self.consumer.ack_through(last)
+            self.through = last
+
+    def pending(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Those of ``deliveries`` (in order, every earlier one settled) not settled yet. When there is none, the
+        last is acknowledged: a dead letter of an earlier try at the batch, now handled again one by one
+        (``node/isolation.py``), is neither parked twice nor left unacknowledged."""
+        rest = [d for d in deliveries if d.tag > self.through and d.tag not in self._done]
+        if not rest and deliveries and deliveries[-1].tag > self.through:
+            self.consumer.ack_through(deliveries[-1].tag)
+            self.through = deliveries[-1].tag
+        return rest
 
 
 def request_key(request: TaskRequest) -> Key:
@@ -229,47 +281,73 @@ class Worker:
 
     # --- one batch ----------------------------------------------------------------------------
     def handle_batch(self, batch: list[Delivery], publisher: Publisher, consumer: Consumer) -> None:
-        """Answer every delivery of ``batch`` durably on ``publisher``, then acknowledge it on ``consumer``. A
-        request that makes the batch fail unexpectedly is dead-lettered alone (``node/isolation.py``)."""
+        """Answer every delivery of ``batch`` durably on ``publisher`` and acknowledge it on ``consumer``, each group
+        of executions as soon as it ends (:meth:`_answer`). A request that makes the batch fail unexpectedly is
+        dead-lettered alone (``node/isolation.py``); what was acknowledged before the failure is not handled again."""
         WORKER_BATCH_SIZE.observe(len(batch))
+        acks = Acks(consumer)
 
         def answer(deliveries: list[Delivery]) -> None:
-            self._answer_batch(deliveries, publisher, consumer)
+            rest = acks.pending(deliveries)
+            if rest:
+                self._answer_batch(rest, publisher, acks)
 
         isolated = handle_isolated(batch, answer, publisher, consumer, who=f"worker: {self.worker_id}")
         self.dead_lettered += isolated  # not in one statement: answer() counts the malformed ones meanwhile
 
-    def _answer_batch(self, batch: list[Delivery], publisher: Publisher, consumer: Consumer) -> None:
-        requests, dead = [], []
+    def _answer_batch(self, batch: list[Delivery], publisher: Publisher, acks: Acks) -> None:
+        acks.expect(batch)
+        requests: list[tuple[Delivery, TaskRequest]] = []
+        dead: list[tuple[Delivery, str]] = []
         for delivery in batch:
             try:
-                requests.append(TaskRequest.decode(delivery.body))
+                requests.append((delivery, TaskRequest.decode(delivery.body)))
             except MalformedMessage as exc:
                 dead.append((delivery, exc.reason))
-        undos = [r for r in requests if r.undo]
+        if dead and self._lost is None:
+            for delivery, reason in dead:
+                dead_letter(publisher, delivery, reason)
+            DEAD_LETTERS.inc(len(dead))
+            self.dead_lettered += len(dead)
+            self._deliver([], [d for d, _ in dead], publisher, acks)
+        undos = [(d, r) for d, r in requests if r.undo]
         if undos:
-            self._undo(undos)
-            requests = [r for r in requests if not r.undo]
-        if requests:
-            responses = self._answer(requests)
+            self._undo([r for _, r in undos])
+            self._deliver([], [d for d, _ in undos], publisher, acks)
+        runs = [(d, r) for d, r in requests if not r.undo]
+        if runs:
+            self._answer(runs, publisher, acks)
             DEPENDENCY_UP.labels(service="mariadb").set(1)
-            publisher.publish_batch(RESPONSES, [r.encode() for r in responses])
-        for delivery, reason in dead:
-            dead_letter(publisher, delivery, reason)
-        DEAD_LETTERS.inc(len(dead))
-        self.dead_lettered += len(dead)
-        consumer.ack_through(batch[-1].tag)
+        if self._lost is not None:
+            lost, self._lost = self._lost, None
+            raise lost
 
-    def _answer(self, requests: list[TaskRequest]) -> list[TaskResponse]:
-        """The responses to publish, in request order: executed now, replayed from the ledger or ended as abandoned.
-        A copy of an attempt another worker holds gets none (its holder answers)."""
-        fresh: dict[Key, TaskRequest] = {}
-        for request in requests:
-            fresh.setdefault(request_key(request), request)
-        runs = list(fresh.values())
+    def _deliver(self, responses: list[TaskResponse], deliveries: list[Delivery], publisher: Publisher,
+                 acks: Acks) -> None:
+        """Publish ``responses`` (returns once the broker confirmed them), then settle ``deliveries``. Once the AMQP
+        connection failed, nothing more is published or acknowledged: the failure is remembered and raised when the
+        batch ends, after the outcomes of what runs have reached the ledger (their redelivered copies replay them)."""
+        if self._lost is not None:
+            return
+        try:
+            if responses:
+                publisher.publish_batch(RESPONSES, [r.encode() for r in responses])
+            acks.settle(deliveries)
+        except DependencyError as exc:
+            self._lost = exc
+
+    def _answer(self, runs: list[tuple[Delivery, TaskRequest]], publisher: Publisher, acks: Acks) -> None:
+        """Claim every attempt of ``runs`` (one transaction) and answer the copies of attempts claimed before at once
+        (replayed from the ledger or ended as abandoned; a copy of an attempt another worker holds gets no response:
+        its holder answers). Then execute the claimed attempts and answer them group by group as they end (see
+        :meth:`_settle`): a quick task's response does not wait for a slow one of the same batch."""
+        copies: dict[Key, list[tuple[Delivery, TaskRequest]]] = {}
+        for delivery, request in runs:
+            copies.setdefault(request_key(request), []).append((delivery, request))
+        fresh = {key: pairs[0][1] for key, pairs in copies.items()}
         now = time.time()
         won = self.ledger.claim([Start(r.experiment_id, r.task, r.attempt, self.worker_id, r.epoch, now)
-                                 for r in runs])
+                                 for r in fresh.values()])
         held = self.ledger.rows([key for key in fresh if key not in won]) if len(won) < len(fresh) else {}
         answers = {key: row for key, row in held.items() if row.ended_at is not None}
         expired = [row.id for row in held.values() if row.ended_at is None and row.expired]
@@ -287,60 +365,74 @@ class Worker:
             log.warning("worker: abandoned exp=%s task=%s attempt=%d claimed by %s at %.3f", *row.key, row.worker,
                         row.started_at)
 
+        responses: list[TaskResponse] = []
+        replayed_ids: list[int] = []
+        settled: list[Delivery] = []
+        for key, pairs in copies.items():
+            if key in won:
+                continue
+            recorded = answers.get(key)
+            for i, (delivery, _copy) in enumerate(pairs):
+                if recorded is not None and i == 0 and recorded.id in abandoned:
+                    responses.append(replace(replay_response(recorded), replayed=False, lost=True))
+                elif recorded is not None:
+                    responses.append(replay_response(recorded))
+                    replayed_ids.append(recorded.id)
+                    log.info("worker: replayed exp=%s task=%s attempt=%d outcome=%s", *key, recorded.outcome)
+                settled.append(delivery)
+        self._mark_replayed(replayed_ids)
+        self._deliver(responses, settled, publisher, acks)
+
         claimed = [request for key, request in fresh.items() if key in won]
         outputs = self._outputs_referenced(claimed)
-        outcomes = self._execute(claimed, [won[request_key(r)] for r in claimed], outputs)
-        ran = [(r, o) for r, o in zip(claimed, outcomes, strict=True) if o is not None and o.outcome != "waiting"]
-        waiting = {request_key(r): o for r, o in zip(claimed, outcomes, strict=True)
-                   if o is not None and o.outcome == "waiting"}
-        unstarted = [won[request_key(r)] for r, o in zip(claimed, outcomes, strict=True) if o is None]
+        with closing(self._execute(claimed, [won[request_key(r)] for r in claimed], outputs)) as groups:
+            for group in groups:
+                self._settle(group, won, copies, publisher, acks)
+
+    def _settle(self, group: list[tuple[TaskRequest, Outcome | None]], won: dict[Key, int],
+                copies: dict[Key, list[tuple[Delivery, TaskRequest]]], publisher: Publisher, acks: Acks) -> None:
+        """Answer a group of executions that ended: record their ends (one transaction; a waiting attempt, and one
+        that never started because the AMQP connection was lost, releases its claim instead), then publish their
+        responses — a copy of the same attempt in the batch gets a replay — and settle their deliveries. An attempt
+        abandoned by another worker while it ran here keeps that end: its result is dropped, it gets no response."""
+        ran = [(r, o) for r, o in group if o is not None and o.outcome != "waiting"]
+        waiting = [(r, o) for r, o in group if o is not None and o.outcome == "waiting"]
+        unstarted = [won[request_key(r)] for r, o in group if o is None]
         ended = self.ledger.finish([Finish(won[request_key(r)], o.ended_at, o.outcome, o.result, o.error,
-                                           o.started_at) for r, o in ran])
+                                           o.started_at) for r, o in ran]) if ran else set()
         self._account([r for r, _ in ran], [o for _, o in ran])
         if waiting:  # not ended: the re-check the leader sends later claims the attempt again
-            self.ledger.release([won[key] for key in waiting])
+            self.ledger.release([won[request_key(r)] for r, _ in waiting])
         if unstarted:
             self.ledger.release(unstarted)
             WORKER_CLAIMS.labels("released").inc(len(unstarted))
             log.info("worker: %s released %d claim(s) it had not started", self.worker_id, len(unstarted))
-        if self._lost is not None:
-            lost, self._lost = self._lost, None
-            raise lost
-        executed = {}
+        responses: list[TaskResponse] = []
+        replayed_ids: list[int] = []
+        settled: list[Delivery] = []
         for request, outcome in ran:
             key = request_key(request)
             if won[key] in ended:
-                executed[key] = outcome
+                responses.append(self._response(request, outcome))
+                for _delivery, copy in copies[key][1:]:  # the same attempt twice in this batch: ran once
+                    responses.append(replay_response(LedgerRow(
+                        won[key], *key, self.worker_id, copy.epoch, outcome.started_at, outcome.ended_at,
+                        outcome.outcome, outcome.result, outcome.error, 0)))
+                    replayed_ids.append(won[key])
             else:
                 log.warning("worker: exp=%s task=%s attempt=%d was abandoned while it ran here; result dropped",
                             *key)
+            settled += [d for d, _ in copies[key]]
+        for request, outcome in waiting:
+            responses.append(self._response(request, outcome))
+            settled += [d for d, _ in copies[request_key(request)]]
+        self._mark_replayed(replayed_ids)
+        self._deliver(responses, settled, publisher, acks)
 
-        responses, replayed_ids, answered = [], [], set()
-        for request in requests:
-            key = request_key(request)
-            if key in executed and key not in answered:
-                answered.add(key)
-                responses.append(self._response(request, executed[key]))
-            elif key in waiting and key not in answered:
-                answered.add(key)
-                responses.append(self._response(request, waiting[key]))
-            elif key in executed:  # the same attempt twice in this batch: ran once, the copy is a replay
-                outcome = executed[key]
-                responses.append(replay_response(LedgerRow(
-                    won[key], *key, self.worker_id, request.epoch, outcome.started_at, outcome.ended_at,
-                    outcome.outcome, outcome.result, outcome.error, 0)))
-                replayed_ids.append(won[key])
-            elif key in answers and key not in answered and answers[key].id in abandoned:
-                answered.add(key)
-                responses.append(replace(replay_response(answers[key]), replayed=False, lost=True))
-            elif key in answers:
-                responses.append(replay_response(answers[key]))
-                replayed_ids.append(answers[key].id)
-                log.info("worker: replayed exp=%s task=%s attempt=%d outcome=%s", *key, answers[key].outcome)
-        if replayed_ids:
-            self.ledger.mark_replayed(replayed_ids)
-            self.replayed += len(replayed_ids)
-        return responses
+    def _mark_replayed(self, ids: list[int]) -> None:
+        if ids:
+            self.ledger.mark_replayed(ids)
+            self.replayed += len(ids)
 
     def _undo(self, requests: list[TaskRequest]) -> None:
         """Run the undo of each request's executor (no claim, no response: undos are idempotent, and a crash before
@@ -407,57 +499,65 @@ class Worker:
             self._mean_s = mean if self._mean_s is None else 0.5 * self._mean_s + 0.5 * mean
 
     # --- execution ----------------------------------------------------------------------------
-    def _execute(self, runs: list[TaskRequest], claims: list[int],
-                 outputs: dict[str, dict[str, dict]]) -> list[Outcome | None]:
-        """Run every request on the pool, each within its timeout, its output references resolved from ``outputs``;
-        pump AMQP events while waiting and renew the claims (ledger ids ``claims``, in the order of ``runs``) of
-        what has not ended every RENEW_S. Once the AMQP connection is lost, what has not started does not start: its
-        slot is None."""
+    def _execute(self, runs: list[TaskRequest], claims: list[int], outputs: dict[str, dict[str, dict]]
+                 ) -> Generator[list[tuple[TaskRequest, Outcome | None]], None, None]:
+        """Run every request on the pool, each within its timeout, its output references resolved from ``outputs``,
+        and yield the executions in groups, in request order within a group, as they end: one that ended waits at most
+        GROUP_S for others still running, so that many quick tasks share one ledger write and one publish while a
+        slow one holds up nobody. Meanwhile AMQP events are pumped and the claims (ledger ids ``claims``, in the order
+        of ``runs``) of what has not ended are renewed every RENEW_S. Once the AMQP connection is lost, what has not
+        started does not start: it is yielded with None as its outcome."""
         if not runs:
-            return []
+            return
         renew_at = time.monotonic() + RENEW_S
         began: list[float | None] = [None] * len(runs)  # monotonic start, set by the executing thread
         futures = [self._pool.submit(self._run_one, request, began, i, outputs.get(request.experiment_id, {}))
                    for i, request in enumerate(runs)]
-        outcomes: list[Outcome | None] = [None] * len(runs)
         pending = set(range(len(runs)))
+        ready: list[tuple[int, Outcome | None]] = []
+        group_by = 0.0  # monotonic time by which the ended ones in ``ready`` are yielded
         abandoned = 0
         try:
-            while True:
+            while pending or ready:
                 now = time.monotonic()
-                for i in list(pending):
+                for i in sorted(pending):
                     start = began[i]
+                    outcome: Outcome | None
                     if futures[i].done():
-                        outcomes[i] = futures[i].result()
+                        outcome = futures[i].result()
                     elif start is not None and now - start >= runs[i].timeout_s:
-                        outcomes[i] = timed_out(runs[i].timeout_s, now - start)
+                        outcome = timed_out(runs[i].timeout_s, now - start)
                         self._abandoned.append(futures[i])
                         abandoned += 1
+                    elif start is None and self._lost is not None and futures[i].cancel():
+                        outcome = None  # never started, never will
                     else:
                         continue
                     pending.discard(i)
-                if self._lost is not None:
-                    for i in list(pending):
-                        if began[i] is None and futures[i].cancel():
-                            pending.discard(i)  # its slot stays None: never started
-                if not pending:
-                    break
+                    if not ready:
+                        group_by = now + GROUP_S
+                    ready.append((i, outcome))
+                if ready and (not pending or now >= group_by):
+                    group, ready = sorted(ready, key=lambda item: item[0]), []
+                    yield [(runs[i], outcome) for i, outcome in group]
+                    continue  # answering took a while: look again before waiting
                 deadlines = [start + runs[i].timeout_s for i in pending if (start := began[i]) is not None]
-                limit = min([POLL_S] + [d - now for d in deadlines])
-                wait([futures[i] for i in pending], timeout=max(limit, 0.0), return_when=ALL_COMPLETED)
+                limit = min([POLL_S, group_by - now if ready else POLL_S] + [d - now for d in deadlines])
+                # the first end starts a group; then wait for the rest of it (one wake-up, not one per task)
+                wait([futures[i] for i in pending], timeout=max(limit, 0.0),
+                     return_when=ALL_COMPLETED if ready else FIRST_COMPLETED)
                 self._pump()
                 if time.monotonic() >= renew_at:
                     self._renew([claims[i] for i in pending])
                     renew_at = time.monotonic() + RENEW_S
-        finally:  # when the connection failed under us, what has not started yet will not start
+        finally:  # when the connection failed under us, or answering failed, what has not started will not start
             for future in futures:
                 future.cancel()
-        if abandoned:
-            log.info("worker: %s abandoned %d timed-out task thread(s); using a fresh pool", self.worker_id,
-                     abandoned)
-            self._pool.shutdown(wait=False)
-            self._pool = self._new_pool()
-        return outcomes
+            if abandoned:
+                log.info("worker: %s abandoned %d timed-out task thread(s); using a fresh pool", self.worker_id,
+                         abandoned)
+                self._pool.shutdown(wait=False)
+                self._pool = self._new_pool()
 
     def _renew(self, ids: list[int]) -> None:
         """Push the deadlines of claims this worker still holds ahead. If MariaDB does not answer within a moment,
