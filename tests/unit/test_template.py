@@ -360,5 +360,5 @@ def test_bad_retention_is_refused(key: str, value: object, message: str) -> None
 def test_bad_pool_is_refused() -> None:
     data: dict[str, Any] = copy.deepcopy(DIAMOND)
     data["tasks"][0]["pool"] = "Big Iron"
-    with pytest.raises(TemplateError, match="pool of task .* must be a name"):
+    with pytest.raises(TemplateError, match=r"pool of task .* must be a name"):
         parse(data)
