@@ -5,14 +5,12 @@ rest of its batch advances and is acked; a dependency failure still leaves the w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes.broker import StubBroker
-from fakes.journal import Journal
-from fakes.ledger import FakeLedger
+from fakes.worker_rig import WorkerRig, worker_rig
 from test_leader_term import CHAIN, Leader, response
 from test_worker_answer import request as request_body
 
@@ -21,9 +19,8 @@ from node.errors import DependencyError
 from node.metrics import DEAD_LETTERS
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
 from node.replica import Replica
-from node.stores.queues import DEAD, REQUESTS, RESPONSES, SUBMISSIONS
+from node.stores.queues import DEAD, RESPONSES, SUBMISSIONS
 from node.worker import executors
-from node.worker.worker import Worker
 
 
 def _store_rejects(experiment_id: str, real: Any) -> Any:
@@ -91,25 +88,8 @@ def leader() -> Leader:
 
 
 # --- the worker -----------------------------------------------------------------------------------------------
-class WorkerBench:
-    def __init__(self) -> None:
-        self.journal = Journal()
-        self.ledger = FakeLedger(self.journal)
-        self.broker = StubBroker(self.journal)
-        self.consumer = self.broker.consumer([REQUESTS])
-        self.worker = Worker(Config(home=Path("/nonexistent")), "worker-1", concurrency=2, ledger=self.ledger)
-
-    def answer(self, *bodies: bytes) -> list[TaskResponse]:
-        self.broker.put(REQUESTS, *bodies)
-        self.worker.handle_batch(self.consumer.next_batch(max_n=100), self.broker.publisher(), self.consumer)
-        return [TaskResponse.decode(body) for body in self.broker.bodies(RESPONSES)]
-
-
-@pytest.fixture
-def bench() -> Iterator[WorkerBench]:
-    bench = WorkerBench()
-    yield bench
-    bench.worker._pool.shutdown(wait=True)
+bench = pytest.fixture(worker_rig, name="bench")
+WorkerBench = WorkerRig
 
 
 def _request(experiment_id: str, task: str) -> bytes:

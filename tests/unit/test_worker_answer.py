@@ -5,37 +5,17 @@ letters, and the order ledger → publish → ack — no server."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes.broker import StubBroker
-from fakes.journal import Journal
-from fakes.ledger import FakeLedger
+from fakes.worker_rig import WorkerRig, worker_rig
 
 from node.config import Config
 from node.errors import DependencyError
-from node.model.messages import TaskRequest, TaskResponse
+from node.model.messages import TaskRequest
 from node.stores.ledger import Finish, Start
 from node.stores.queues import DEAD, REQUESTS, RESPONSES
 from node.worker import worker as worker_module
-from node.worker.worker import Worker
-
-
-class Bench:
-    def __init__(self) -> None:
-        self.journal = Journal()
-        self.ledger = FakeLedger(self.journal)
-        self.broker = StubBroker(self.journal)
-        self.publisher = self.broker.publisher()
-        self.consumer = self.broker.consumer([REQUESTS])
-        self.worker = Worker(Config(home=Path("/nonexistent")), "worker-1", concurrency=2, ledger=self.ledger)
-
-    def answer(self, *bodies: bytes) -> list[TaskResponse]:
-        """Deliver ``bodies`` as one batch; the responses published."""
-        self.broker.put(REQUESTS, *bodies)
-        self.worker.handle_batch(self.consumer.next_batch(max_n=100), self.publisher, self.consumer)
-        return [TaskResponse.decode(body) for body in self.broker.bodies(RESPONSES)]
 
 
 def request(task: str = "a", attempt: int = 1, executor: str = "noop", params: dict | None = None) -> bytes:
@@ -43,11 +23,8 @@ def request(task: str = "a", attempt: int = 1, executor: str = "noop", params: d
                        timeout_s=5.0, attempt=attempt, epoch=2, dispatched_at=time.time()).encode()
 
 
-@pytest.fixture
-def bench() -> Iterator[Bench]:
-    bench = Bench()
-    yield bench
-    bench.worker._pool.shutdown(wait=True)
+bench = pytest.fixture(worker_rig, name="bench")
+Bench = WorkerRig
 
 
 def test_a_request_is_executed_recorded_published_then_acked(bench: Bench) -> None:

@@ -5,19 +5,13 @@ batch is acknowledged in order, never a delivery before its response is confirme
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from fakes.broker import StubBroker
-from fakes.journal import Journal
-from fakes.ledger import FakeLedger
+from fakes.worker_rig import WorkerRig, worker_rig
 
-from node.config import Config
 from node.errors import DependencyError
 from node.model.messages import TaskRequest, TaskResponse
 from node.stores.queues import REQUESTS, RESPONSES
-from node.worker.worker import Worker
 
 
 def request(task: str, ms: int = 0) -> bytes:
@@ -26,26 +20,8 @@ def request(task: str, ms: int = 0) -> bytes:
                        timeout_s=5.0, attempt=1, epoch=2, dispatched_at=time.time()).encode()
 
 
-class Rig:
-    def __init__(self) -> None:
-        self.journal = Journal()
-        self.ledger = FakeLedger(self.journal)
-        self.broker = StubBroker(self.journal)
-        self.publisher = self.broker.publisher()
-        self.consumer = self.broker.consumer([REQUESTS])
-        self.worker = Worker(Config(home=Path("/nonexistent")), "worker-1", concurrency=2, ledger=self.ledger)
-
-    def answer(self, *bodies: bytes) -> list[TaskResponse]:
-        self.broker.put(REQUESTS, *bodies)
-        self.worker.handle_batch(self.consumer.next_batch(max_n=100), self.publisher, self.consumer)
-        return [TaskResponse.decode(body) for body in self.broker.bodies(RESPONSES)]
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    rig = Rig()
-    yield rig
-    rig.worker._pool.shutdown(wait=True)
+rig = pytest.fixture(worker_rig, name="rig")
+Rig = WorkerRig
 
 
 def test_a_quick_task_is_answered_before_a_slow_one_of_its_batch_ends_and_acked_after_it(rig: Rig) -> None:
