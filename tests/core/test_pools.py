@@ -86,10 +86,17 @@ def _gauge(cfg: Config, name: str, pool: str) -> float | None:
     return None
 
 
+def _bound(cfg: Config, pool: str, slots: int) -> None:
+    """Set the pool's slots and wait until the leader holds them: it reads them at every sweep (~1 s), and a task
+    submitted before that is dispatched under the limits it had."""
+    cli_json(cfg, "pool", "set", pool, str(slots))
+    wait_until(lambda: _gauge(cfg, "haorch_pool_slots", pool) == float(slots), 10, "the leader's limit")
+
+
 def test_a_pool_never_has_more_tasks_executing_than_its_slots(workers: Config, tmp_path: Path) -> None:
     cfg = workers
     pool = unique("gpu")
-    cli_json(cfg, "pool", "set", pool, "2")
+    _bound(cfg, pool, 2)
     try:
         type_ = _sleeper(cfg, tmp_path, ms=1000, pool=pool)
         ids = _submit(cfg, type_, 10)
@@ -112,7 +119,7 @@ def test_a_pool_never_has_more_tasks_executing_than_its_slots(workers: Config, t
 def test_raising_the_slots_takes_effect_and_unbounded_pools_are_not_held(workers: Config, tmp_path: Path) -> None:
     cfg = workers
     pool = unique("licence")
-    cli_json(cfg, "pool", "set", pool, "1")
+    _bound(cfg, pool, 1)
     try:
         type_ = _sleeper(cfg, tmp_path, ms=1000, pool=pool)
         ids = _submit(cfg, type_, 7)
@@ -138,7 +145,7 @@ def test_raising_the_slots_takes_effect_and_unbounded_pools_are_not_held(workers
 def test_a_new_leader_keeps_the_limit_and_dispatches_the_held_tasks(workers: Config, tmp_path: Path) -> None:
     cfg = workers
     pool = unique("tape")
-    cli_json(cfg, "pool", "set", pool, "2")
+    _bound(cfg, pool, 2)
     try:
         type_ = _sleeper(cfg, tmp_path, ms=1500, pool=pool)
         ids = _submit(cfg, type_, 8)
@@ -162,7 +169,7 @@ def test_a_new_leader_keeps_the_limit_and_dispatches_the_held_tasks(workers: Con
 def test_a_kind_is_a_pool(workers: Config, tmp_path: Path) -> None:
     cfg = workers
     kind = unique("transfer")
-    cli_json(cfg, "pool", "set", kind, "1")
+    _bound(cfg, kind, 1)
     try:
         type_ = _sleeper(cfg, tmp_path, ms=400, kind=kind)
         ids = _submit(cfg, type_, 4)
