@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from node.cli.common import config, emit, json_option, stderr
@@ -9,6 +12,16 @@ from node.cli.common import config, emit, json_option, stderr
 
 def _progress(message: str) -> None:
     stderr.print(f"[dim]bench[/dim] {message}")
+
+
+def _finish(result: Any, render: Callable[[Any], str], no_record: bool, as_json: bool) -> None:
+    """Print the run's table (or ``result`` as JSON) and, unless ``no_record``, append it to docs/BENCHMARKS.md."""
+    from bench import report
+
+    section = render(result)
+    if not no_record:
+        report.append(section)
+    emit(result, as_json, lambda _r: click.echo(section))
 
 
 @click.group()
@@ -34,10 +47,7 @@ def throughput(experiments: int, batch1_experiments: int, workers: int, batch_si
     if not no_record:
         report.benchmarks_file()  # one that cannot be recorded fails before the run, not after it
     result = tp.run(config(), experiments, batch1_experiments, workers, batch_size, progress=_progress)
-    section = tp.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, tp.render, no_record, as_json)
 
 
 @bench.command()
@@ -60,10 +70,7 @@ def hosts(lab_home: str, rounds: int, experiments: int, workers: int, no_record:
     single = config()
     lab = lab_config(lab_home)
     result = bench_hosts.run(single, lab, rounds, experiments, workers, progress=_progress)
-    section = bench_hosts.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, bench_hosts.render, no_record, as_json)
 
 
 @bench.command()
@@ -88,10 +95,7 @@ def failover(kills: int, timeouts: str, handovers: int, rescan_experiments: int,
     if not no_record:
         report.benchmarks_file()  # one that cannot be recorded fails before the run, not after it
     result = fo.run(config(), kills, values, handovers, rescan_experiments, progress=_progress)
-    section = fo.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, fo.render, no_record, as_json)
 
 
 @bench.command()
@@ -110,10 +114,7 @@ def docker(kills: int, session_timeout_s: float, cached_only: bool, no_record: b
     if not no_record:
         report.benchmarks_file()  # one that cannot be recorded fails before the run, not after it
     result = dk.run(config(), kills, session_timeout_s, cold=not cached_only, progress=_progress)
-    section = dk.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, dk.render, no_record, as_json)
 
 
 @bench.command()
@@ -132,10 +133,7 @@ def takeover(tasks: int, workers: int, timeout_s: float, no_record: bool, as_jso
     if not no_record:
         report.benchmarks_file()  # one that cannot be recorded fails before the run, not after it
     result = tk.run(config(), tasks, workers, timeout_s, progress=_progress)
-    section = tk.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, tk.render, no_record, as_json)
 
 
 @bench.command()
@@ -149,13 +147,9 @@ def takeover(tasks: int, workers: int, timeout_s: float, no_record: bool, as_jso
 def recover(experiments: int, page_size: int, no_record: bool, as_json: bool) -> None:
     """Time to rebuild Neo4j from MariaDB (`haorch recover neo4j`); stops the cluster first."""
     from bench import recover as rc
-    from bench import report
 
     result = rc.run(config(), experiments, page_size, progress=_progress)
-    section = rc.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, rc.render, no_record, as_json)
 
 
 @bench.command()
@@ -170,13 +164,9 @@ def hpc(jobs: int, hold_s: int, no_record: bool, as_json: bool) -> None:
 
     Needs the stack; starts the HPC test site and a 1-node cluster with 2 workers if they are not running."""
     from bench import hpc as hp
-    from bench import report
 
     result = hp.run(config(), jobs, hold_s, progress=_progress)
-    section = hp.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, hp.render, no_record, as_json)
 
 
 @bench.command()
@@ -198,10 +188,7 @@ def console(experiments: int, samples: int, submits: int, clients: int, no_recor
     if not no_record:
         report.benchmarks_file()
     result = bench_console.run(config(), experiments, samples, submits, clients, progress=_progress)
-    section = bench_console.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, bench_console.render, no_record, as_json)
 
 
 @bench.command()
@@ -232,10 +219,7 @@ def soak(minutes: float, rate: float | None, tasks: int, workers: int, kill_ever
                             progress=_progress)
     if not no_record:
         result["png"] = str(bench_soak.plot(result, png).relative_to(png.parents[2]))
-    section = bench_soak.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, bench_soak.render, no_record, as_json)
 
 
 @bench.command()
@@ -259,7 +243,4 @@ def scale(in_flight: int, burst: int, clients: int, burst_limit: int, workers: i
     if not no_record:
         report.benchmarks_file()
     result = bench_scale.run(config(), in_flight, burst, clients, burst_limit, workers, progress=_progress)
-    section = bench_scale.render(result)
-    if not no_record:
-        report.append(section)
-    emit(result, as_json, lambda _r: click.echo(section))
+    _finish(result, bench_scale.render, no_record, as_json)
