@@ -108,6 +108,16 @@ def state_of(page) -> str:
     return page.inner_text('[data-test="exp-state"]').strip()
 
 
+def followed_to(page, state: str) -> None:
+    """Wait until the page's live updates reach `state` and its one reload has rendered the final page.
+
+    The script shows the terminal state, then reloads: reading the page between the two hits a destroyed context.
+    The server-rendered terminal page has an empty live status (the script's last word was "Finished: ...")."""
+    expect(page.locator('[data-test="exp-state"]')).to_contain_text(state, timeout=60_000)
+    expect(page.locator('[data-test="live-status"]')).to_have_text("", timeout=30_000)
+    expect(page.locator('[data-test="exp-state"]')).to_contain_text(state)
+
+
 def test_without_a_token_nothing_is_shown_and_the_api_says_401(two_nodes: Config, browser) -> None:
     base = two_nodes.node_url(1)
     page = browser.new_page()
@@ -159,7 +169,7 @@ def test_follow_cancel_and_retry_from_the_pages(two_nodes: Config, tokens: dict[
     page.goto(f"{base}/experiments/{running}")
     assert page.query_selector('[data-test="dag"] svg') is not None
     page.screenshot(path=str(shots / "console-experiment-running.png"), full_page=True)
-    expect(page.locator('[data-test="exp-state"]')).to_contain_text("COMPLETED", timeout=60_000)
+    followed_to(page, "COMPLETED")
     assert len(page.query_selector_all('[data-test="task-row"]')) == 4
     assert len(page.query_selector_all('[data-test="ledger-row"]')) == 4
 
@@ -172,7 +182,7 @@ def test_follow_cancel_and_retry_from_the_pages(two_nodes: Config, tokens: dict[
     page.screenshot(path=str(shots / "console-experiment-failed.png"), full_page=True)
     page.click("#retry-btn")
     page.wait_for_selector('[data-test="flash"]')
-    expect(page.locator('[data-test="exp-state"]')).to_contain_text("COMPLETED", timeout=60_000)
+    followed_to(page, "COMPLETED")
     attempts = {row.get_attribute("data-task"): row.query_selector('[data-test="task-attempt"]').inner_text().strip()
                 for row in page.query_selector_all('[data-test="task-row"]')}
     # simulate: a new attempt (3) with its 2 attempts again (up to 4); stage_in succeeded before: not run again
