@@ -116,7 +116,7 @@ def handovers(cfg: Config, count: int, progress: Progress) -> list[float]:
     return times
 
 
-def _ready_count(dags: DagStore, page: int = 5000) -> int:
+def ready_count(dags: DagStore, page: int = 5000) -> int:
     """Every ready task, read page by page as a takeover reads them (epoch -1: none is skipped as already
     dispatched by the reading epoch)."""
     found, after = 0, ""
@@ -124,6 +124,18 @@ def _ready_count(dags: DagStore, page: int = 5000) -> int:
         found += len(rows)
         after = rows[-1]["key"]
     return found
+
+
+def full_rescan(cfg: Config, repeats: int = 3) -> tuple[int, list[float]]:
+    """Read every ready task of the stores as a takeover does, ``repeats`` times: (how many, seconds of each)."""
+    seconds, found = [], 0
+    with neo4j_driver(cfg) as driver:
+        dags = DagStore(driver)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            found = ready_count(dags)
+            seconds.append(time.perf_counter() - started)
+    return found, seconds
 
 
 def rescan_time(cfg: Config, experiments: int, progress: Progress, repeats: int = 3) -> dict[str, float]:
@@ -138,13 +150,8 @@ def rescan_time(cfg: Config, experiments: int, progress: Progress, repeats: int 
                                            for i in range(start, min(experiments, start + 1000))], notify=False)
                 progress(f"rescan: {min(experiments, start + 1000)}/{experiments} experiments submitted")
         with neo4j_driver(cfg) as driver:
-            dags = DagStore(driver)
             unflagged = driver.execute_query("MATCH (t:Task) WHERE t.executed = false RETURN count(t) AS n")[0][0]["n"]
-            seconds, found = [], 0
-            for _ in range(repeats):
-                started = time.perf_counter()
-                found = _ready_count(dags)
-                seconds.append(time.perf_counter() - started)
+        found, seconds = full_rescan(cfg, repeats)
         progress(f"rescan: {found} ready of {unflagged} unflagged tasks in {min(seconds) * 1000:.0f} ms (best)")
     return {"experiments": experiments, "unflagged_tasks": unflagged, "ready_found": found,
             "best_s": min(seconds), "p50_s": _pct(seconds, 0.5)}

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from bench import takeover as tk
-from bench.failover import _phases, _ready_count
+from bench.failover import _phases, full_rescan
 from bench.report import percentile
 from bench.scratch import Scratch
 from node import cluster
@@ -41,7 +41,6 @@ from node.config import Config, with_overrides
 from node.experiments import Experiments
 from node.runtime.process import wait_gone
 from node.stores.connect import neo4j_driver
-from node.stores.dags import DagStore
 from node.stores.records import Records
 
 Progress = Callable[[str], None]
@@ -54,17 +53,6 @@ def _dispatched(cfg: Config, prefix: str) -> int:
             "MATCH (t:Task) WHERE t.experiment_id STARTS WITH $p AND t.status = 'DISPATCHED' RETURN count(t) AS n",
             p=prefix)
     return int(records[0]["n"])
-
-
-def _full_rescan(cfg: Config, repeats: int = 3) -> tuple[int, list[float]]:
-    seconds, found = [], 0
-    with neo4j_driver(cfg) as driver:
-        dags = DagStore(driver)
-        for _ in range(repeats):
-            started = time.perf_counter()
-            found = _ready_count(dags)
-            seconds.append(time.perf_counter() - started)
-    return found, seconds
 
 
 def takeover_in_flight(cfg: Config, in_flight: int, workers: int, progress: Progress,
@@ -83,7 +71,7 @@ def takeover_in_flight(cfg: Config, in_flight: int, workers: int, progress: Prog
                     raise TimeoutError(f"only {dispatched} of {in_flight} tasks dispatched in {timeout_s:g} s")
                 progress(f"in flight: {dispatched}/{in_flight} dispatched")
                 time.sleep(5.0)
-            found, rescan_s = _full_rescan(cfg)
+            found, rescan_s = full_rescan(cfg)
             progress(f"in flight: full rescan found {found} ready tasks in {min(rescan_s):.2f} s (best)")
             old = cluster.wait_for_leader(cfg, 30)
             offsets = tk.log_offsets(cfg, 3)

@@ -22,6 +22,7 @@ also on an error or Ctrl-C (:mod:`bench.scratch`), and so is the archive, once c
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.failover import full_rescan
 from bench.probes import query
 from bench.report import percentile
 from bench.scratch import Scratch
@@ -163,6 +165,17 @@ def kill_leader(cfg: Config, progress: Progress) -> dict[str, Any]:
     return {"from": old["node_id"], "to": new["node_id"], "epoch": new["epoch"], "acting_after_s": took}
 
 
+def takeover_phases(cfg: Config, epochs: list[int]) -> dict[int, dict[str, float]]:
+    """The failover phases (seconds) each of ``epochs`` recorded in ``leader_terms`` (a term records them once it
+    advanced: see node/leader/term.py's PhaseClock)."""
+    if not epochs:
+        return {}
+    marks = ", ".join(["%s"] * len(epochs))
+    rows = query(cfg, f"SELECT epoch, phases FROM leader_terms WHERE epoch IN ({marks}) AND phases IS NOT NULL",
+                 tuple(epochs))
+    return {int(epoch): json.loads(phases) for epoch, phases in rows}
+
+
 def archived(archive_dir: Path) -> Iterator[dict[str, Any]]:
     """Every experiment record of the archive, file by file (not all in memory at once)."""
     for path in archive_files(archive_dir):
@@ -257,6 +270,10 @@ def run(cfg: Config, minutes: float = 30.0, rate: float | None = None, tasks: in
                                                (scratch.prefix + "%",))]
                 exps.wait(pending, timeout_s=drain_s, poll_s=1.0)
             cluster.down(cfg)  # a quiescent store: the leader's gc would delete under the verifier's reads
+            phases = takeover_phases(cfg, [k["epoch"] for k in soak.kills])
+            for kill in soak.kills:
+                kill["phases"] = phases.get(kill["epoch"], {})
+            ready, rescans = full_rescan(cfg)
             counts = account(cfg, scratch.prefix, load.ids, archive_dir)
             archived_mib = _du_mib(archive_dir)
             report = check(cfg, Scope(since=soak.started - 1))
@@ -280,6 +297,7 @@ def run(cfg: Config, minutes: float = 30.0, rate: float | None = None, tasks: in
             "p99 ms": growth_per_hour(rows, lambda r: r.p99_ms),
         },
         "kill_minutes": [k["minute"] for k in soak.kills], "archive_mib": archived_mib,
+        "rescan_end": {"ready": ready, "seconds": min(rescans)},
     }
 
 
@@ -360,6 +378,11 @@ def render(result: dict[str, Any]) -> str:
               f"violations {result.get('violation_kinds') or ''} ({result['double_advanced']} double advancements)",
               "- leader kills (SIGKILL → next leader acting): "
               + ", ".join(f"{k['acting_after_s'] * 1000:.0f} ms" for k in result["kills"]),
+              "- each takeover's rescan phase (first page) / failover total as the new leader recorded them: "
+              + ", ".join(f"{k['phases'].get('rescan', float('nan')) * 1000:.0f} / "
+                          f"{k['phases'].get('total', float('nan')) * 1000:.0f} ms" for k in result["kills"]),
+              f"- full rescan at the end (every ready task, page by page, cluster stopped, best of 3): "
+              f"{result['rescan_end']['ready']} ready tasks in {result['rescan_end']['seconds'] * 1000:.0f} ms",
               "- growth per hour after warm-up (least squares over the last two thirds): "
               + "; ".join(f"{name} {value:+.1f}" for name, value in growth.items() if value == value)
               + " (MiB/h; p99 in ms/h)",

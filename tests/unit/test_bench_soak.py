@@ -41,10 +41,12 @@ def test_render_and_plot(tmp_path: Path) -> None:
     rows = [row(m, 100.0 + m) for m in range(1, 6)]
     result = {"when": "2026-12-06 18:00 UTC", "minutes": 5, "tasks": 4, "workers": 2, "capacity": 2000.0,
               "rate": 1000.0, "retention_s": 120, "kill_every_s": 180, "submitted": 6000, "submit_errors": 0,
-              "kills": [{"acting_after_s": 0.1, "minute": 3.0}], "kill_minutes": [3.0],
+              "kills": [{"acting_after_s": 0.1, "minute": 3.0, "phases": {"rescan": 0.012, "total": 0.09}}],
+              "kill_minutes": [3.0], "rescan_end": {"ready": 0, "seconds": 0.004},
               "rows": [vars(r) for r in rows], "archive_mib": 1.0, "violations": 0, "double_advanced": 0,
               "accounting": {"stored_completed": 1000, "archived_completed": 5000, "other_state": 0, "lost": 0},
               "growth_per_hour": {"neo4j store": 60.0, "p99 ms": float("nan")}}
     text = render(result)
     assert text.count("\n| ") == 2 + len(rows) and "**lost 0**" in text and "neo4j store +60.0" in text
+    assert "12 / 90 ms" in text and "0 ready tasks in 4 ms" in text
     assert plot(result, tmp_path / "soak.png").stat().st_size > 10_000
