@@ -158,7 +158,7 @@ class Replica:
             publisher = BatchPublisher(conn)
             term = LeaderTerm(
                 self.cfg, self.node_id, epoch, dags=dags, records=records, publisher=publisher,
-                open_consumer=lambda: BatchConsumer(conn, list(LeaderTerm.QUEUES), prefetch=self.cfg.batch_size * 2),
+                open_consumer=lambda: BatchConsumer(conn, list(LeaderTerm.QUEUES), prefetch=self.cfg.batch_size * 3),
                 fence_guard=lambda e: FenceGuard(dags.driver, e), acting=acting, clock=clock,
                 ledger_progress=self.ledger.in_progress if self.ledger else None, progress=progress,
                 repair_submits=repair, pump=lambda: pump(conn), waiting=publisher.waiting, pools=Pools(records))

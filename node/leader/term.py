@@ -3,12 +3,15 @@
 Per batch (docs/ARCHITECTURE.md, "The leader loop")::
 
     consume responses + submissions  →  Neo4j tx (fence, flag, find ready, outbox)  →  MariaDB tx (fence,
-    transitions)  →  publish ready tasks (persistent, confirmed)  →  ack the batch
+    transitions)  →  publish ready tasks (persistent)  →  [next batch's Neo4j tx]  →  publisher confirms  →  ack
 
-Nothing is acknowledged before its effects are durable, so a leader that dies anywhere in this sequence
-leaves the batch in the queue for the next one; the next leader's Neo4j check (``status``/``attempt``) turns the
-replays into counted duplicates, and its takeover writes the transition rows of a Neo4j commit that never reached
-MariaDB from the Neo4j outbox (``node/stores/dags.py``) before it advances anything. A :class:`FencedError` from
+The publisher confirms of a batch are awaited after the next batch's Neo4j transaction (or at once when no batch
+follows, before a sweep or a takeover page, and before any other ack): the broker's fsync overlaps the leader's
+longest step. Each batch is acknowledged only after its own confirms, in order. Nothing is acknowledged before its
+effects are durable, so a leader that dies anywhere in this sequence leaves the batch in the queue for the next one;
+the next leader's Neo4j check (``status``/``attempt``) turns the replays into counted duplicates, and its takeover
+writes the transition rows of a Neo4j commit that never reached MariaDB from the Neo4j outbox
+(``node/stores/dags.py``) before it advances anything. A :class:`FencedError` from
 either store ends the term at once.
 
 The takeover re-dispatches what the previous leader lost in bounded pages (``takeover_page_size`` ready tasks:
@@ -37,7 +40,7 @@ from node import failpoints, metrics
 from node.errors import MalformedMessage
 from node.isolation import handle_isolated
 from node.leader.ports import Dags, PoolLimits, Records
-from node.model.advance import RETRY_WRITER, AdvanceResult, Dispatch, Outcome, transition_rows
+from node.model.advance import RETRY_WRITER, AdvanceResult, Outcome, transition_rows
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
 from node.model.states import TaskStatus
 from node.stores.ports import Consumer, Publisher
@@ -96,6 +99,20 @@ PAGE_BUDGET_S = 1.0  # a takeover page this slow halves the next (the loop and t
 MIN_PAGE = 100
 
 
+@dataclass(eq=False)
+class Step:
+    """A leader write Neo4j has committed (at ``at``), until MariaDB has its rows (``written``), the broker has
+    confirmed its dispatches (``sent``: published, confirms not awaited yet; ``published``) and ``done`` ran (the
+    batch's dead letters, its ack, its metrics)."""
+
+    result: AdvanceResult
+    at: float
+    written: bool = False
+    published: bool = False
+    sent: list[Any] = field(default_factory=list)
+    done: Callable[[], None] | None = None
+
+
 @dataclass
 class TermProgress:
     """What one epoch's term has done, kept by the replica across retries of the term (same epoch).
@@ -103,9 +120,10 @@ class TermProgress:
     ``after``: the takeover's rescan resumes after this key (tasks this epoch dispatched are skipped anyway, so a
     page is never redone); ``done`` once a page came back short; ``size``: the next page's size (0: not set yet),
     halved after a page slower than PAGE_BUDGET_S and doubled, up to ``takeover_page_size``, after a fast one,
-    so that a page stays short on a loaded host too. ``unsent``: a step whose Neo4j transaction
-    committed (at ``unsent_at``) but whose MariaDB write (``written``) or publish may not have happened; a retried
-    term finishes it first, since its tasks carry this epoch and no rescan would find them again."""
+    so that a page stays short on a loaded host too. ``unsent``: the steps (oldest first) whose Neo4j transaction
+    committed but whose MariaDB write, publish or confirms may not have happened (normally the last batch, whose
+    confirms are awaited after the next one's Neo4j transaction); a retried term finishes them first, since their
+    tasks carry this epoch and no rescan would find them again."""
 
     after: str = ""
     done: bool = False
@@ -116,9 +134,7 @@ class TermProgress:
     in_flight: int = 0
     started: float | None = None
     finished: float | None = None
-    unsent: AdvanceResult | None = None
-    unsent_at: float = 0.0
-    written: bool = False
+    unsent: list[Step] = field(default_factory=list)
 
 
 class LeaderTerm:
@@ -179,21 +195,25 @@ class LeaderTerm:
         with self.fence_guard(self.epoch):  # an older leader frozen mid-transaction may hold the lock
             self.dags.raise_fence(self.epoch, self.node_id)
         self.clock.mark("fence")
-        self._drop_lost_step(self._write_outbox())
-        self._finish_unsent()
+        self._adopt_unsent(self._write_outbox())
+        self._flush()
         self.redispatch_page()
 
-    def _drop_lost_step(self, boxes: set[str]) -> None:
-        """Forget a step of this term that Neo4j committed and MariaDB did not get if its Outbox node is gone: that
-        node stays until its rows are written, so the commit went with it — Neo4j was emptied and rebuilt from
-        MariaDB (``haorch recover neo4j``) in between. Writing its rows now would record changes the graph does not
-        have; its deliveries were never acknowledged and advance the rebuilt graph again."""
+    def _adopt_unsent(self, boxes: set[str]) -> None:
+        """Take over the steps a failed attempt of this term left unfinished: their deliveries went back to the queue
+        with the old consumer (no ack to run) and their confirms with the old connection (publish them again).
+        Forget a step that Neo4j committed and MariaDB did not get if its Outbox node is gone: that node stays until
+        its rows are written, so the commit went with it — Neo4j was emptied and rebuilt from MariaDB (``haorch
+        recover neo4j``) in between. Writing its rows now would record changes the graph does not have; its
+        deliveries were never acknowledged and advance the rebuilt graph again."""
         p = self.progress
-        if p.unsent is None or p.written or p.unsent.outbox_id is None or p.unsent.outbox_id in boxes:
-            return
-        log.warning("leader: epoch=%d drops a step whose Neo4j commit is gone (Neo4j was rebuilt): %d dispatches "
-                    "never recorded nor published", self.epoch, len(p.unsent.dispatches))
-        p.unsent = None
+        for step in list(p.unsent):
+            step.done, step.sent, step.published = None, [], False
+            if step.written or step.result.outbox_id is None or step.result.outbox_id in boxes:
+                continue
+            log.warning("leader: epoch=%d drops a step whose Neo4j commit is gone (Neo4j was rebuilt): %d "
+                        "dispatches never recorded nor published", self.epoch, len(step.result.dispatches))
+            p.unsent.remove(step)
 
     def _write_outbox(self, before: float | None = None) -> set[str]:
         """Write to MariaDB the transition rows of every write that committed in Neo4j only (its Outbox node is still
@@ -232,6 +252,7 @@ class LeaderTerm:
             return False
         if p.started is None:
             p.started = time.time()
+        self._flush()
         began = time.monotonic()
         limit = p.size or self.cfg.takeover_page_size
         page = self.dags.rescan(self.epoch, p.after, limit)
@@ -250,12 +271,8 @@ class LeaderTerm:
         p.rescanned += len(page)
         p.redispatched += len(result.dispatches)
         p.in_flight += len(in_flight)
-        if result.dispatches or result.experiments:
-            self._record(result, now)
-            self.pump()
-            if not self.acting():
-                return True
-            self._send(result)
+        if (result.dispatches or result.experiments) and not self._finish(self._commit(result, now), pump=True):
+            return True
         self.clock.mark("redispatch")
         took = time.monotonic() - began
         if took > PAGE_BUDGET_S:
@@ -270,43 +287,64 @@ class LeaderTerm:
                      self.epoch, p.pages, p.rescanned, p.redispatched, p.in_flight, p.finished - p.started)
         return not p.done
 
-    def _record(self, result: AdvanceResult, now: float) -> None:
-        """Write a step Neo4j has committed to MariaDB; it stays ``unsent`` until :meth:`_send` published it. A step
-        an earlier failure left half-done goes out first."""
-        self._finish_unsent()
-        p = self.progress
-        p.unsent, p.unsent_at, p.written = result, now, False
-        failpoints.hit(self.cfg, self.node_id, "leader.between_commits")
-        self._write(result, now)
-        p.written = True
+    def _commit(self, result: AdvanceResult, now: float, done: Callable[[], None] | None = None) -> Step:
+        """Keep a step Neo4j has just committed until it is finished (:meth:`_finish`)."""
+        step = Step(result, now, done=done)
+        self.progress.unsent.append(step)
+        return step
 
-    def _write(self, result: AdvanceResult, now: float) -> None:
-        self.records.write_batch(self.epoch, self.node_id, transition_rows(result), result.experiments, now,
+    def _flush(self, keep: Step | None = None) -> None:
+        """Finish every unfinished step but ``keep``, oldest first."""
+        for step in [s for s in self.progress.unsent if s is not keep]:
+            if not self._finish(step):
+                return
+
+    def _finish(self, step: Step, pump: bool = False) -> bool:
+        """Write the step's rows to MariaDB, publish its dispatches (unless ``acting()`` turned false: then it stays
+        unfinished and False is returned), wait for their confirms, run its ``done``. ``pump``: serve the
+        connection between the steps (a takeover page)."""
+        self._write(step)
+        if pump:
+            self.pump()
+        if not self.acting():
+            return False
+        self._publish(step)
+        for sent in step.sent:
+            self.publisher.settle(sent)
+        step.sent = []
+        self.progress.unsent.remove(step)
+        if step.done is not None:
+            step.done()
+        return True
+
+    def _write(self, step: Step) -> None:
+        if step.written:
+            return
+        failpoints.hit(self.cfg, self.node_id, "leader.between_commits")
+        result = step.result
+        self.records.write_batch(self.epoch, self.node_id, transition_rows(result), result.experiments, step.at,
                                  batch_id=result.outbox_id)
         if result.outbox_id is not None:
             self._settled.append(result.outbox_id)
+        step.written = True
 
-    def _send(self, result: AdvanceResult) -> None:
-        self._publish(result.dispatches)
-        if result.undos:  # rare: a task that ended after its experiment was cancelled (its response is not acked yet)
-            now = time.time()
-            self.publisher.publish_batch(REQUESTS, [
-                TaskRequest.from_static(d.request, d.attempt, self.epoch, now, undo=True).encode()
-                for d in result.undos])
-        self.progress.unsent = None
-
-    def _finish_unsent(self) -> None:
-        """Record and publish what a failed step of this term committed in Neo4j only (its tasks carry this epoch:
-        no rescan finds them again)."""
-        p = self.progress
-        if p.unsent is None:
+    def _publish(self, step: Step) -> None:
+        """Publish the step's dispatches and undos; their confirms are awaited by :meth:`_finish`."""
+        if step.published:
             return
-        log.info("leader: finishing a step of epoch=%d left half-done (%d dispatches, recorded=%s)", self.epoch,
-                 len(p.unsent.dispatches), p.written)
-        if not p.written:
-            self._write(p.unsent, p.unsent_at)
-            p.written = True
-        self._send(p.unsent)
+        result = step.result
+        if result.dispatches:
+            failpoints.hit(self.cfg, self.node_id, "leader.before_publish")
+        now = time.time()
+        step.sent = [sent for sent in (
+            self.publisher.publish_async(REQUESTS, (TaskRequest.wire_from_static(d.request, d.attempt, self.epoch,
+                                                                                  now) for d in result.dispatches)),
+            # rare: a task that ended after its experiment was cancelled (its response is not acked yet)
+            self.publisher.publish_async(REQUESTS, (TaskRequest.from_static(d.request, d.attempt, self.epoch, now,
+                                                                             undo=True).encode()
+                                                    for d in result.undos)))
+            if sent is not None]
+        step.published = True
 
     def _in_flight(self, tasks: list[dict], now: float) -> set[str]:
         """Keys of dispatched tasks a worker is executing right now (started, not ended, not timed out)."""
@@ -333,6 +371,8 @@ class LeaderTerm:
                                                  linger_s=self.cfg.batch_wait_ms / 1000)
                 if batch:
                     self.process(batch)
+                else:
+                    self._flush()
                 if taking_over and self.acting() and (not batch or time.monotonic() >= self._next_page):
                     began = time.monotonic()
                     self.redispatch_page()  # then batches get as long as the page took, if any are waiting
@@ -356,7 +396,8 @@ class LeaderTerm:
         """Advance the DAGs for one batch of deliveries; ack them only once every effect is durable. A message
         that makes the batch fail unexpectedly is dead-lettered alone (``node/isolation.py``)."""
         assert self.consumer is not None, "process() runs within run(), which opened the consumer"
-        handle_isolated(batch, self._advance, self.publisher, self.consumer, who="leader", acting=self.acting)
+        handle_isolated(batch, self._advance, self.publisher, _FlushingConsumer(self, self.consumer), who="leader",
+                        acting=self.acting)
 
     def _advance(self, batch: list[Delivery]) -> None:
         outcomes: list[Outcome] = []
@@ -383,15 +424,20 @@ class LeaderTerm:
         t1 = time.perf_counter()
         dead += [(d, f"response for unknown task {key} (never submitted, or deleted by retention)")
                  for key in dict.fromkeys(result.unknown) for d in by_key[key]]
-        self._record(result, now)
+
+        def done() -> None:  # once the batch's effects are durable and confirmed
+            for delivery, reason in dead:
+                dead_letter(self.publisher, delivery, reason)
+            assert self.consumer is not None, "process() runs within run(), which opened the consumer"
+            self.consumer.ack_through(batch[-1].tag)
+            self._count(result, len(batch), len(dead), now)
+
+        step = self._commit(result, now, done)
+        self._flush(keep=step)  # the previous batch: its confirms came while Neo4j worked
+        self._write(step)
         if not self.acting():
             return
-        self._send(result)
-        for delivery, reason in dead:
-            dead_letter(self.publisher, delivery, reason)
-        assert self.consumer is not None, "process() runs within run(), which opened the consumer"
-        self.consumer.ack_through(batch[-1].tag)
-        self._count(result, len(batch), len(dead), now)
+        self._publish(step)  # confirmed and acknowledged with the next batch, or once none comes
         if log.isEnabledFor(logging.DEBUG):
             t2 = time.perf_counter()
             log.debug("leader: batch size=%d flagged=%d dispatched=%d neo4j_ms=%.1f rest_ms=%.1f", len(batch),
@@ -405,6 +451,7 @@ class LeaderTerm:
         self._next_sweep = time.monotonic() + self.cfg.sweep_interval_s
         if not self.acting():
             return
+        self._flush()
         if self._settled:
             self.dags.forget_outbox(self._settled)
             self._settled = []
@@ -417,11 +464,8 @@ class LeaderTerm:
             self.repair_submits(self.epoch, now)
         due = self.dags.due_work(self.epoch, now, self.cfg.task_timeout_grace_s, limit=self.cfg.batch_size * 5,
                                  overdue=self._queues_drained())
-        if not due.dispatches:
-            return
-        self._record(due, now)
-        if self.acting():
-            self._send(due)
+        if due.dispatches:
+            self._finish(self._commit(due, now))
 
     def _read_pools(self) -> None:
         """Hand the bounded pools' slots, as MariaDB has them now, to the DAG store, which enforces them at every
@@ -456,14 +500,6 @@ class LeaderTerm:
             return True
         return all(self.waiting(queue) <= self.cfg.batch_size for queue in (REQUESTS, RESPONSES))
 
-    def _publish(self, dispatches: list[Dispatch]) -> None:
-        if not dispatches:
-            return
-        failpoints.hit(self.cfg, self.node_id, "leader.before_publish")
-        now = time.time()
-        self.publisher.publish_batch(REQUESTS, (
-            TaskRequest.wire_from_static(d.request, d.attempt, self.epoch, now) for d in dispatches))
-
     def _count(self, result: AdvanceResult, size: int, dead: int, now: float) -> None:
         if "first_advance" not in self.clock.marks and (result.flagged or result.dispatches):
             self.clock.mark("first_advance", now)
@@ -481,3 +517,19 @@ class LeaderTerm:
             metrics.DUPLICATE_RESPONSES.inc(len(result.duplicates))
         if dead:
             metrics.DEAD_LETTERS.inc(dead)
+
+
+class _FlushingConsumer:
+    """The term's consumer as :func:`handle_isolated` sees it: an ack (cumulative) first finishes the earlier
+    batches whose confirms are still awaited, so that it never covers a delivery whose effects are not durable."""
+
+    def __init__(self, term: LeaderTerm, consumer: Consumer) -> None:
+        self.term = term
+        self.consumer = consumer
+
+    def ack_through(self, tag: int) -> None:
+        self.term._flush()  # noqa: SLF001 - the term's own helper
+        self.consumer.ack_through(tag)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.consumer, name)

@@ -13,9 +13,15 @@ from node.stores.rabbit import Delivery
 
 
 class Publisher(Protocol):
-    """Publishes a batch of persistent messages and returns once the broker has confirmed all of them."""
+    """Publishes a batch of persistent messages and returns once the broker has confirmed all of them
+    (``publish_batch``), or returns at once and waits for the confirms in ``settle`` (``publish_async``: None when
+    there was nothing to publish)."""
 
     def publish_batch(self, queue: str, bodies: Iterable[bytes], properties: Any = ...) -> int: ...
+
+    def publish_async(self, queue: str, bodies: Iterable[bytes], properties: Any = ...) -> Any: ...
+
+    def settle(self, sent: Any) -> None: ...
 
 
 class Consumer(Protocol):

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions
@@ -143,17 +143,36 @@ def _coalesce_output(conn: BlockingConnection) -> None:
         buffers.append(joined)
 
 
+@dataclass(eq=False)
+class Sent:
+    """One batch published and not settled yet (:meth:`BatchPublisher.publish_async`): its messages, the channel they
+    went out on, the tags still unconfirmed (tag -> index) and the indexes the broker refused."""
+
+    queue: str
+    messages: list[bytes]
+    properties: pika.BasicProperties
+    deadline: float  # monotonic: the broker must have confirmed all by then
+    impl: Any = None  # the pika channel (its asynchronous side)
+    outstanding: dict[int, int] = field(default_factory=dict)
+    refused: list[int] = field(default_factory=list)
+    resend_at: float = 0.0
+
+
 class BatchPublisher:
     """Publishes batches of persistent messages and waits once per batch for the broker's confirms; each queue is
     reached through ``exchange`` under its own name (the default exchange routes to every queue; a worker's
     ``haorch.worker`` only to the queues it may write).
+
+    ``publish_batch`` returns once the broker confirmed the batch. ``publish_async`` returns at once and
+    ``settle`` waits for that batch's confirms later, so that a caller can do other work meanwhile (the leader
+    advances its next batch); several batches may be outstanding, each settled on its own, in any order.
 
     Messages the broker refuses (nacks), or does not confirm within RESEND_UNCONFIRMED_S, are published again on a
     new channel, after 0.2 s and then twice as long each time (up to 2 s), until ``confirm_timeout_s``: RabbitMQ
     3.10 nacks, or leaves unconfirmed, every publish of a channel whose first publish came just after a quorum
     queue's leader node died or was cut off, until that node is back, while a new channel reaches the new leader. A
     message published again may reach its queue twice (its consumers dedupe by message id, the workers by the
-    ledger)."""
+    ledger); so are the unconfirmed messages of other outstanding batches whose channel was replaced meanwhile."""
 
     def __init__(self, conn: BlockingConnection, confirm_timeout_s: float = 30.0, exchange: str = "") -> None:
         self.conn = conn
@@ -165,14 +184,14 @@ class BatchPublisher:
             self._open_channel(time.monotonic() + confirm_timeout_s)
 
     def _open_channel(self, deadline: float) -> None:
-        """A new channel in confirm mode (its delivery tags count from 1)."""
+        """A new channel in confirm mode (its delivery tags count from 1); outstanding batches of the old one are
+        published again when settled."""
         self.channel: BlockingChannel = self.conn.channel()
         # pika's blocking channel confirms message by message; its asynchronous channel (``_impl``) lets us
         # pipeline a batch and match the broker's acks and nacks to the messages ourselves.
         impl = self._impl = self.channel._impl  # noqa: SLF001
         self._next_tag = 1
-        self._unconfirmed: dict[int, int] = {}  # delivery tag -> index of the message in the batch, in tag order
-        self._refused: list[int] = []  # indexes of the batch's nacked messages
+        self._by_tag: dict[int, Sent] = {}  # unconfirmed delivery tag -> its batch, in tag order
         selected: list[bool] = []
         impl.confirm_delivery(ack_nack_callback=lambda frame: self._on_confirm(impl, frame),
                               callback=lambda _f: selected.append(True))
@@ -183,14 +202,15 @@ class BatchPublisher:
             return
         method = frame.method
         if method.multiple:
-            tags = list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, self._unconfirmed))
+            tags = list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, self._by_tag))
         else:
             tags = [method.delivery_tag]
         refused = isinstance(method, Basic.Nack)
         for tag in tags:
-            index = self._unconfirmed.pop(tag, None)
-            if refused and index is not None:
-                self._refused.append(index)
+            sent = self._by_tag.pop(tag, None)
+            index = sent.outstanding.pop(tag, None) if sent is not None else None
+            if refused and sent is not None and index is not None:
+                sent.refused.append(index)
 
     def _wait(self, done: Callable[[], bool], what: str, deadline: float) -> None:
         while not done():
@@ -202,41 +222,64 @@ class BatchPublisher:
                       properties: pika.BasicProperties = PERSISTENT) -> int:
         """Publish every body to ``queue`` and return once all are confirmed; DependencyError if the connection
         fails, or the confirms do not come, or the broker still refuses some at ``confirm_timeout_s``."""
+        sent = self.publish_async(queue, bodies, properties)
+        if sent is None:
+            return 0
+        self.settle(sent)
+        return len(sent.messages)
+
+    def publish_async(self, queue: str, bodies: Iterable[bytes],
+                      properties: pika.BasicProperties = PERSISTENT) -> Sent | None:
+        """Publish every body to ``queue`` without waiting for the confirms (None: nothing to publish); pass the
+        result to :meth:`settle`. DependencyError if the connection fails."""
         messages = list(bodies)
         if not messages:
-            return 0
-        deadline = time.monotonic() + self.confirm_timeout_s
+            return None
+        sent = Sent(queue, messages, properties, time.monotonic() + self.confirm_timeout_s)
+        with self._boundary:
+            self._put(sent, range(len(messages)))
+        return sent
+
+    def settle(self, sent: Sent) -> None:
+        """Return once the broker confirmed every message of ``sent``, publishing again what it refused or left
+        unconfirmed (see the class docstring); DependencyError as :meth:`publish_batch`."""
         pause = NACK_FIRST_PAUSE_S
         with self._boundary:
-            todo = messages
-            while refused := self._publish(queue, todo, properties, deadline):
-                if time.monotonic() + pause > deadline:
-                    raise self._failure(f"broker refused {len(refused)} of {len(messages)} messages to {queue}")
-                log.warning("rabbitmq: broker refused or did not confirm %d of %d messages to %s; publishing them "
-                            "again on a new channel in %.1f s", len(refused), len(messages), queue, pause)
-                self.conn.sleep(pause)
-                # not the blocking close: it would wait for the broker's close-ok behind what the channel waits on
-                with contextlib.suppress(Exception):
-                    self._impl.close()
-                self._open_channel(deadline)
-                self.resent += len(refused)
-                todo, pause = refused, min(2 * pause, NACK_MAX_PAUSE_S)
-        return len(messages)
+            while True:
+                self._wait(lambda: (not sent.outstanding or sent.impl is not self._impl
+                                    or time.monotonic() > sent.resend_at), "publisher confirms", sent.deadline)
+                again = sorted([*sent.refused, *sent.outstanding.values()])
+                if not again:
+                    return
+                current = self._impl
+                if sent.impl is current:  # refused or unconfirmed on the current channel: a new channel
+                    if time.monotonic() + pause > sent.deadline:
+                        raise self._failure(f"broker refused {len(again)} of {len(sent.messages)} messages to "
+                                            f"{sent.queue}")
+                    log.warning("rabbitmq: broker refused or did not confirm %d of %d messages to %s; publishing "
+                                "them again on a new channel in %.1f s", len(again), len(sent.messages), sent.queue,
+                                pause)
+                    self.conn.sleep(pause)
+                    # not the blocking close: it would wait for the broker's close-ok behind what the channel waits on
+                    with contextlib.suppress(Exception):
+                        current.close()
+                    self._open_channel(sent.deadline)
+                    pause = min(2 * pause, NACK_MAX_PAUSE_S)
+                # else its channel was replaced while another batch was settled: published again on the new one
+                self.resent += len(again)
+                self._put(sent, again)
 
-    def _publish(self, queue: str, messages: list[bytes], properties: pika.BasicProperties,
-                 deadline: float) -> list[bytes]:
-        """Publish ``messages`` on the current channel, wait for all their confirms (up to RESEND_UNCONFIRMED_S);
-        the ones refused or still unconfirmed. (What an earlier batch left unconfirmed, when it failed, is forgotten:
-        its caller gave up on it.)"""
-        self._unconfirmed, self._refused = {}, []
-        for index, body in enumerate(messages):
-            self._unconfirmed[self._next_tag] = index
+    def _put(self, sent: Sent, indexes: Iterable[int]) -> None:
+        """Publish the messages of ``sent`` at ``indexes`` on the current channel, in one socket write."""
+        sent.impl, sent.outstanding, sent.refused = self._impl, {}, []
+        sent.resend_at = time.monotonic() + RESEND_UNCONFIRMED_S
+        for index in indexes:
+            sent.outstanding[self._next_tag] = index
+            self._by_tag[self._next_tag] = sent
             self._next_tag += 1
-            self._impl.basic_publish(exchange=self.exchange, routing_key=queue, body=body, properties=properties)
+            self._impl.basic_publish(exchange=self.exchange, routing_key=sent.queue, body=sent.messages[index],
+                                     properties=sent.properties)
         _coalesce_output(self.conn)
-        resend_at = time.monotonic() + RESEND_UNCONFIRMED_S
-        self._wait(lambda: not self._unconfirmed or time.monotonic() > resend_at, "publisher confirms", deadline)
-        return [messages[i] for i in sorted([*self._refused, *self._unconfirmed.values()])]
 
     def waiting(self, queue: str) -> int:
         """Messages ready in ``queue`` (delivered but unacknowledged ones not counted): one passive declare."""

@@ -70,6 +70,13 @@ class StubPublisher:
             self.broker.journal.append(f"publish {queue} {count}")
         return count
 
+    def publish_async(self, queue: str, bodies: Iterable[bytes], properties: Any = None) -> int | None:
+        """As publish_batch (the stub broker has them at once); the count is what ``settle`` gets."""
+        return self.publish_batch(queue, bodies, properties) or None
+
+    def settle(self, sent: int) -> None:
+        self.broker.journal.append(f"confirmed {sent}")
+
 
 class StubConsumer:
     """Implements :class:`node.stores.ports.Consumer`: delivery tags count up per consumer, acks are cumulative,

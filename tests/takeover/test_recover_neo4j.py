@@ -153,7 +153,11 @@ def test_neo4j_emptied_under_load_is_rebuilt_and_every_experiment_completes_exac
          f"after {recovered_s:.1f} s: {summary}")
     assert failed == 0, "an experiment was failed while Neo4j was empty"
     assert summary["rebuilt"] and summary["released"], summary
-    assert summary["templates"] >= len(TYPES)
+    # every type is back; a submit for a built-in type may have re-installed the built-ins on the empty store before
+    # the rebuild (Experiments._latest), leaving the rebuild fewer versions to create
+    assert summary["templates"] >= 1
+    with Experiments(cfg) as exps:
+        assert set(TYPES) <= {row["type"] for row in exps.dags.list_templates()}
     assert summary["live"]["created"] > 0 and summary["finished"]["created"] >= 20, summary
     assert summary["live"]["left_out"] == summary["finished"]["left_out"] == 0, summary
     finish(cfg, load, timeout_s=240)

@@ -114,7 +114,8 @@ class _Cluster:
         with pytest.raises(DependencyError):
             self.run(term)
         self.records.write_batch = real  # type: ignore[method-assign]
-        assert self.progress.unsent is not None and not self.progress.written
+        (step,) = self.progress.unsent
+        assert not step.written
 
 
 def test_a_step_committed_in_a_neo4j_that_was_since_rebuilt_is_dropped_and_advanced_again() -> None:
@@ -128,7 +129,7 @@ def test_a_step_committed_in_a_neo4j_that_was_since_rebuilt_is_dropped_and_advan
     cluster.dags.experiments["e"]["remaining"] = 2
     term = cluster.term()
     term.take_over()
-    assert cluster.progress.unsent is None
+    assert cluster.progress.unsent == []
     assert cluster.records.to_states("e", "a") == [REDISPATCHED]  # the first takeover's re-send, nothing more
     assert cluster.records.to_states("e", "b") == [] and len(cluster.broker.bodies(REQUESTS)) == 1
     cluster.answer()  # the response was never acknowledged: it comes back

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.broker import StubBroker, StubConsumer
@@ -402,3 +403,52 @@ def test_the_sweep_writes_an_outbox_node_older_than_the_submit_grace_as_its_writ
     assert ExperimentState.CANCELLED not in leader.records.to_states("new")
     assert leader.records.transitions[0][-1] == 0  # epoch 0, as the cancel writes it
     assert "box-new" in leader.dags.boxes and "box-old" not in leader.dags.boxes
+
+
+def test_a_batch_is_confirmed_and_acknowledged_after_the_next_batchs_neo4j_transaction(leader: Leader) -> None:
+    """The pipelined loop: batch 1's confirms are awaited once batch 2 is advanced in Neo4j, and batch 1 is acked
+    only after its own confirms — never before its MariaDB write and publish, never after batch 2's ack."""
+    for experiment_id in ("e", "f"):
+        leader.dags.add_experiment(experiment_id, CHAIN)
+        leader.dispatched(experiment_id, ["a"])
+    leader.broker.put(RESPONSES, response("e", "a"), response("f", "a"))
+    term = leader.term
+    consumer = term.consumer = leader._open()
+    consumer.start()
+    term.process(consumer.next_batch(1))
+    j = leader.journal
+    assert j.has("mariadb.write_batch") and j.has(f"publish {REQUESTS} 1")
+    assert not j.has("confirmed") and not j.has("ack")  # batch 1 waits for its confirms
+    term.process(consumer.next_batch(1))
+    term.sweep()  # a sweep (like an empty poll of the loop, or a takeover page) first finishes what is pending
+    order = [entry.split(" ")[0] for entry in j if entry.split(" ")[0] in
+             ("neo4j.advance", "mariadb.write_batch", "publish", "confirmed", "ack")]
+    assert order == ["neo4j.advance", "mariadb.write_batch", "publish",  # batch 1
+                     "neo4j.advance",  # batch 2's Neo4j transaction overlaps batch 1's confirms
+                     "confirmed", "ack",  # batch 1
+                     "mariadb.write_batch", "publish", "confirmed", "ack"]  # batch 2, finished by the sweep
+    assert [e for e in j if e.startswith("ack")] == ["ack 1", "ack 2"] and term.progress.unsent == []
+
+
+def test_a_failed_confirm_leaves_the_batch_unacknowledged_and_the_retried_term_publishes_it_again(
+        leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.broker.put(RESPONSES, response("e", "a"))
+    publisher = leader.term.publisher
+
+    def lost(_sent: Any) -> None:
+        raise DependencyError("rabbitmq", "127.0.0.1:5672", "no publisher confirms within 30 s")
+    publisher.settle = lost  # type: ignore[method-assign]
+    with pytest.raises(DependencyError):
+        leader.run()
+    assert not leader.journal.has("ack") and len(leader.term.progress.unsent) == 1
+    assert len(leader.broker.bodies(REQUESTS)) == 1  # published, its confirm never came
+    del publisher.settle  # the retried term (same epoch, same progress) on a new connection
+    retry = LeaderTerm(leader.term.cfg, "node-1", EPOCH, dags=leader.dags, records=leader.records,
+                       publisher=leader.broker.publisher(), open_consumer=leader._open, fence_guard=leader._guard,
+                       acting=leader._acting, clock=PhaseClock(), progress=leader.term.progress)
+    retry.take_over()
+    assert leader.records.to_states("e", "b") == [TaskStatus.DISPATCHED]  # written once
+    assert [(r.task, r.attempt) for r in leader.requests()] == [("b", 1), ("b", 1)]  # published again
+    assert retry.progress.unsent == []
