@@ -64,7 +64,7 @@ from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from neo4j import Driver, ManagedTransaction, Record, Session, unit_of_work
+from neo4j import Driver, ManagedTransaction, Session, unit_of_work
 from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, DependencyError, FencedError, NotFoundError, UnknownTypeError
@@ -226,6 +226,7 @@ def _outbox(tx: ManagedTransaction, epoch: int, now: float, result: AdvanceResul
     return result
 
 
+_RESCAN_COLUMNS = ("key", "experiment_id", "name", "status", "attempt", "timeout_s")
 _RETURN_DISPATCH = ("RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.kind AS kind, "
                     "t.request AS request, t.attempt AS attempt")
 
@@ -705,19 +706,25 @@ class DagStore:
     def rescan(self, epoch: int, after: str, limit: int) -> list[dict[str, Any]]:
         """Takeover, one page: up to ``limit`` unflagged tasks whose predecessors are all executed, with keys
         after ``after``, in key order (one index seek), except those this ``epoch`` has (re)dispatched already:
-        ``{key, experiment_id, name, status, attempt, timeout_s}`` (only what the takeover reads: the page is
-        the takeover's critical path)."""
-        def page(tx: ManagedTransaction) -> list[Record]:
-            return list(tx.run(
+        ``{key, experiment_id, name, status, attempt, timeout_s}`` (only what the takeover reads).
+
+        Ordered by the ready index's three properties, not by ``key`` alone: then the planner reads the index in
+        order and stops after ``limit`` (by ``key`` alone it sorted every ready task after ``after`` for each page).
+        One record per page (a list of lists): the driver decodes it at once instead of record by record. Both
+        made a full rescan of 100,000 ready tasks ~6x faster (docs/BENCHMARKS.md, "Scale points")."""
+        def page(tx: ManagedTransaction) -> list[list[Any]]:
+            record = tx.run(
                 "MATCH (t:Task) USING INDEX t:Task(executed, waiting, key) "
                 "WHERE t.executed = false AND t.waiting = 0 AND t.key > $after AND t.status IN $open "
                 "AND coalesce(t.epoch, 0) <> $epoch "
-                "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.status AS status, "
-                "t.attempt AS attempt, t.timeout_s AS timeout_s "
-                "ORDER BY t.key LIMIT $limit", after=after, open=_OPEN, epoch=epoch, limit=limit))
+                "WITH t ORDER BY t.executed, t.waiting, t.key LIMIT $limit "
+                "RETURN collect([t.key, t.experiment_id, t.name, t.status, t.attempt, t.timeout_s]) AS page",
+                after=after, open=_OPEN, epoch=epoch, limit=limit).single(strict=True)
+            return list(record["page"])
 
         with self.driver.session() as session:
-            return [dict(r) for r in session.execute_read(self._timed(page))]
+            rows = session.execute_read(self._timed(page))
+        return [dict(zip(_RESCAN_COLUMNS, row, strict=True)) for row in sorted(rows)]
 
     @at_boundary
     def mark_dispatched(self, epoch: int, keys: list[str], now: float) -> AdvanceResult:
