@@ -69,6 +69,19 @@ def test_a_member_cut_by_a_crash_is_truncated_by_the_next_writer(tmp_path: Path)
         assert [json.loads(line)["experiment_id"] for line in f] == ["e1", "e2"]
 
 
+def test_a_day_file_of_thousands_of_members_reads_whole_and_in_order(tmp_path: Path) -> None:
+    """A day of retention appends thousands of members (one per step); they are read streamed, member by member
+    (gzip.decompress() copied the rest of the file for each: minutes for a day file of 10,000 members)."""
+    archive = Archive(tmp_path)
+    path = Path()
+    for step in range(2000):
+        path = archive.append(records(f"e{step}a", f"e{step}b"), NOW)
+    with open(path, "ab") as f:  # and a member cut at the end
+        f.write(gzip.compress(b'{"experiment_id": "cut"}\n')[:15])
+    ids = [r["experiment_id"] for r in read_lines(path)]
+    assert ids == [f"e{step}{half}" for step in range(2000) for half in "ab"]
+
+
 def test_the_last_record_wins_but_one_without_the_graph_keeps_the_earlier_graph(tmp_path: Path) -> None:
     archive = Archive(tmp_path)
     archive.append([{"experiment_id": "e1", "n": 1, "graph": {"tasks": [1]}}], NOW)
