@@ -37,7 +37,9 @@ PHASES = ("detect", "elect", "fence", "rescan", "redispatch", "first_advance")
 Progress = Callable[[str], None]
 
 
-def _phases(cfg: Config, epoch: int, timeout_s: float = 5.0) -> dict[str, float]:
+def recorded_phases(cfg: Config, epoch: int, timeout_s: float = 5.0) -> dict[str, float]:
+    """The failover phases (seconds) the leader of ``epoch`` recorded in ``leader_terms`` (once it advanced: see
+    node/leader/term.py's PhaseClock), waiting up to ``timeout_s`` for them; {} if none came."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         rows = query(cfg, "SELECT phases FROM leader_terms WHERE epoch = %s", (epoch,))
@@ -55,7 +57,7 @@ def _kill(run_cfg: Config, k: int, kills: int, progress: Progress) -> dict[str, 
     killed = cluster.kill_leader(run_cfg, "KILL")
     new = cluster.wait_for_leader(run_cfg, timeout_s, newer_than=old["epoch"])
     first = first_success_at(run_cfg, new["epoch"], timeout_s)
-    phases = _phases(run_cfg, new["epoch"])
+    phases = recorded_phases(run_cfg, new["epoch"])
     total = (first - killed["at"]) if first else float("nan")
     progress(f"timeout {run_cfg.zk_session_timeout_s:g}s beacon {'on' if run_cfg.leader_beacon else 'off'} kill "
              f"{k + 1}/{kills}: {old['node_id']} -> {new['node_id']} in {total * 1000:.0f} ms")

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from bench import takeover as tk
-from bench.failover import _phases, full_rescan
+from bench.failover import full_rescan, recorded_phases
 from bench.report import percentile
 from bench.scratch import Scratch
 from node import cluster
@@ -81,7 +81,7 @@ def takeover_in_flight(cfg: Config, in_flight: int, workers: int, progress: Prog
             cluster.start_node(cfg, int(old["node_id"].split("-")[1]))
             for n in range(1, workers + 1):
                 cluster.start_worker(cfg, n, cfg.worker_concurrency)
-            phases = _phases(cfg, new["epoch"], timeout_s=60.0)
+            phases = recorded_phases(cfg, new["epoch"], timeout_s=60.0)
             with Experiments(cfg) as exps:
                 rows = exps.wait(ids, timeout_s=timeout_s, poll_s=2.0)
             completed_s = time.time() - killed["at"]

@@ -22,7 +22,6 @@ also on an error or Ctrl-C (:mod:`bench.scratch`), and so is the archive, once c
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.failover import full_rescan
+from bench.failover import full_rescan, recorded_phases
 from bench.probes import query
 from bench.report import percentile
 from bench.scratch import Scratch
@@ -165,17 +164,6 @@ def kill_leader(cfg: Config, progress: Progress) -> dict[str, Any]:
     return {"from": old["node_id"], "to": new["node_id"], "epoch": new["epoch"], "acting_after_s": took}
 
 
-def takeover_phases(cfg: Config, epochs: list[int]) -> dict[int, dict[str, float]]:
-    """The failover phases (seconds) each of ``epochs`` recorded in ``leader_terms`` (a term records them once it
-    advanced: see node/leader/term.py's PhaseClock)."""
-    if not epochs:
-        return {}
-    marks = ", ".join(["%s"] * len(epochs))
-    rows = query(cfg, f"SELECT epoch, phases FROM leader_terms WHERE epoch IN ({marks}) AND phases IS NOT NULL",
-                 tuple(epochs))
-    return {int(epoch): json.loads(phases) for epoch, phases in rows}
-
-
 def archived(archive_dir: Path) -> Iterator[dict[str, Any]]:
     """Every experiment record of the archive, file by file (not all in memory at once)."""
     for path in archive_files(archive_dir):
@@ -270,9 +258,8 @@ def run(cfg: Config, minutes: float = 30.0, rate: float | None = None, tasks: in
                                                (scratch.prefix + "%",))]
                 exps.wait(pending, timeout_s=drain_s, poll_s=1.0)
             cluster.down(cfg)  # a quiescent store: the leader's gc would delete under the verifier's reads
-            phases = takeover_phases(cfg, [k["epoch"] for k in soak.kills])
-            for kill in soak.kills:
-                kill["phases"] = phases.get(kill["epoch"], {})
+            for kill in soak.kills:  # recorded long ago, if ever (a term killed before its first advance)
+                kill["phases"] = recorded_phases(cfg, kill["epoch"], timeout_s=0.5)
             ready, rescans = full_rescan(cfg)
             counts = account(cfg, scratch.prefix, load.ids, archive_dir)
             archived_mib = _du_mib(archive_dir)

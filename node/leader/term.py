@@ -102,14 +102,13 @@ MIN_PAGE = 100
 @dataclass(eq=False)
 class Step:
     """A leader write Neo4j has committed (at ``at``), until MariaDB has its rows (``written``), the broker has
-    confirmed its dispatches (``sent``: published, confirms not awaited yet; ``published``) and ``done`` ran (the
-    batch's dead letters, its ack, its metrics)."""
+    confirmed its dispatches (``sent``: the batches published, whose confirms are awaited; None: not published yet)
+    and ``done`` ran (the batch's dead letters, its ack, its metrics)."""
 
     result: AdvanceResult
     at: float
     written: bool = False
-    published: bool = False
-    sent: list[Any] = field(default_factory=list)
+    sent: list[Any] | None = None
     done: Callable[[], None] | None = None
 
 
@@ -208,7 +207,7 @@ class LeaderTerm:
         deliveries were never acknowledged and advance the rebuilt graph again."""
         p = self.progress
         for step in list(p.unsent):
-            step.done, step.sent, step.published = None, [], False
+            step.done, step.sent = None, None
             if step.written or step.result.outbox_id is None or step.result.outbox_id in boxes:
                 continue
             log.warning("leader: epoch=%d drops a step whose Neo4j commit is gone (Neo4j was rebuilt): %d "
@@ -308,10 +307,8 @@ class LeaderTerm:
             self.pump()
         if not self.acting():
             return False
-        self._publish(step)
-        for sent in step.sent:
+        for sent in self._publish(step):
             self.publisher.settle(sent)
-        step.sent = []
         self.progress.unsent.remove(step)
         if step.done is not None:
             step.done()
@@ -328,10 +325,10 @@ class LeaderTerm:
             self._settled.append(result.outbox_id)
         step.written = True
 
-    def _publish(self, step: Step) -> None:
-        """Publish the step's dispatches and undos; their confirms are awaited by :meth:`_finish`."""
-        if step.published:
-            return
+    def _publish(self, step: Step) -> list[Any]:
+        """Publish the step's dispatches and undos (once); the batches whose confirms :meth:`_finish` awaits."""
+        if step.sent is not None:
+            return step.sent
         result = step.result
         if result.dispatches:
             failpoints.hit(self.cfg, self.node_id, "leader.before_publish")
@@ -344,7 +341,7 @@ class LeaderTerm:
                                                                              undo=True).encode()
                                                     for d in result.undos)))
             if sent is not None]
-        step.published = True
+        return step.sent
 
     def _in_flight(self, tasks: list[dict], now: float) -> set[str]:
         """Keys of dispatched tasks a worker is executing right now (started, not ended, not timed out)."""

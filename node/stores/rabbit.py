@@ -208,9 +208,10 @@ class BatchPublisher:
         refused = isinstance(method, Basic.Nack)
         for tag in tags:
             sent = self._by_tag.pop(tag, None)
-            index = sent.outstanding.pop(tag, None) if sent is not None else None
-            if refused and sent is not None and index is not None:
-                sent.refused.append(index)
+            if sent is not None and refused:
+                sent.refused.append(sent.outstanding.pop(tag))
+            elif sent is not None:
+                del sent.outstanding[tag]
 
     def _wait(self, done: Callable[[], bool], what: str, deadline: float) -> None:
         while not done():
