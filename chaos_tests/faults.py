@@ -19,7 +19,7 @@ The adversarial faults (``random_mix(seed, count, ADVERSARIAL_KINDS)``) act with
 burst of more ready tasks than all workers prefetch and kills the leader while the backlog waits in
 ``haorch.requests``; ``poison-kill-leader`` publishes poison on the three queues just before and just after it
 kills the leader; ``freeze-publish`` arms the failpoint ``leader.before_publish`` (``node/failpoints.py``) of the
-acting leader, which stops itself between its fenced store transactions and the publish of the requests they
+acting leader, which stops itself between its fenced Neo4j transaction and the publish of the requests it
 dispatched, lets a standby take over and advance a DAG, and then continues the old leader, which publishes
 its stale requests (the queue is not fenced).
 
@@ -297,8 +297,8 @@ class PoisonKillLeader(_WorkloadKillLeader):
 
 @dataclass
 class FreezeBeforePublish(_LeaderFault):
-    """The acting leader stops itself at the failpoint ``leader.before_publish`` (after its batch's fenced Neo4j and
-    MariaDB transactions, before publishing the requests they dispatched); held until a newer epoch leads (the
+    """The acting leader stops itself at the failpoint ``leader.before_publish`` (after its batch's fenced Neo4j
+    transaction, before publishing the requests it dispatched and writing MariaDB); held until a newer epoch leads (the
     scenario then waits for that epoch's first advance); undo continues the old leader (SIGCONT), which publishes
     its stale requests."""
 

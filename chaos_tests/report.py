@@ -44,7 +44,7 @@ ADVERSARIAL_NOTE = (
     "leader killed while it waits in `haorch.requests`; PK = poison on the responses, submissions and requests "
     "queues just before and after a leader kill (each must reach `haorch.dead` with a reason, and no process may "
     "exit that a fault did not kill); FP = the leader stopped at the failpoint `leader.before_publish` (after its "
-    "fenced writes, before publishing what they dispatched) until a standby's new epoch advanced a DAG, then "
+    "fenced Neo4j write, before publishing what it dispatched) until a standby's new epoch advanced a DAG, then "
     "continued: its stale requests (its last batch's dispatches) reach the workers, and an attempt whose ledger row "
     "carries the old epoch was executed by the stale copy (it won the attempt's claim; the other copy was not run).")
 

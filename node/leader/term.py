@@ -2,20 +2,23 @@
 
 Per batch (docs/ARCHITECTURE.md, "The leader loop")::
 
-    consume responses + submissions  →  Neo4j tx (fence, flag, find ready, outbox)  →  MariaDB tx (fence,
-    transitions)  →  publish ready tasks (persistent)  →  [next batch's Neo4j tx]  →  publisher confirms  →  ack
+    consume responses + submissions  →  Neo4j tx (fence, flag, find ready, outbox)  →  publish ready tasks
+    (persistent)  →  MariaDB tx (fence, transitions)  →  [next batch's Neo4j tx]  →  publisher confirms  →  ack
 
-The publisher confirms of a batch are awaited after the next batch's Neo4j transaction (or at once when no batch
-follows, before a sweep or a takeover page, and before any other ack): the broker's fsync overlaps the leader's
-longest step. Each batch is acknowledged only after its own confirms, in order. Nothing is acknowledged before its
-effects are durable, so a leader that dies anywhere in this sequence leaves the batch in the queue for the next one;
-the next leader's Neo4j check (``status``/``attempt``) turns the replays into counted duplicates, and its takeover
-writes the transition rows of a Neo4j commit that never reached MariaDB from the Neo4j outbox
-(``node/stores/dags.py``) before it advances anything. A :class:`FencedError` from
-either store ends the term at once.
+The ready tasks are published as soon as Neo4j has committed them, so the broker stores them (and a worker may
+start) while MariaDB commits the batch's rows; the publisher confirms of a batch are awaited after the next batch's
+Neo4j transaction (or at once when no batch follows, before a sweep or a takeover page, and before any other ack):
+the broker's fsync overlaps the leader's longest step. Each batch is acknowledged only after its rows and its
+confirms, in order. Nothing is acknowledged before its effects are durable, so a leader that dies anywhere in this
+sequence leaves the batch in the queue for the next one; the next leader's Neo4j check (``status``/``attempt``)
+turns the replays into counted duplicates, and its takeover writes the transition rows of a Neo4j commit that never
+reached MariaDB from the Neo4j outbox (``node/stores/dags.py``) before it advances anything. A request published
+by a leader whose MariaDB write then fails (fenced, or MariaDB lost) is a copy of an attempt Neo4j has: a new leader
+re-sends the same attempt, and the ledger's claim lets only one copy run (``node/stores/ledger.py``). A
+:class:`FencedError` from either store ends the term at once.
 
 The takeover re-dispatches what the previous leader lost in bounded pages (``takeover_page_size`` ready tasks:
-rescan page → ledger check → one small fenced Neo4j transaction → MariaDB → publish), the first before the loop
+rescan page → ledger check → one small fenced Neo4j transaction → publish → MariaDB), the first before the loop
 starts and the others between batches, so the leader advances DAGs, and services its AMQP connection, while a
 backlog of any size is being re-dispatched. What a term has done is kept in a :class:`TermProgress` across retries
 of the same epoch: a retried term resumes the takeover after the last page and finishes a step Neo4j committed
@@ -33,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from node import failpoints, metrics
@@ -41,7 +44,7 @@ from node.errors import MalformedMessage
 from node.isolation import handle_isolated
 from node.leader.ports import Dags, PoolLimits, Records
 from node.model.advance import RETRY_WRITER, AdvanceResult, Outcome, transition_rows
-from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
+from node.model.messages import Rejected, SubmissionNotice, TaskRequest, TaskResponse, unpack_responses
 from node.model.states import TaskStatus
 from node.stores.ports import Consumer, Publisher
 from node.stores.queues import REQUESTS, RESPONSES, SUBMISSIONS
@@ -183,6 +186,7 @@ class LeaderTerm:
         self._settled: list[str] = []  # Outbox ids MariaDB has; deleted by the next sweep
         self._next_sweep = 0.0
         self._next_page = 0.0
+        self._per_delivery = 1.0  # responses and submissions per delivery in the last batch
 
     # --- takeover ----------------------------------------------------------------------------------------
     def take_over(self) -> None:
@@ -204,14 +208,15 @@ class LeaderTerm:
         Forget a step that Neo4j committed and MariaDB did not get if its Outbox node is gone: that node stays until
         its rows are written, so the commit went with it — Neo4j was emptied and rebuilt from MariaDB (``haorch
         recover neo4j``) in between. Writing its rows now would record changes the graph does not have; its
-        deliveries were never acknowledged and advance the rebuilt graph again."""
+        deliveries were never acknowledged and advance the rebuilt graph again, which dispatches the same attempts
+        (the ledger runs one copy of a request the step had published)."""
         p = self.progress
         for step in list(p.unsent):
             step.done, step.sent = None, None
             if step.written or step.result.outbox_id is None or step.result.outbox_id in boxes:
                 continue
             log.warning("leader: epoch=%d drops a step whose Neo4j commit is gone (Neo4j was rebuilt): %d "
-                        "dispatches never recorded nor published", self.epoch, len(step.result.dispatches))
+                        "dispatches never recorded", self.epoch, len(step.result.dispatches))
             p.unsent.remove(step)
 
     def _write_outbox(self, before: float | None = None) -> set[str]:
@@ -243,8 +248,8 @@ class LeaderTerm:
 
     def redispatch_page(self) -> bool:
         """One takeover page: rescan up to ``takeover_page_size`` ready tasks after the last page, leave those a
-        live worker is running, mark the rest dispatched by this epoch (one fenced Neo4j transaction), record and
-        publish them. Returns whether pages remain. A crash after the Neo4j commit leaves the page to the next
+        live worker is running, mark the rest dispatched by this epoch (one fenced Neo4j transaction), publish and
+        record them. Returns whether pages remain. A crash after the Neo4j commit leaves the page to the next
         epoch's takeover (its tasks are not of that epoch); a failure, to this term's retry (``unsent``)."""
         p = self.progress
         if p.done:
@@ -299,16 +304,17 @@ class LeaderTerm:
                 return
 
     def _finish(self, step: Step, pump: bool = False) -> bool:
-        """Write the step's rows to MariaDB, publish its dispatches (unless ``acting()`` turned false: then it stays
-        unfinished and False is returned), wait for their confirms, run its ``done``. ``pump``: serve the
-        connection between the steps (a takeover page)."""
+        """Publish the step's dispatches (unless ``acting()`` turned false: then it stays unfinished and False is
+        returned), write its rows to MariaDB while the broker stores them, wait for their confirms, run its
+        ``done``. ``pump``: serve the connection between the steps (a takeover page)."""
+        if not self.acting():
+            return False
+        sent = self._publish(step)
         self._write(step)
         if pump:
             self.pump()
-        if not self.acting():
-            return False
-        for sent in self._publish(step):
-            self.publisher.settle(sent)
+        for batch in sent:
+            self.publisher.settle(batch)
         self.progress.unsent.remove(step)
         if step.done is not None:
             step.done()
@@ -364,7 +370,9 @@ class LeaderTerm:
         try:
             while self.acting():
                 taking_over = not self.progress.done  # then a page per batch: wait for responses only briefly
-                batch = self.consumer.next_batch(self.cfg.batch_size, max_wait_s=0.005 if taking_over else 0.05,
+                # about batch_size responses: the workers pack several to a message
+                wanted = max(1, round(self.cfg.batch_size / self._per_delivery))
+                batch = self.consumer.next_batch(wanted, max_wait_s=0.005 if taking_over else 0.05,
                                                  linger_s=self.cfg.batch_wait_ms / 1000)
                 if batch:
                     self.process(batch)
@@ -397,48 +405,75 @@ class LeaderTerm:
                         acting=self.acting)
 
     def _advance(self, batch: list[Delivery]) -> None:
+        """Advance one batch of deliveries: its responses (several to a message) in parts of at most ``batch_size``,
+        one Neo4j transaction and one step each, the submissions with the first; the last part's step dead-letters
+        what could not be used and acknowledges the whole batch, after every part's effects are durable."""
         outcomes: list[Outcome] = []
         submitted: list[str] = []
         dead: list[tuple[Delivery, str]] = []
-        by_key: dict[str, list[Delivery]] = {}
+        by_key: dict[str, list[tuple[Delivery, TaskResponse | None]]] = {}
         for d in batch:
             try:
                 if d.queue == SUBMISSIONS:
                     submitted.append(SubmissionNotice.decode(d.body).experiment_id)
-                else:
-                    r = TaskResponse.decode(d.body)
-                    key = f"{r.experiment_id}/{r.task}"
-                    outcomes.append(Outcome(key, r.attempt, r.outcome == "success", r.error, r.lost,
-                                            r.recheck_after_s, r.waiting_on))
-                    by_key.setdefault(key, []).append(d)
+                    continue
+                items = unpack_responses(d.body)
             except MalformedMessage as exc:
                 dead.append((d, exc.reason))
+                continue
+            packed = len(items) > 1 or d.body[:1] == b"["
+            for r in items:
+                if isinstance(r, Rejected):
+                    dead.append((replace(d, body=r.body), r.reason))
+                    continue
+                key = f"{r.experiment_id}/{r.task}"
+                outcomes.append(Outcome(key, r.attempt, r.outcome == "success", r.error, r.lost, r.recheck_after_s,
+                                        r.waiting_on))
+                by_key.setdefault(key, []).append((d, r if packed else None))
+        self._per_delivery = max(1.0, (len(outcomes) + len(submitted)) / len(batch))
         now = time.time()
-        if not self.acting():
-            return
-        t0 = time.perf_counter()
-        result = self.dags.advance(self.epoch, outcomes, submitted, now)
-        t1 = time.perf_counter()
-        dead += [(d, f"response for unknown task {key} (never submitted, or deleted by retention)")
-                 for key in dict.fromkeys(result.unknown) for d in by_key[key]]
+        size = self.cfg.batch_size
+        parts = [outcomes[i:i + size] for i in range(0, len(outcomes), size)] or [[]]
+        reported: set[str] = set()
+        for number, part in enumerate(parts):
+            if not self.acting():
+                return
+            t0 = time.perf_counter()
+            roots = submitted if number == 0 else []
+            result = self.dags.advance(self.epoch, part, roots, now)
+            t1 = time.perf_counter()
+            unknown = [key for key in dict.fromkeys(result.unknown) if key not in reported]
+            reported.update(unknown)  # by_key has every response of the batch for the key, whatever its part
+            dead += [(d if r is None else replace(d, body=r.encode()),
+                      f"response for unknown task {key} (never submitted, or deleted by retention)")
+                     for key in unknown for d, r in by_key[key]]
+            last = number == len(parts) - 1
+            step = self._commit(result, now, self._done(result, len(part) + len(roots), batch if last else [], dead,
+                                                        now))
+            self._flush(keep=step)  # the previous step: its confirms came while Neo4j worked
+            if not self.acting():
+                return
+            self._publish(step)  # confirmed (and the batch acknowledged) after the next step's Neo4j transaction
+            self._write(step)
+            if log.isEnabledFor(logging.DEBUG):
+                t2 = time.perf_counter()
+                log.debug("leader: batch size=%d part=%d/%d flagged=%d dispatched=%d neo4j_ms=%.1f rest_ms=%.1f",
+                          len(batch), number + 1, len(parts), len(result.flagged), len(result.dispatches),
+                          (t1 - t0) * 1000, (t2 - t1) * 1000)
 
-        def done() -> None:  # once the batch's effects are durable and confirmed
-            for delivery, reason in dead:
-                dead_letter(self.publisher, delivery, reason)
-            assert self.consumer is not None, "process() runs within run(), which opened the consumer"
-            self.consumer.ack_through(batch[-1].tag)
-            self._count(result, len(batch), len(dead), now)
-
-        step = self._commit(result, now, done)
-        self._flush(keep=step)  # the previous batch: its confirms came while Neo4j worked
-        self._write(step)
-        if not self.acting():
-            return
-        self._publish(step)  # confirmed and acknowledged with the next batch, or once none comes
-        if log.isEnabledFor(logging.DEBUG):
-            t2 = time.perf_counter()
-            log.debug("leader: batch size=%d flagged=%d dispatched=%d neo4j_ms=%.1f rest_ms=%.1f", len(batch),
-                      len(result.flagged), len(result.dispatches), (t1 - t0) * 1000, (t2 - t1) * 1000)
+    def _done(self, result: AdvanceResult, advanced: int, batch: list[Delivery], dead: list[tuple[Delivery, str]],
+              now: float) -> Callable[[], None]:
+        """What runs once a step's effects are durable and confirmed: its metrics (``advanced``: the responses and
+        submissions it advanced); for the batch's last step (the ``batch`` given), the batch's dead letters and its
+        acknowledgement."""
+        def done() -> None:
+            if batch:
+                for delivery, reason in dead:
+                    dead_letter(self.publisher, delivery, reason)
+                assert self.consumer is not None, "process() runs within run(), which opened the consumer"
+                self.consumer.ack_through(batch[-1].tag)
+            self._count(result, advanced, len(dead) if batch else 0, now)
+        return done
 
     def sweep(self) -> None:
         """Delete the Outbox nodes of batches MariaDB has, write those older than ``submit_grace_s`` (a cancel that

@@ -2,7 +2,8 @@
 
 ``submit`` stores a :class:`StaticRequest` (the binary scheduling request) on every Neo4j task node; the leader
 turns it into a :class:`TaskRequest` on ``haorch.requests`` by adding the attempt, its epoch and the time.
-Workers answer with a :class:`TaskResponse` on ``haorch.responses``; ``submit`` also publishes a
+Workers answer with :class:`TaskResponse` objects on ``haorch.responses``, several to a message (a JSON array:
+:func:`pack_responses`, :func:`unpack_responses`); ``submit`` also publishes a
 :class:`SubmissionNotice` on ``haorch.submissions`` so the leader dispatches the roots at once::
 
     blob = static_request_bytes("exp-1", template.task("stage_in"), {"ms": "50"})
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, Field, dataclass, fields
 from functools import cache
 from typing import Any, ClassVar, Literal, Self, cast, get_args, get_origin, get_type_hints
@@ -43,6 +44,7 @@ from node.model.template import TaskSpec
 VERSION = 1
 Outcome = Literal["success", "failure", "waiting"]
 MAX_RECHECK_S = 3600.0  # the longest a waiting attempt may ask the leader to wait before checking again
+RESPONSES_PER_MESSAGE = 50  # a worker's pack of responses; the leader's batch counts responses, not messages
 
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "an object"}
 
@@ -60,15 +62,22 @@ class _Message:
     @classmethod
     def decode(cls, raw: bytes) -> Self:
         """The message in ``raw``; :class:`MalformedMessage` if it is not exactly one."""
-        data = _load_object(raw)
-        version = data.pop("v", None)
+        data = _load_json(raw)
+        if not isinstance(data, dict):
+            raise MalformedMessage(f"not a JSON object but {_json_type(data)}")
+        return cls.from_object(data)
+
+    @classmethod
+    def from_object(cls, data: dict[str, Any]) -> Self:
+        """The message a decoded JSON object holds; MalformedMessage if it is not one."""
+        version = data.get("v")
         if version is None:
             raise MalformedMessage("missing field 'v'")
         if version != VERSION or isinstance(version, bool):
             raise MalformedMessage(f"unknown version {version!r:.80}")
         checkers = _checkers(cast(type, cls))  # mypy does not take type[Self] as Hashable for the cache
         for key in data:
-            if key not in checkers:
+            if key not in checkers and key != "v":
                 raise MalformedMessage(f"unknown field {key!r:.80}")
         values = {}
         for name, (check, required) in checkers.items():
@@ -187,6 +196,62 @@ class TaskResponse(_Message):
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """An item of a response pack that is not a response: its JSON (re-encoded) and why, for the dead letter."""
+
+    body: bytes
+    reason: str
+
+
+def pack_responses(responses: Iterable[TaskResponse]) -> list[bytes]:
+    """Message bodies for ``responses``: JSON arrays of up to RESPONSES_PER_MESSAGE encoded responses, each body
+    within MAX_MESSAGE_BYTES (one persistent message per pack instead of per response: the broker's fsync,
+    confirm, delivery and ack, and each side's AMQP framing, are paid once per pack)."""
+    bodies: list[bytes] = []
+    pack: list[bytes] = []
+    size = 2
+    for response in responses:
+        encoded = response.encode()
+        if pack and (len(pack) == RESPONSES_PER_MESSAGE or size + 1 + len(encoded) > MAX_MESSAGE_BYTES):
+            bodies.append(b"[" + b",".join(pack) + b"]")
+            pack, size = [], 2
+        pack.append(encoded)
+        size += len(encoded) + 1
+    if pack:
+        bodies.append(b"[" + b",".join(pack) + b"]")
+    return bodies
+
+
+def unpack_responses(raw: bytes) -> list[TaskResponse | Rejected]:
+    """The responses of one message on ``haorch.responses``: a pack (:func:`pack_responses`) or one response object.
+    MalformedMessage when the message as a whole is neither (not UTF-8 JSON, too long, an empty pack, a pack longer
+    than MAX_MESSAGE_BYTES allows); an item of a pack that is not a valid response is a :class:`Rejected`, so that
+    the other items are still used."""
+    data = _load_json(raw)
+    if isinstance(data, dict):
+        return [TaskResponse.from_object(data)]
+    if not isinstance(data, list):
+        raise MalformedMessage(f"neither a response object nor a pack of them but {_json_type(data)}")
+    if not data:
+        raise MalformedMessage("an empty pack of responses")
+    out: list[TaskResponse | Rejected] = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            out.append(Rejected(_reencode(item), f"pack item {index}: not a JSON object but {_json_type(item)}"))
+            continue
+        try:
+            out.append(TaskResponse.from_object(item))
+        except MalformedMessage as exc:
+            out.append(Rejected(_reencode(item), f"pack item {index}: {exc.reason}"))
+    return out
+
+
+def _reencode(value: Any) -> bytes:
+    """``value`` (parsed JSON) as JSON again: ASCII, so that any string JSON accepted stays encodable."""
+    return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+@dataclass(frozen=True)
 class SubmissionNotice(_Message):
     """Published to ``haorch.submissions`` after a submit so the leader dispatches the roots at once."""
 
@@ -222,7 +287,7 @@ def _checkers(cls: type) -> dict[str, tuple[Callable[[str, Any], Any], bool]]:
     return {f.name: (_compile(hints[f.name]), f.default is MISSING) for f in fields(cls)}
 
 
-def _load_object(raw: bytes) -> dict[str, Any]:
+def _load_json(raw: bytes) -> Any:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"message is {len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
     try:
@@ -233,8 +298,6 @@ def _load_object(raw: bytes) -> dict[str, Any]:
         data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise MalformedMessage("not JSON") from None
-    if not isinstance(data, dict):
-        raise MalformedMessage(f"not a JSON object but {_json_type(data)}")
     return data
 
 

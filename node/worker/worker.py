@@ -18,8 +18,8 @@ Per batch taken from ``haorch.requests`` (at most ``cfg.batch_size``, fewer whil
    thread, so the pool is replaced and the straggler finishes alone);
 4. as they end, in groups (an ended task waits at most ``GROUP_S`` for others of its batch), one transaction records
    the group's ends (an attempt abandoned meanwhile by another worker keeps that end, and its result is dropped),
-   then one publish (confirmed by the broker) sends the group's responses: a short task is not held up by a long one
-   of the same batch;
+   then one publish (confirmed by the broker) sends the group's responses, packed several to a message
+   (``node/model/messages.py``): a short task is not held up by a long one of the same batch;
 5. then the batch is acknowledged cumulatively through its answered prefix (:class:`Acks`): no delivery is
    acknowledged before its response is confirmed, or before it is known to need none.
 
@@ -61,7 +61,7 @@ from node.metrics import (
     WORKER_IN_PROGRESS,
 )
 from node.model.limits import MAX_ERROR_CHARS, name_problem, value_problem
-from node.model.messages import MAX_RECHECK_S, TaskRequest, TaskResponse
+from node.model.messages import MAX_RECHECK_S, TaskRequest, TaskResponse, pack_responses
 from node.model.messages import Outcome as OutcomeName
 from node.model.references import UnresolvedReference, find_refs, resolve
 from node.retry import RECONNECT, RESUME, call
@@ -331,7 +331,7 @@ class Worker:
             return
         try:
             if responses:
-                publisher.publish_batch(RESPONSES, [r.encode() for r in responses])
+                publisher.publish_batch(RESPONSES, pack_responses(responses))
             acks.settle(deliveries)
         except DependencyError as exc:
             self._lost = exc

@@ -103,19 +103,20 @@ def test_malformed_messages_are_dead_lettered_and_the_loop_goes_on(workers: Conf
     now = time.time()
     unknown = TaskResponse(experiment_id="core-no-such-exp", task="t", attempt=1, outcome="success", result={},
                            error=None, worker="core-test", started_at=now, ended_at=now).encode()
-    bad = [b"\xff\xfe\x00 garbage", b"[1, 2, 3]", b'{"v": 1, "experiment_id": "x"}', unknown]
-    publish(cfg, RESPONSES, *bad)
+    bad = [b"\xff\xfe\x00 garbage", b'{"v": 1, "experiment_id": "x"}', unknown]
+    publish(cfg, RESPONSES, *bad, b"[1, 2, 3]")  # a pack of three items, none a response: each dead-lettered alone
     publish(cfg, SUBMISSIONS, b"not a notice")
-    got = take(cfg, DEAD, 5, timeout_s=15)
-    assert sorted(body for _p, body in got) == sorted([*bad, b"not a notice"])
+    got = take(cfg, DEAD, 7, timeout_s=15)
+    assert sorted(body for _p, body in got) == sorted([*bad, b"1", b"2", b"3", b"not a notice"])
     reasons = {body: props.headers.get("x-haorch-reason") for props, body in got}
     assert all(reasons.values()), reasons
+    assert reasons[b"3"] == "pack item 2: not a JSON object but a number"
     assert reasons[b"\xff\xfe\x00 garbage"] == "not UTF-8"
     assert "missing field" in reasons[b'{"v": 1, "experiment_id": "x"}']
     assert "unknown task" in reasons[unknown]
     assert {props.headers.get("x-haorch-source-queue") for props, body in got if body != b"not a notice"} == {
         RESPONSES}
-    wait_until(lambda: metric(cfg, "haorch_dead_letters_total") >= dead_before + 5, 30, "dead letters counted")
+    wait_until(lambda: metric(cfg, "haorch_dead_letters_total") >= dead_before + 7, 30, "dead letters counted")
 
     exp = submit(cfg, "diamond", unique("core-after-garbage"))
     assert wait_all(cfg, [exp], 90) == {exp: "COMPLETED"}

@@ -8,6 +8,7 @@ from pathlib import Path
 from fakes.broker import StubBroker
 from fakes.journal import Journal
 from fakes.ledger import FakeLedger
+from fakes.responses import responses_in
 from node.config import Config
 from node.model.messages import TaskResponse
 from node.stores.queues import REQUESTS, RESPONSES
@@ -29,7 +30,7 @@ class WorkerRig:
         """Deliver ``bodies`` as one batch; the responses published."""
         self.broker.put(REQUESTS, *bodies)
         self.worker.handle_batch(self.consumer.next_batch(max_n=100), self.publisher, self.consumer)
-        return [TaskResponse.decode(body) for body in self.broker.bodies(RESPONSES)]
+        return responses_in(*self.broker.bodies(RESPONSES))
 
 
 def worker_rig() -> Iterator[WorkerRig]:

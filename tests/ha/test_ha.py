@@ -162,9 +162,11 @@ def test_restarting_a_store_under_load_loses_nothing(ha, service: str) -> None:
 
 
 def test_a_leader_killed_between_its_neo4j_and_mariadb_commits_loses_no_transition_row(ha) -> None:
-    """The leader stops (failpoint) right after a Neo4j commit, before its MariaDB write, and is SIGKILLed there;
-    the next leader writes the dead leader's rows from the Neo4j outbox during its takeover, so every
-    experiment's log is complete and ordered (the verifier's dispatch_unrecorded, log_order, success_mismatch)."""
+    """The leader stops (failpoint) after a Neo4j commit and the publish of what it dispatched, before its MariaDB
+    write and the batch's ack, and is SIGKILLed there; the next leader writes the dead leader's rows from the Neo4j
+    outbox during its takeover and re-sends the published attempts (the ledger runs one copy), so every
+    experiment's log is complete and ordered (the verifier's dispatch_unrecorded, log_order, success_mismatch) and
+    nothing ran twice."""
     load = ha.load(RATE, 60).start()
     wait_until(lambda: load.done >= 16, 30, "load did not start")
     row = cluster.leader(ha.cfg)

@@ -31,7 +31,7 @@ from node.access.tokens import Tokens
 from node.config import Config
 from node.errors import MalformedMessage
 from node.model.limits import INT_MAX
-from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
+from node.model.messages import Rejected, SubmissionNotice, TaskRequest, TaskResponse, unpack_responses
 from node.stores.connect import amqp_parameters
 from node.stores.queues import DEAD, REQUESTS, RESPONSES, SUBMISSIONS
 from node.stores.records import Records
@@ -95,19 +95,28 @@ def _pids(cfg: Config) -> dict[str, int | None]:
 
 
 def _expected(sent: list[tuple[str, bytes]]) -> tuple[Counter, set[tuple]]:
-    """What must reach haorch.dead: (source queue, body) of every rejected or unknown-experiment message, and the
-    keys of the responses to well-formed requests (the workers answer them; the leader finds no such task)."""
+    """What must reach haorch.dead: (source queue, body) of every rejected or unknown-experiment message — of a pack
+    of responses (a JSON array), each bad or unknown item alone, as its own JSON — and the keys of the responses to
+    well-formed requests (the workers answer them; the leader finds no such task)."""
     bodies_: Counter = Counter()
     answered: set[tuple] = set()
     for queue, body in sent:
+        if queue == RESPONSES:
+            try:
+                items = unpack_responses(body)
+            except MalformedMessage:
+                bodies_[(queue, body)] += 1
+                continue
+            packed = len(items) > 1 or body[:1] == b"["
+            for item in items:
+                bodies_[(queue, item.body if isinstance(item, Rejected) else item.encode() if packed else body)] += 1
+            continue
         try:
             message = DECODERS[queue].decode(body)
         except MalformedMessage:
             bodies_[(queue, body)] += 1
             continue
-        if queue == RESPONSES:
-            bodies_[(queue, body)] += 1
-        elif queue == REQUESTS:
+        if queue == REQUESTS:
             answered.add((message.experiment_id, message.task, message.attempt))
     return bodies_, answered
 

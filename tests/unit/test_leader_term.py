@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from node.config import Config
 from node.errors import DependencyError, FencedError
 from node.leader.term import LeaderTerm, PhaseClock
 from node.model.advance import Outcome, transition_rows
-from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
+from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse, pack_responses
 from node.model.states import REDISPATCHED, ExperimentState, TaskStatus
 from node.model.template import RetryPolicy, TaskSpec
 from node.stores.ledger import Start
@@ -104,7 +105,7 @@ def test_takeover_raises_both_fences_in_order_then_rescans_and_redispatches_what
     j = leader.journal
     assert (j.index_of("mariadb.raise_fence 2") < j.index_of("guard enter 2") < j.index_of("neo4j.raise_fence 2")
             < j.index_of("guard exit") < j.index_of("neo4j.rescan") < j.index_of("neo4j.mark_dispatched")
-            < j.index_of("mariadb.write_batch") < j.index_of(f"publish {REQUESTS}"))
+            < j.index_of(f"publish {REQUESTS}") < j.index_of("mariadb.write_batch"))
     assert leader.dags.fence == leader.records.fence == EPOCH
     sent = {(r.experiment_id, r.task, r.attempt, r.epoch) for r in leader.requests()}
     assert sent == {("lost", "x", 1, EPOCH), ("unsent", "a", 1, EPOCH)}  # not the in-flight one, not the backoff
@@ -195,7 +196,7 @@ def test_the_takeover_leaves_tasks_this_epoch_dispatched_meanwhile(leader: Leade
 
 
 # --- one batch -----------------------------------------------------------------------------------------
-def test_a_batch_advances_neo4j_then_writes_mariadb_then_publishes_then_acks(leader: Leader) -> None:
+def test_a_batch_advances_neo4j_then_publishes_then_writes_mariadb_then_acks(leader: Leader) -> None:
     leader.dags.add_experiment("e", CHAIN)
     leader.dispatched("e", ["a"])
     leader.dags.add_experiment("new", [TaskSpec("root", "data_staging")])
@@ -205,8 +206,8 @@ def test_a_batch_advances_neo4j_then_writes_mariadb_then_publishes_then_acks(lea
     leader.run()
 
     j = leader.journal
-    assert j.index_of("neo4j.advance") < j.index_of("mariadb.write_batch") < j.index_of(f"publish {REQUESTS}") \
-        < j.index_of("ack")
+    assert j.index_of("neo4j.advance") < j.index_of(f"publish {REQUESTS}") < j.index_of("mariadb.write_batch") \
+        < j.index_of("confirmed") < j.index_of("ack")
     assert {(r.experiment_id, r.task, r.attempt) for r in leader.requests()} == {("e", "b", 1), ("new", "root", 1)}
     assert (("e", "a", TaskStatus.DISPATCHED, TaskStatus.SUCCEEDED, 1, None, EPOCH) in leader.records.transitions)
     assert leader.records.to_states("e", "b") == [TaskStatus.DISPATCHED]
@@ -238,15 +239,19 @@ def test_a_fenced_neo4j_advance_stops_before_mariadb_publish_and_ack(leader: Lea
     assert back.redelivered
 
 
-def test_a_fenced_mariadb_write_stops_before_publish_and_ack(leader: Leader) -> None:
+def test_a_fenced_mariadb_write_stops_before_the_ack(leader: Leader) -> None:
+    """The batch's requests go out between its Neo4j commit and its MariaDB write: a fenced write leaves them
+    published (copies of attempts Neo4j has, which the next leader re-sends and the ledger runs once) and the
+    response unacknowledged."""
     leader.dags.add_experiment("e", CHAIN)
     leader.dispatched("e", ["a"])
     leader.records.fence = EPOCH + 1
     leader.broker.put(RESPONSES, response("e", "a"))
     with pytest.raises(FencedError):
         leader.run()
-    assert leader.journal.has("neo4j.advance")
-    assert not leader.journal.has("publish") and not leader.journal.has("ack")
+    assert leader.journal.index_of("neo4j.advance") < leader.journal.index_of("publish")
+    assert [(r.task, r.attempt) for r in leader.requests()] == [("b", 1)]
+    assert not leader.records.transitions and not leader.journal.has("ack")
     assert len(leader.broker.messages(RESPONSES)) == 1
 
 
@@ -262,6 +267,51 @@ def test_a_malformed_message_is_dead_lettered_with_its_reason_and_the_batch_acke
     assert {m.headers["x-haorch-source-queue"] for m in dead} == {RESPONSES, SUBMISSIONS}
     assert [(r.task, r.attempt) for r in leader.requests()] == [("b", 1)]  # the good response still advanced
     assert leader.consumer is not None and leader.consumer.idle() and leader.journal.has("ack 3")
+
+
+def test_a_pack_is_advanced_item_by_item_and_only_its_bad_items_are_dead_lettered(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    good, ghost = (TaskResponse.decode(response(e, "a")) for e in ("e", "ghost"))
+    (pack,) = pack_responses([good, ghost])
+    pack = pack[:-1] + b',{"v":1,"task":"x"},7]'  # a worker (or anyone) added two bad items
+    leader.broker.put(RESPONSES, pack)
+    leader.run()
+    assert [(r.task, r.attempt) for r in leader.requests()] == [("b", 1)]  # the good item advanced
+    dead = {m.headers["x-haorch-reason"]: m.body for m in leader.broker.messages(DEAD)}
+    assert dead == {"pack item 2: missing field 'experiment_id'": b'{"v":1,"task":"x"}',
+                    "pack item 3: not a JSON object but a number": b"7",
+                    "response for unknown task ghost/a (never submitted, or deleted by retention)": ghost.encode()}
+    assert leader.consumer is not None and leader.consumer.idle() and leader.journal.count("ack 1") == 1
+
+
+def test_more_responses_than_a_batch_are_advanced_in_parts_and_acked_once_after_the_last(leader: Leader) -> None:
+    leader.term.cfg = replace(leader.term.cfg, batch_size=2)
+    for name in "pqrst":
+        leader.dags.add_experiment(name, CHAIN)
+        leader.dispatched(name, ["a"])
+    leader.broker.put(RESPONSES, *pack_responses(TaskResponse.decode(response(name, "a")) for name in "pqrst"))
+    consumer = leader.term.consumer = leader._open()
+    consumer.start()
+    leader.term.process(consumer.next_batch(2))  # one message: five responses
+    j = leader.journal
+    assert [e for e in j if e.startswith("neo4j.advance")] == ["neo4j.advance 2 0"] * 2 + ["neo4j.advance 1 0"]
+    assert not j.has("ack")  # the last part awaits its confirms
+    leader.term.sweep()
+    assert [e.split(" ")[0] for e in j if e.startswith(("neo4j.advance", "confirmed", "ack"))] == [
+        "neo4j.advance", "neo4j.advance", "confirmed", "neo4j.advance", "confirmed", "confirmed", "ack"]
+    assert j.count("ack 1") == 1
+    assert sorted(r.experiment_id for r in leader.requests()) == list("pqrst")
+    assert all(leader.records.to_states(name, "a") == [TaskStatus.SUCCEEDED] for name in "pqrst")
+
+
+def test_copies_of_an_unknown_response_in_different_parts_are_each_dead_lettered_once(leader: Leader) -> None:
+    leader.term.cfg = replace(leader.term.cfg, batch_size=1)
+    ghost = TaskResponse.decode(response("ghost", "t"))
+    leader.broker.put(RESPONSES, *pack_responses([ghost, ghost]))
+    leader.run()
+    assert leader.broker.bodies(DEAD) == [ghost.encode(), ghost.encode()]
+    assert leader.consumer is not None and leader.consumer.idle()
 
 
 def test_a_response_for_an_unknown_task_is_dead_lettered_and_acked(leader: Leader) -> None:
@@ -343,7 +393,7 @@ def test_the_sweep_dispatches_due_retries_lost_roots_and_overdue_tasks(leader: L
     leader.term.sweep()
 
     j = leader.journal
-    assert j.index_of("neo4j.due_work") < j.index_of("mariadb.write_batch") < j.index_of(f"publish {REQUESTS}")
+    assert j.index_of("neo4j.due_work") < j.index_of(f"publish {REQUESTS}") < j.index_of("mariadb.write_batch")
     assert j.index_of("mariadb.prune_applied_batches") < j.index_of("neo4j.due_work")  # not in the fence raise
     sent = {(r.experiment_id, r.task, r.attempt) for r in leader.requests()}
     assert sent == {("retry", "r", 2), ("root", "x", 1), ("late", "o", 1)}
@@ -423,10 +473,10 @@ def test_a_batch_is_confirmed_and_acknowledged_after_the_next_batchs_neo4j_trans
     term.sweep()  # a sweep (like an empty poll of the loop, or a takeover page) first finishes what is pending
     order = [entry.split(" ")[0] for entry in j if entry.split(" ")[0] in
              ("neo4j.advance", "mariadb.write_batch", "publish", "confirmed", "ack")]
-    assert order == ["neo4j.advance", "mariadb.write_batch", "publish",  # batch 1
+    assert order == ["neo4j.advance", "publish", "mariadb.write_batch",  # batch 1
                      "neo4j.advance",  # batch 2's Neo4j transaction overlaps batch 1's confirms
                      "confirmed", "ack",  # batch 1
-                     "mariadb.write_batch", "publish", "confirmed", "ack"]  # batch 2, finished by the sweep
+                     "publish", "mariadb.write_batch", "confirmed", "ack"]  # batch 2, finished by the sweep
     assert [e for e in j if e.startswith("ack")] == ["ack 1", "ack 2"] and term.progress.unsent == []
 
 

@@ -9,12 +9,17 @@ from typing import Any
 import pytest
 
 from node.errors import HaorchError, MalformedMessage
+from node.model.limits import MAX_MESSAGE_BYTES
 from node.model.messages import (
+    RESPONSES_PER_MESSAGE,
+    Rejected,
     StaticRequest,
     SubmissionNotice,
     TaskRequest,
     TaskResponse,
+    pack_responses,
     static_request_bytes,
+    unpack_responses,
 )
 from node.model.template import TaskSpec
 
@@ -209,3 +214,46 @@ def test_wire_from_static_decodes_to_the_same_request_as_from_static():
     blob = static_request_bytes("exp-9", TaskSpec(name="a", kind="k", executor="sleep", params={"ms": 5}), {"x": "1"})
     wire = TaskRequest.wire_from_static(blob, attempt=2, epoch=7, dispatched_at=1700000000.25)
     assert TaskRequest.decode(wire) == TaskRequest.from_static(blob, 2, 7, 1700000000.25)
+
+
+def _responses(n: int, result_bytes: int = 0) -> list[TaskResponse]:
+    return [TaskResponse(experiment_id="e", task=f"t{i}", attempt=1, outcome="success",
+                         result={"x": "y" * result_bytes}, error=None, worker="w", started_at=1.0, ended_at=2.0)
+            for i in range(n)]
+
+
+def test_responses_are_packed_up_to_a_count_and_a_size_and_unpacked_in_order() -> None:
+    many = _responses(RESPONSES_PER_MESSAGE + 1)
+    bodies = pack_responses(many)
+    assert [len(unpack_responses(b)) for b in bodies] == [RESPONSES_PER_MESSAGE, 1]
+    assert [r for b in bodies for r in unpack_responses(b)] == many
+    big = _responses(8, result_bytes=50_000)  # 8 × ~50 KB: not within one message
+    bodies = pack_responses(big)
+    assert len(bodies) == 2 and all(len(b) <= MAX_MESSAGE_BYTES for b in bodies)
+    assert [r for b in bodies for r in unpack_responses(b)] == big
+    assert pack_responses([]) == []
+
+
+def test_a_single_response_object_is_still_read() -> None:
+    (one,) = _responses(1)
+    assert unpack_responses(one.encode()) == [one]
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"[]", "an empty pack of responses"),
+    (b"7", "neither a response object nor a pack of them but a number"),
+    (b"[1", "not JSON"),
+])
+def test_a_message_that_is_no_pack_is_malformed_as_a_whole(raw: bytes, reason: str) -> None:
+    with pytest.raises(MalformedMessage, match=reason):
+        unpack_responses(raw)
+
+
+def test_the_bad_items_of_a_pack_are_rejected_alone_with_their_reason_and_body() -> None:
+    (one,) = _responses(1)
+    items = unpack_responses(b"[" + one.encode() + b',"x",{"v":2},{"v":1,"task":"\\ud800"}]')
+    assert items[0] == one
+    assert items[1:] == [Rejected(b'"x"', "pack item 1: not a JSON object but a string"),
+                         Rejected(b'{"v":2}', "pack item 2: unknown version 2"),
+                         Rejected(b'{"v":1,"task":"\\ud800"}', items[3].reason)]
+    assert isinstance(items[3], Rejected) and items[3].reason.startswith("pack item 3: ")

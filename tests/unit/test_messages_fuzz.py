@@ -15,7 +15,7 @@ from strategies import GOOD, POISON, bodies, dumps
 
 from node.errors import MalformedMessage
 from node.model.limits import BIGINT_MAX, INT_MAX, MAX_ID_CHARS, MAX_NESTING
-from node.model.messages import StaticRequest, SubmissionNotice, TaskRequest, TaskResponse
+from node.model.messages import Rejected, StaticRequest, SubmissionNotice, TaskRequest, TaskResponse, unpack_responses
 
 DECODERS = (TaskRequest, TaskResponse, SubmissionNotice, StaticRequest)
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
@@ -97,3 +97,33 @@ def test_request_epoch_and_notice_ids_are_bounded() -> None:
         TaskRequest.decode(dumps({**GOOD[TaskRequest], "kind": "k" * 65}))
     with pytest.raises(MalformedMessage, match="invalid experiment_id"):
         SubmissionNotice.decode(b'{"v":1,"experiment_id":""}')
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_pack_of_bodies_unpacks_to_storable_responses_and_reasoned_rejects(data: st.DataObject) -> None:
+    """A pack whose items are arbitrary (bodies of every decoder's strategy, bytes made JSON where they are): every
+    item comes back as a storable response or a Rejected with a one-line reason and a body that is JSON again."""
+    items = [raw for raw in data.draw(st.lists(bodies(TaskResponse), min_size=1, max_size=5)) if _is_json(raw)]
+    raw = b"[" + b",".join(items) + b"]"
+    try:
+        unpacked = unpack_responses(raw)
+    except MalformedMessage as exc:
+        assert exc.reason and "\n" not in exc.reason
+        return
+    assert len(unpacked) == len(items)
+    for item in unpacked:
+        if isinstance(item, Rejected):
+            assert item.reason.startswith("pack item ") and "\n" not in item.reason
+            json.loads(item.body)
+            item.reason.encode("utf-8")
+        else:
+            assert_storable(item)
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return True

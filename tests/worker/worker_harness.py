@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pika
 import pymysql
+from fakes.responses import responses_in
 from pika.adapters.blocking_connection import BlockingChannel
 
 from node.config import Config
@@ -39,17 +40,22 @@ class Bus:
 
     def responses(self, n: int, timeout_s: float = 10.0, extra_s: float = 0.0) -> list[TaskResponse]:
         """At least ``n`` responses (fewer if ``timeout_s`` runs out), plus whatever arrives ``extra_s`` later."""
-        return [TaskResponse.decode(body) for _props, body in self.take(RESPONSES, n, timeout_s, extra_s)]
+        taken = self.take(RESPONSES, n, timeout_s, extra_s, weight=lambda body: len(responses_in(body)))
+        return responses_in(*(body for _props, body in taken))
 
-    def take(self, queue: str, n: int, timeout_s: float = 10.0, extra_s: float = 0.0) -> list[tuple]:
+    def take(self, queue: str, n: int, timeout_s: float = 10.0, extra_s: float = 0.0,
+             weight: Callable[[bytes], int] = lambda _body: 1) -> list[tuple]:
+        """Messages of ``queue`` until they weigh ``n`` (one each unless ``weight`` says), or ``timeout_s``."""
         got: list[tuple] = []
+        weighed = 0
         deadline = time.monotonic() + timeout_s
         for method, props, body in self.channel.consume(queue, inactivity_timeout=0.05):
             if method is not None:
                 got.append((props, body))
+                weighed += weight(body)
                 self.channel.basic_ack(method.delivery_tag)
             now = time.monotonic()
-            if len(got) >= n and deadline > now + extra_s:
+            if weighed >= n and deadline > now + extra_s:
                 deadline = now + extra_s
             if now >= deadline:
                 break
