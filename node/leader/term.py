@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -104,13 +105,15 @@ MIN_PAGE = 100
 
 @dataclass(eq=False)
 class Step:
-    """A leader write Neo4j has committed (at ``at``), until MariaDB has its rows (``written``), the broker has
-    confirmed its dispatches (``sent``: the batches published, whose confirms are awaited; None: not published yet)
-    and ``done`` ran (the batch's dead letters, its ack, its metrics)."""
+    """A leader write Neo4j has committed (at ``at``), until MariaDB has its rows (``written``; ``writing``: the
+    write running on the term's MariaDB thread), the broker has confirmed its dispatches (``sent``: the batches
+    published, whose confirms are awaited; None: not published yet) and ``done`` ran (the batch's dead letters, its
+    ack, its metrics)."""
 
     result: AdvanceResult
     at: float
     written: bool = False
+    writing: Future[None] | None = None
     sent: list[Any] | None = None
     done: Callable[[], None] | None = None
 
@@ -187,6 +190,7 @@ class LeaderTerm:
         self._next_sweep = 0.0
         self._next_page = 0.0
         self._per_delivery = 1.0  # responses and submissions per delivery in the last batch
+        self._writer: ThreadPoolExecutor | None = None  # run()'s MariaDB thread: a batch's write overlaps the next
 
     # --- takeover ----------------------------------------------------------------------------------------
     def take_over(self) -> None:
@@ -212,7 +216,7 @@ class LeaderTerm:
         (the ledger runs one copy of a request the step had published)."""
         p = self.progress
         for step in list(p.unsent):
-            step.done, step.sent = None, None
+            step.done, step.sent, step.writing = None, None, None
             if step.written or step.result.outbox_id is None or step.result.outbox_id in boxes:
                 continue
             log.warning("leader: epoch=%d drops a step whose Neo4j commit is gone (Neo4j was rebuilt): %d "
@@ -310,7 +314,7 @@ class LeaderTerm:
         if not self.acting():
             return False
         sent = self._publish(step)
-        self._write(step)
+        self._written(step)
         if pump:
             self.pump()
         for batch in sent:
@@ -319,6 +323,22 @@ class LeaderTerm:
         if step.done is not None:
             step.done()
         return True
+
+    def _write_async(self, step: Step) -> None:
+        """Start the step's MariaDB write on the term's MariaDB thread (written at once outside :meth:`run`); the
+        older steps are finished, so the writes stay in order. :meth:`_finish` waits for it."""
+        if self._writer is None:
+            self._write(step)
+        elif not step.written and step.writing is None:
+            step.writing = self._writer.submit(self._write, step)
+
+    def _written(self, step: Step) -> None:
+        """Return once MariaDB has the step's rows: wait for its write in flight (its error raised here), or write
+        them now."""
+        writing, step.writing = step.writing, None
+        if writing is not None:
+            writing.result()
+        self._write(step)
 
     def _write(self, step: Step) -> None:
         if step.written:
@@ -367,6 +387,7 @@ class LeaderTerm:
         """Consume and advance until ``acting()`` turns false; FencedError propagates to the caller."""
         self.consumer = self.open_consumer()
         self.consumer.start()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leader-mariadb")
         try:
             while self.acting():
                 taking_over = not self.progress.done  # then a page per batch: wait for responses only briefly
@@ -385,6 +406,9 @@ class LeaderTerm:
                 if time.monotonic() >= self._next_sweep:
                     self.sweep()
         finally:
+            # the write in flight ends (its step stays unsent if it failed) before a retried term uses MariaDB
+            self._writer.shutdown(wait=True)
+            self._writer = None
             self._close_consumer()
 
     def _close_consumer(self) -> None:
@@ -454,7 +478,7 @@ class LeaderTerm:
             if not self.acting():
                 return
             self._publish(step)  # confirmed (and the batch acknowledged) after the next step's Neo4j transaction
-            self._write(step)
+            self._write_async(step)  # while the next step's Neo4j transaction runs
             if log.isEnabledFor(logging.DEBUG):
                 t2 = time.perf_counter()
                 log.debug("leader: batch size=%d part=%d/%d flagged=%d dispatched=%d neo4j_ms=%.1f rest_ms=%.1f",

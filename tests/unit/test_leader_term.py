@@ -4,6 +4,7 @@ the sweep — the decision logic of node.leader.term without any server, in mill
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -478,6 +479,54 @@ def test_a_batch_is_confirmed_and_acknowledged_after_the_next_batchs_neo4j_trans
                      "confirmed", "ack",  # batch 1
                      "publish", "mariadb.write_batch", "confirmed", "ack"]  # batch 2, finished by the sweep
     assert [e for e in j if e.startswith("ack")] == ["ack 1", "ack 2"] and term.progress.unsent == []
+
+
+def test_a_batch_s_mariadb_write_runs_while_the_next_batch_s_neo4j_transaction_does(leader: Leader) -> None:
+    leader.term.cfg = replace(leader.term.cfg, batch_size=1)  # one response per batch
+    for name in "pq":
+        leader.dags.add_experiment(name, CHAIN)
+        leader.dispatched(name, ["a"])
+    leader.broker.put(RESPONSES, response("p", "a"), response("q", "a"))
+    real_write, real_advance = leader.records.write_batch, leader.dags.advance
+    second = threading.Event()
+    overlapped: list[bool] = []
+
+    def write(*args: Any, **kwargs: Any) -> Any:
+        overlapped.append(second.wait(5))  # a write on the loop's thread would wait here for nothing
+        return real_write(*args, **kwargs)
+
+    def advance(*args: Any, **kwargs: Any) -> Any:
+        if leader.journal.has("neo4j.advance"):
+            second.set()
+        return real_advance(*args, **kwargs)
+    leader.records.write_batch = write  # type: ignore[method-assign]
+    leader.dags.advance = advance  # type: ignore[method-assign]
+    # no sweep, no takeover page in between: each would first wait for batch 1's write
+    leader.term._next_sweep, leader.term.progress.done = time.monotonic() + 60, True
+    leader.run()
+    assert overlapped == [True, True]
+    assert leader.records.to_states("p", "b") == leader.records.to_states("q", "b") == [TaskStatus.DISPATCHED]
+    assert [e for e in leader.journal if e.startswith("ack")] == ["ack 1", "ack 2"]
+
+
+def test_a_failed_mariadb_write_in_flight_ends_the_term_and_the_retry_writes_it_once(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.broker.put(RESPONSES, response("e", "a"))
+    real_write = leader.records.write_batch
+
+    def down(*_args: Any, **_kwargs: Any) -> Any:
+        raise DependencyError("mariadb", "127.0.0.1:3306", "OperationalError 2013")
+    leader.records.write_batch = down  # type: ignore[method-assign]
+    with pytest.raises(DependencyError):
+        leader.run()
+    assert not leader.journal.has("ack") and len(leader.term.progress.unsent) == 1
+    leader.records.write_batch = real_write  # type: ignore[method-assign]
+    retry = LeaderTerm(leader.term.cfg, "node-1", EPOCH, dags=leader.dags, records=leader.records,
+                       publisher=leader.broker.publisher(), open_consumer=leader._open, fence_guard=leader._guard,
+                       acting=leader._acting, clock=PhaseClock(), progress=leader.term.progress)
+    retry.take_over()
+    assert leader.records.to_states("e", "b") == [TaskStatus.DISPATCHED] and retry.progress.unsent == []
 
 
 def test_a_failed_confirm_leaves_the_batch_unacknowledged_and_the_retried_term_publishes_it_again(
