@@ -3,13 +3,16 @@
 Per batch (docs/ARCHITECTURE.md, "The leader loop")::
 
     consume responses + submissions  →  Neo4j tx (fence, flag, find ready, outbox)  →  publish ready tasks
-    (persistent)  →  MariaDB tx (fence, transitions)  →  [next batch's Neo4j tx]  →  publisher confirms  →  ack
+    (persistent)  →  MariaDB tx (fence, transitions) on the term's MariaDB thread, while the loop runs the next
+    batch's Neo4j tx  →  MariaDB done, publisher confirms  →  ack
 
 The ready tasks are published as soon as Neo4j has committed them, so the broker stores them (and a worker may
-start) while MariaDB commits the batch's rows; the publisher confirms of a batch are awaited after the next batch's
-Neo4j transaction (or at once when no batch follows, before a sweep or a takeover page, and before any other ack):
-the broker's fsync overlaps the leader's longest step. Each batch is acknowledged only after its rows and its
-confirms, in order. Nothing is acknowledged before its effects are durable, so a leader that dies anywhere in this
+start) while MariaDB commits the batch's rows; the MariaDB write and the publisher confirms of a batch are awaited
+after the next batch's Neo4j transaction (or at once when no batch follows, before a sweep or a takeover page, and before any other ack):
+MariaDB's commit and the broker's fsync overlap the leader's longest step. The writes run one at a time, in
+order, and each batch is acknowledged only after its rows and its confirms, in order; the thread is the only user
+of the term's MariaDB connection while a write is in flight (anything else the term does in MariaDB, and its end,
+first waits for it). Nothing is acknowledged before its effects are durable, so a leader that dies anywhere in this
 sequence leaves the batch in the queue for the next one; the next leader's Neo4j check (``status``/``attempt``)
 turns the replays into counted duplicates, and its takeover writes the transition rows of a Neo4j commit that never
 reached MariaDB from the Neo4j outbox (``node/stores/dags.py``) before it advances anything. A request published
