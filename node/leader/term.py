@@ -8,17 +8,17 @@ Per batch (docs/ARCHITECTURE.md, "The leader loop")::
 
 The ready tasks are published as soon as Neo4j has committed them, so the broker stores them (and a worker may
 start) while MariaDB commits the batch's rows; the MariaDB write and the publisher confirms of a batch are awaited
-after the next batch's Neo4j transaction (or at once when no batch follows, before a sweep or a takeover page, and before any other ack):
-MariaDB's commit and the broker's fsync overlap the leader's longest step. The writes run one at a time, in
-order, and each batch is acknowledged only after its rows and its confirms, in order; the thread is the only user
-of the term's MariaDB connection while a write is in flight (anything else the term does in MariaDB, and its end,
-first waits for it). Nothing is acknowledged before its effects are durable, so a leader that dies anywhere in this
-sequence leaves the batch in the queue for the next one; the next leader's Neo4j check (``status``/``attempt``)
-turns the replays into counted duplicates, and its takeover writes the transition rows of a Neo4j commit that never
-reached MariaDB from the Neo4j outbox (``node/stores/dags.py``) before it advances anything. A request published
-by a leader whose MariaDB write then fails (fenced, or MariaDB lost) is a copy of an attempt Neo4j has: a new leader
-re-sends the same attempt, and the ledger's claim lets only one copy run (``node/stores/ledger.py``). A
-:class:`FencedError` from either store ends the term at once.
+after the next batch's Neo4j transaction (or at once when no batch follows, before a sweep or a takeover page, and
+before any other ack): MariaDB's commit and the broker's fsync overlap the leader's longest step. The writes run one
+at a time, in order, and each batch is acknowledged only after its rows and its confirms, in order; the thread is
+the only user of the term's MariaDB connection while a write is in flight (anything else the term does in MariaDB,
+and its end, first waits for it). Nothing is acknowledged before its effects are durable, so a leader that dies
+anywhere in this sequence leaves the batch in the queue for the next one; the next leader's Neo4j check
+(``status``/``attempt``) turns the replays into counted duplicates, and its takeover writes the transition rows of a
+Neo4j commit that never reached MariaDB from the Neo4j outbox (``node/stores/dags.py``) before it advances anything.
+A request published by a leader whose MariaDB write then fails (fenced, or MariaDB lost) is a copy of an attempt
+Neo4j has: a new leader re-sends the same attempt, and the ledger's claim lets only one copy run
+(``node/stores/ledger.py``). A :class:`FencedError` from either store ends the term at once.
 
 The takeover re-dispatches what the previous leader lost in bounded pages (``takeover_page_size`` ready tasks:
 rescan page → ledger check → one small fenced Neo4j transaction → publish → MariaDB), the first before the loop

@@ -17,7 +17,7 @@ from test_worker_answer import request as request_body
 from node.config import Config
 from node.errors import DependencyError
 from node.metrics import DEAD_LETTERS
-from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse
+from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse, pack_responses
 from node.replica import Replica
 from node.stores.queues import DEAD, RESPONSES, SUBMISSIONS
 from node.worker import executors
@@ -56,6 +56,21 @@ def test_the_leader_dead_letters_only_the_message_a_store_rejects_and_advances_t
     assert {(r.experiment_id, r.task) for r in leader.requests()} == {("e", "b"), ("new", "a")}
     assert leader.consumer is not None and leader.consumer.idle()
     assert DEAD_LETTERS._value.get() == before + 1
+
+
+def test_a_pack_a_store_rejects_is_dead_lettered_whole_and_the_other_messages_advance(leader: Leader) -> None:
+    """The cost of packing: the isolation works per message, so the good responses of a poisoned pack go with it to
+    haorch.dead (their attempts are then overdue, re-sent and answered from the ledger)."""
+    for name in ("e", "good", "poison"):
+        leader.dags.add_experiment(name, CHAIN)
+        leader.dispatched(name, ["a"])
+    leader.dags.advance = _store_rejects("poison", leader.dags.advance)  # type: ignore[method-assign]
+    pack = pack_responses([TaskResponse.decode(response(name, "a")) for name in ("good", "poison")])
+    leader.broker.put(RESPONSES, response("e", "a"), *pack)
+    leader.run()
+    assert leader.broker.bodies(DEAD) == pack and _dead_reasons(leader.broker)[0].startswith("UnicodeEncodeError")
+    assert {(r.experiment_id, r.task) for r in leader.requests()} == {("e", "b")}
+    assert leader.consumer is not None and leader.consumer.idle()
 
 
 def test_a_dependency_failure_leaves_the_whole_batch_unacked_and_nothing_dead(leader: Leader) -> None:
