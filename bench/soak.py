@@ -242,7 +242,7 @@ def run(cfg: Config, minutes: float = 30.0, rate: float | None = None, tasks: in
                 if time.monotonic() >= next_sample:
                     row = sample(soak, sample_s, tasks)
                     next_sample += sample_s
-                    progress(f"soak: minute {row.minute:.0f}: {row.advancements_per_s:.0f} adv/s, p99 "
+                    progress(f"soak: minute {row.minute:.1f}: {row.advancements_per_s:.0f} adv/s, p99 "
                              f"{row.p99_ms:.0f} ms, stored {row.stored}, neo4j {row.neo4j_mib:.0f} MiB, mariadb "
                              f"{row.mariadb_mib:.0f} MiB, submitted {load.done}")
                 if time.monotonic() >= next_kill and time.monotonic() < end - 30:
@@ -350,7 +350,7 @@ def render(result: dict[str, Any]) -> str:
         queues = r["queues"]
         rss = r["rss_mib"]
         lines.append(
-            f"| {r['minute']:.0f} | {r['advancements_per_s']:.0f} | {r['p99_ms']:.0f} | {r['stored']} | "
+            f"| {r['minute']:.1f} | {r['advancements_per_s']:.0f} | {r['p99_ms']:.0f} | {r['stored']} | "
             f"{r['neo4j_mib']:.0f} | {r['mariadb_mib']:.0f} | {r['tables_mib']:.0f} | "
             f"{queues.get('haorch.requests', 0)} | {queues.get('haorch.responses', 0)} | "
             f"{' '.join(f'{rss.get(p, 0):.0f}' for p in nodes)} | "
