@@ -332,7 +332,7 @@ class LeaderTerm:
         older steps are finished, so the writes stay in order. :meth:`_finish` waits for it."""
         if self._writer is None:
             self._write(step)
-        elif not step.written and step.writing is None:
+        else:
             step.writing = self._writer.submit(self._write, step)
 
     def _written(self, step: Step) -> None:
