@@ -1,7 +1,8 @@
 """``haorch node run``: a replica with its HTTP port, a dependency monitor and signal handling.
 
 SIGTERM/SIGINT hand leadership over (the election lock is released before the process exits, so a standby
-leads within milliseconds) and stop the node.
+leads within milliseconds) and stop the node; SIGUSR1 writes every thread's stack to its log
+(``node/runtime/stacks.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from node.http.server import NodeHTTPServer
 from node.model.builtin import builtin_kinds
 from node.model.states import ExperimentState
 from node.replica import Replica
+from node.runtime.stacks import dump_stacks_on_signal
 from node.stores.connect import amqp_parameters, neo4j_driver
 from node.stores.queues import QUEUES
 from node.stores.records import Records
@@ -127,6 +129,7 @@ def run_node(cfg: Config, node_id: str, number: int) -> None:
     shutdown = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shutdown.set())
+    dump_stacks_on_signal()
     metrics.expose_node_series(builtin_kinds(), QUEUES, DependencyMonitor.SERVICES)
     replica = Replica(cfg, node_id, beacon_port, number)
     deps = DependencyMonitor(cfg, is_leader=lambda: replica.role == "leader").start()

@@ -4,7 +4,8 @@
 
 SIGTERM or SIGINT sets the stop event: the batch in hand is finished and acknowledged, unprocessed prefetched
 deliveries go back to the queue, and the function returns 0 — or ends the process at once with status 0 when a
-task abandoned at its timeout is still running, since Python would otherwise wait for its thread.
+task abandoned at its timeout is still running, since Python would otherwise wait for its thread. SIGUSR1 writes
+every thread's stack to the worker's log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from node.config import Config
 from node.errors import ServiceError
 from node.metrics import WORKER_REGISTRY, expose_worker_series
 from node.model.builtin import builtin_kinds
+from node.runtime.stacks import dump_stacks_on_signal
 from node.worker.worker import DEPENDENCIES, Worker
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ def run_worker(cfg: Config, worker_id: str, concurrency: int) -> int:
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda _signum, _frame: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
+    dump_stacks_on_signal()
     try:
         worker.run(stop)
     finally:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
+
+from polling import wait_until
 
 from chaos_tests.faults import established_sockets
 from node import cluster
@@ -11,9 +16,11 @@ from node.config import Config
 from node.experiments import Experiments
 from node.load import Load
 from node.runtime.process import wait_gone
+from node.runtime.stacks import DUMP_SIGNAL
 from node.verify import EXACTLY_ONCE_KINDS, Scope, check
 
 NODES = 3
+T = TypeVar("T")
 
 
 def number(node_id: str) -> int:
@@ -51,6 +58,28 @@ def log_since(cfg: Config, n: int, offset: int) -> str:
     with open(cluster.node_process(cfg, n).log_file, "rb") as f:
         f.seek(offset)
         return f.read().decode(errors="replace")
+
+
+def explain(cfg: Config, lines: int = 150) -> str:
+    """What every node is doing: each running one writes its threads' stacks to its log (SIGUSR1; a frozen one
+    does when it is continued), then the last ``lines`` lines of each log."""
+    for n in range(1, NODES + 1):
+        cluster.node_process(cfg, n).signal(DUMP_SIGNAL)
+    time.sleep(1.0)
+    tails = []
+    for n in range(1, NODES + 1):
+        path = cluster.node_process(cfg, n).log_file
+        text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+        tails.append(f"--- node-{n} ({path}), last {len(text)} lines:\n" + "\n".join(text))
+    return "\n".join(tails)
+
+
+def wait_explained(cfg: Config, predicate: Callable[[], T], timeout_s: float, what: str) -> T:
+    """:func:`wait_until`, whose AssertionError also carries :func:`explain`: a CI log then says why."""
+    try:
+        return wait_until(predicate, timeout_s, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain(cfg)}") from None
 
 
 def zk_member_of(cfg: Config, pid: int) -> set[int]:

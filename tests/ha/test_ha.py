@@ -12,7 +12,17 @@ import signal
 import time
 
 import pytest
-from ha_harness import finish, log_since, log_size, metric, number, restart_when_gone, restore_nodes, zk_member_of
+from ha_harness import (
+    finish,
+    log_since,
+    log_size,
+    metric,
+    number,
+    restart_when_gone,
+    restore_nodes,
+    wait_explained,
+    zk_member_of,
+)
 from kazoo.exceptions import NoAuthError
 from polling import wait_until
 
@@ -41,8 +51,8 @@ def test_sigkill_leader_standby_takes_over_and_nothing_is_lost(ha) -> None:
     killed = cluster.kill_leader(ha.cfg, "KILL")
     new = _leader(ha.cfg, killed["epoch"])
     elected_s = time.time() - killed["at"]
-    first = wait_until(lambda: ha.records.first_advance_after(killed["epoch"], killed["at"]), 20,
-                       "the new leader never advanced")
+    first = wait_explained(ha.cfg, lambda: ha.records.first_advance_after(killed["epoch"], killed["at"]), 20,
+                           "the new leader never advanced")
     print(f"\nSIGKILL {killed['node_id']} epoch {killed['epoch']} -> {new['node_id']} epoch {new['epoch']}: "
           f"leader after {elected_s * 1000:.0f} ms, first advancement after {(first[2] - killed['at']) * 1000:.0f} ms")
     assert new["node_id"] != killed["node_id"] and new["epoch"] > killed["epoch"]
@@ -59,7 +69,8 @@ def test_sigstop_past_session_timeout_old_leader_writes_nothing_and_rejoins(ha) 
         new = _leader(ha.cfg, frozen["epoch"])
         fence = wait_until(lambda: (f := probes.fence(ha.cfg))[0] >= new["epoch"] and f, 20, "fence never raised")
         raised_at = fence[2]
-        wait_until(lambda: ha.records.first_advance_after(frozen["epoch"], frozen["at"]), 20, "no advancement")
+        wait_explained(ha.cfg, lambda: ha.records.first_advance_after(frozen["epoch"], frozen["at"]), 20,
+                       "no advancement")
         time.sleep(1.0)  # the new leader keeps advancing while the old one is frozen
         offset = log_size(ha.cfg, n)
     finally:
