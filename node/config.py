@@ -138,7 +138,8 @@ class Config:
     keep_leader_terms: int = 1000  # leader_terms rows kept (the newest)
     dead_letters_max: int = 100_000  # messages haorch.dead keeps (the oldest are dropped beyond it)
     takeover_page_size: int = 2000  # ready tasks re-dispatched per takeover page (one small fenced transaction)
-    neo4j_tx_timeout_s: float = 15.0  # the server ends a leader transaction that runs or waits on a lock longer
+    # the server ends a leader's, a cancel's or a retry's Neo4j transaction that runs or waits on a lock longer
+    neo4j_tx_timeout_s: float = 15.0
     # RabbitMQ
     rabbit_heartbeat_s: int = 5  # a killed peer's TCP closes at once; this bounds a frozen one
     # MariaDB and RabbitMQ connections: a member that does not acknowledge what is sent to it for this long (cut

@@ -143,7 +143,8 @@ class Experiments:
     def dags(self) -> DagStore:
         if self._dags is None:
             self._driver = neo4j_driver(self.cfg)
-            self._dags = DagStore(self._driver)
+            # a cancel or retry frozen while it holds the fence lock blocks the leader: the server ends it
+            self._dags = DagStore(self._driver, tx_timeout_s=self.cfg.neo4j_tx_timeout_s)
         return self._dags
 
     def _create_dags(self, template: Template, version: int, items: list[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -1,11 +1,13 @@
 """Unblock a new leader's Neo4j fence raise held up by an older leader's open transaction.
 
-Every DAG-advancing transaction writes the ``(:Fence)`` node first, so it holds that node's lock until it
-commits. A leader frozen (SIGSTOP, a long pause, a half-open connection) in the middle of such a transaction
-keeps the lock for as long as it is frozen — Neo4j has no lock-wait or transaction timeout by default — and the
-new leader's ``raise_fence`` would wait for it forever. While the new leader raises its fence, this guard looks for
+Every write of a leader (each DAG-advancing transaction, and the deletion of Outbox nodes) and every cancel and
+retry writes the ``(:Fence)`` node first, so it holds that node's lock until it commits. A leader frozen
+(SIGSTOP, a long pause, a half-open connection) in the middle of such a transaction keeps the lock for as long as
+it is frozen (or until its server-side timeout, ``neo4j_tx_timeout_s``; Neo4j has none by default), and the new
+leader's ``raise_fence`` would wait for it that long. While the new leader raises its fence, this guard looks for
 its own raise blocked on the fence and terminates the blockers: any other holder of the fence lock acts for an
-older epoch, and its work is rolled back (the older leader sees ``Transaction.Terminated`` and steps down)::
+older epoch (or is a user's cancel or retry, which fails and can be run again), and its work is rolled back (the
+older leader sees ``Transaction.Terminated`` and steps down)::
 
     with FenceGuard(dags.driver, epoch):
         dags.raise_fence(epoch, node_id)

@@ -771,9 +771,20 @@ class DagStore:
 
     @at_boundary
     def forget_outbox(self, ids: list[str]) -> None:
-        """Delete the Outbox nodes of ``ids`` (MariaDB has their rows)."""
-        if ids:
-            self.driver.execute_query("UNWIND $ids AS id MATCH (o:Outbox {id: id}) DELETE o", ids=ids)
+        """Delete the Outbox nodes of ``ids`` (MariaDB has their rows). Locks the Fence node first, as every other
+        write of a leader does: a writer frozen in here (SIGSTOP, a stalled host) then blocks the next leader's
+        fence raise, whose guard ends its transaction. Without that lock it held the nodes' locks unseen, and the
+        next leader, deleting the same nodes in its takeover, waited for it until it woke (a takeover stalled 30 s
+        behind a SIGSTOPped leader; a CI run failed on it)."""
+        if not ids:
+            return
+
+        def work(tx: ManagedTransaction) -> None:
+            tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_forget_at = $now WITH count(f) AS locked "
+                   "UNWIND $ids AS id MATCH (o:Outbox {id: id}) DELETE o", ids=ids, now=time.time()).consume()
+
+        with self.driver.session() as session:
+            session.execute_write(self._timed(work))
 
     @at_boundary
     def experiment_states(self, ids: list[str]) -> dict[str, str]:

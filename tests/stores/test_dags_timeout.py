@@ -79,3 +79,37 @@ def test_a_frozen_leaders_transaction_is_ended_by_the_server_and_releases_the_fe
         took, raised = _timed_call(lambda: waiter.due_work(epoch, time.time(), 5.0, limit=1), 30.0)
     print(f"\nwaiter behind a frozen holder went through after {took:.1f} s")
     assert raised is None and took < 8, f"took {took:.1f} s, raised {raised!r} (the holder sleeps 10 s)"
+
+
+def test_a_writer_frozen_deleting_outbox_nodes_holds_the_fence_lock_where_the_guard_sees_it(stack) -> None:
+    """``forget_outbox`` locks the Fence node first: a leader frozen in it blocks the next fence write (the next
+    leader's raise, whose guard ends it) instead of holding the Outbox nodes' locks where no guard looks — the
+    next leader, deleting the same nodes in its takeover, then waited for it until it woke."""
+    box = f"frozen-forget-{time.time_ns()}"
+    with neo4j_driver(stack) as driver:
+        driver.execute_query("CREATE (:Outbox {id: $id, at: $now, epoch: 0, node: 'test', rows: '{}'})",
+                             id=box, now=time.time())
+        frozen = DagStore(driver)
+        inside, wake = threading.Event(), threading.Event()
+
+        def freezing(work):
+            def frozen_after(tx, *args):
+                work(tx, *args)
+                inside.set()
+                wake.wait(30)  # SIGSTOPped between the delete and the commit
+            return frozen_after
+
+        frozen._timed = freezing  # type: ignore[method-assign]
+        deleting = threading.Thread(target=frozen.forget_outbox, args=([box],), daemon=True)
+        deleting.start()
+        try:
+            assert inside.wait(10)
+            took, raised = _timed_call(lambda: DagStore(driver, tx_timeout_s=1.0).due_work(0, time.time(), 5.0,
+                                                                                            limit=1), 30.0)
+        finally:
+            wake.set()
+            deleting.join(10)
+        left, _, _ = driver.execute_query("MATCH (o:Outbox {id: $id}) RETURN count(o) AS n", id=box)
+    print(f"\na fence writer behind the frozen delete: {took:.1f} s, {raised!r}")
+    assert isinstance(raised, DependencyError), f"not blocked by the frozen delete: took {took:.1f} s"
+    assert left[0]["n"] == 0  # the delete commits once it wakes
