@@ -23,7 +23,7 @@ from node.errors import DependencyError, FencedError
 from node.leader.fence_guard import FenceGuard
 from node.leader.generation import expected_generation
 from node.leader.submits import SubmitRepair
-from node.leader.term import LeaderTerm, PhaseClock, TermProgress
+from node.leader.term import MIN_PREFETCH, LeaderTerm, PhaseClock, TermProgress
 from node.retention.collector import Background
 from node.retry import RECONNECT, RESUME, call
 from node.stores.connect import neo4j_driver, zookeeper_client
@@ -158,7 +158,7 @@ class Replica:
             publisher = BatchPublisher(conn)
             term = LeaderTerm(
                 self.cfg, self.node_id, epoch, dags=dags, records=records, publisher=publisher,
-                open_consumer=lambda: BatchConsumer(conn, list(LeaderTerm.QUEUES), prefetch=self.cfg.batch_size * 3),
+                open_consumer=lambda: BatchConsumer(conn, list(LeaderTerm.QUEUES), prefetch=MIN_PREFETCH),
                 fence_guard=lambda e: FenceGuard(dags.driver, e), acting=acting, clock=clock,
                 ledger_progress=self.ledger.in_progress if self.ledger else None, progress=progress,
                 repair_submits=repair, pump=lambda: pump(conn), waiting=publisher.waiting, pools=Pools(records))

@@ -104,6 +104,19 @@ class PhaseClock:
 OUTBOX_PAGE = 100  # Outbox nodes read at a time by the takeover (normally there are a few)
 PAGE_BUDGET_S = 1.0  # a takeover page this slow halves the next (the loop and the AMQP connection wait for it)
 MIN_PAGE = 100
+# The consumer's prefetch: PREFETCH_BATCHES batches of what arrives (one awaiting its confirms, one being advanced,
+# one filling), at least MIN_PREFETCH deliveries, at most PREFETCH_BATCHES full batches, a power of two (it changes
+# rarely). Sized by what arrives, not by batch_size: the broker hands deliveries round-robin to every consumer with
+# room, so a leader that is frozen (SIGSTOP, a stalled host) keeps taking its share — and holding it hostage — until
+# its prefetch is full or the broker drops its connection (missed heartbeats); a small prefetch stops that soon.
+PREFETCH_BATCHES = 3
+MIN_PREFETCH = 16
+
+
+def prefetch_for(taken: int, wanted: int) -> int:
+    """The prefetch after a batch of ``taken`` deliveries when a full batch is ``wanted`` (see PREFETCH_BATCHES)."""
+    most = PREFETCH_BATCHES * wanted
+    return max(MIN_PREFETCH, min(1 << (PREFETCH_BATCHES * max(taken, 1) - 1).bit_length(), most))
 
 
 @dataclass(eq=False)
@@ -193,6 +206,7 @@ class LeaderTerm:
         self._next_sweep = 0.0
         self._next_page = 0.0
         self._per_delivery = 1.0  # responses and submissions per delivery in the last batch
+        self._taken = 0  # deliveries in the last batch
         self._writer: ThreadPoolExecutor | None = None  # run()'s MariaDB thread: a batch's write overlaps the next
 
     # --- takeover ----------------------------------------------------------------------------------------
@@ -396,8 +410,10 @@ class LeaderTerm:
                 taking_over = not self.progress.done  # then a page per batch: wait for responses only briefly
                 # about batch_size responses: the workers pack several to a message
                 wanted = max(1, round(self.cfg.batch_size / self._per_delivery))
+                self.consumer.fit_prefetch(prefetch_for(self._taken, wanted))
                 batch = self.consumer.next_batch(wanted, max_wait_s=0.005 if taking_over else 0.05,
                                                  linger_s=self.cfg.batch_wait_ms / 1000)
+                self._taken = len(batch)
                 if batch:
                     self.process(batch)
                 else:

@@ -25,9 +25,14 @@ class Publisher(Protocol):
 
 
 class Consumer(Protocol):
-    """Hands out batches of deliveries from its queues; acks cumulatively; unacked deliveries return on close."""
+    """Hands out batches of deliveries from its queues; acks cumulatively; unacked deliveries return on close. At
+    most ``prefetch`` deliveries are unacknowledged at once (``fit_prefetch`` changes it)."""
+
+    prefetch: int
 
     def start(self) -> None: ...
+
+    def fit_prefetch(self, target: int) -> None: ...
 
     def next_batch(self, max_n: int, max_wait_s: float, linger_s: float = ...) -> list[Delivery]: ...
 

@@ -331,15 +331,17 @@ class BatchConsumer:
                                          dict(props.headers or {})))
         return on_message
 
-    def set_prefetch(self, prefetch: int) -> None:
-        """Consume with a new prefetch limit from now on. RabbitMQ applies a consumer's limit when it subscribes,
-        so the consumers are cancelled and subscribed again: deliveries already handed out stay this channel's
-        (acknowledged as usual); ones pika had not dispatched yet are requeued by it."""
-        if prefetch == self.prefetch:
+    def fit_prefetch(self, target: int) -> None:
+        """Consume with a prefetch limit of ``target`` from now on, unless the limit is already at least ``target``
+        and less than 4× that (re-subscribing costs two round trips and requeues what pika had not dispatched yet:
+        a limit that grows at once and shrinks lazily changes rarely). RabbitMQ applies a consumer's limit when it
+        subscribes, so the consumers are cancelled and subscribed again: deliveries already handed out stay this
+        channel's (acknowledged as usual)."""
+        if target <= self.prefetch < 4 * target:
             return
         with self._boundary:
-            self.channel.basic_qos(prefetch_count=prefetch)
-        self.prefetch = prefetch
+            self.channel.basic_qos(prefetch_count=target)
+        self.prefetch = target
         if self._tags:
             self.stop()
             self.start()

@@ -243,9 +243,7 @@ class Worker:
         assert self._consumer is not None
         while not self._stop.is_set():
             limit = self.batch_limit()
-            prefetch = min(self.cfg.worker_prefetch, 2 * limit)
-            if not prefetch <= self._consumer.prefetch < 2 * prefetch:  # a change of less than 2x is not worth it
-                self._consumer.set_prefetch(prefetch)
+            self._consumer.fit_prefetch(min(self.cfg.worker_prefetch, 2 * limit))
             batch = self._consumer.next_batch(max_n=limit, max_wait_s=0.1, linger_s=self.cfg.batch_wait_ms / 1000)
             if batch:
                 assert self._publisher is not None

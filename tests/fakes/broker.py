@@ -82,9 +82,11 @@ class StubConsumer:
     """Implements :class:`node.stores.ports.Consumer`: delivery tags count up per consumer, acks are cumulative,
     closing hands unacknowledged deliveries back to the front of their queues (redelivered)."""
 
-    def __init__(self, broker: StubBroker, queues: list[str]) -> None:
+    def __init__(self, broker: StubBroker, queues: list[str], prefetch: int = 1000) -> None:
         self.broker = broker
         self.queues = queues
+        self.prefetch = prefetch  # recorded, not enforced
+        self.prefetches: list[int] = []  # every change, in order
         self.started = False
         self.closed = False
         self.unacked: dict[int, tuple[str, Message]] = {}
@@ -92,6 +94,11 @@ class StubConsumer:
 
     def start(self) -> None:
         self.started = True
+
+    def fit_prefetch(self, target: int) -> None:
+        if target != self.prefetch:
+            self.prefetch = target
+            self.prefetches.append(target)
 
     def next_batch(self, max_n: int, max_wait_s: float = 0.0, linger_s: float = 0.0) -> list[Delivery]:
         batch: list[Delivery] = []

@@ -20,7 +20,7 @@ from fakes.records import FakeRecords
 
 from node.config import Config
 from node.errors import DependencyError, FencedError
-from node.leader.term import LeaderTerm, PhaseClock
+from node.leader.term import MIN_PREFETCH, LeaderTerm, PhaseClock, prefetch_for
 from node.model.advance import Outcome, transition_rows
 from node.model.messages import SubmissionNotice, TaskRequest, TaskResponse, pack_responses
 from node.model.states import REDISPATCHED, ExperimentState, TaskStatus
@@ -304,6 +304,23 @@ def test_more_responses_than_a_batch_are_advanced_in_parts_and_acked_once_after_
     assert j.count("ack 1") == 1
     assert sorted(r.experiment_id for r in leader.requests()) == list("pqrst")
     assert all(leader.records.to_states(name, "a") == [TaskStatus.SUCCEEDED] for name in "pqrst")
+
+
+@pytest.mark.parametrize(("taken", "wanted", "prefetch"), [
+    (0, 200, MIN_PREFETCH), (1, 200, MIN_PREFETCH),  # idle or a trickle: a frozen leader takes few hostages
+    (6, 200, 32), (50, 200, 256),  # three batches of what arrives, a power of two (it changes rarely)
+    (200, 200, 600), (400, 200, 600),  # full batches: three of them
+    (4, 4, MIN_PREFETCH), (1, 4, MIN_PREFETCH)])  # packs of 50 responses: 4 make a batch of 200
+def test_the_prefetch_is_three_batches_of_what_arrives_within_bounds(taken: int, wanted: int, prefetch: int) -> None:
+    assert prefetch_for(taken, wanted) == prefetch
+
+
+def test_the_term_fits_its_consumers_prefetch_before_each_batch(leader: Leader) -> None:
+    leader.dags.add_experiment("e", CHAIN)
+    leader.dispatched("e", ["a"])
+    leader.broker.put(RESPONSES, response("e", "a"))
+    leader.run()
+    assert leader.consumer is not None and leader.consumer.prefetches == [MIN_PREFETCH]
 
 
 def test_copies_of_an_unknown_response_in_different_parts_are_each_dead_lettered_once(leader: Leader) -> None:
