@@ -206,7 +206,7 @@ class LeaderTerm:
         self._next_sweep = 0.0
         self._next_page = 0.0
         self._per_delivery = 1.0  # responses and submissions per delivery in the last batch
-        self._taken = 0  # deliveries in the last batch
+        self._taken = 0  # deliveries in the last batch that had any
         self._writer: ThreadPoolExecutor | None = None  # run()'s MariaDB thread: a batch's write overlaps the next
 
     # --- takeover ----------------------------------------------------------------------------------------
@@ -413,8 +413,8 @@ class LeaderTerm:
                 self.consumer.fit_prefetch(prefetch_for(self._taken, wanted))
                 batch = self.consumer.next_batch(wanted, max_wait_s=0.005 if taking_over else 0.05,
                                                  linger_s=self.cfg.batch_wait_ms / 1000)
-                self._taken = len(batch)
                 if batch:
+                    self._taken = len(batch)  # not an empty wait: a lull between bursts would shrink it each time
                     self.process(batch)
                 else:
                     self._flush()

@@ -323,6 +323,29 @@ def test_the_term_fits_its_consumers_prefetch_before_each_batch(leader: Leader) 
     assert leader.consumer is not None and leader.consumer.prefetches == [MIN_PREFETCH]
 
 
+def test_a_lull_between_bursts_does_not_shrink_the_prefetch(leader: Leader) -> None:
+    leader.term.cfg = replace(leader.term.cfg, batch_size=200)
+    names = [f"e{i}" for i in range(200)]
+    for name in names:
+        leader.dags.add_experiment(name, CHAIN)
+        leader.dispatched(name, ["a"])
+    leader.broker.put(RESPONSES, *(response(name, "a") for name in names))  # a burst of single messages
+    empty = [0]
+    consumer = leader._open()
+    taking = consumer.next_batch
+
+    def counting(max_n: int, max_wait_s: float = 0.0, linger_s: float = 0.0) -> list:
+        batch = taking(max_n, max_wait_s, linger_s)
+        empty[0] += not batch
+        return batch
+
+    consumer.next_batch = counting  # type: ignore[method-assign]
+    leader.term.open_consumer = lambda: consumer
+    leader.term.acting = lambda: empty[0] < 3  # then three empty waits: the lull
+    leader.term.run()
+    assert consumer.prefetches == [MIN_PREFETCH, 600]  # grown for the burst, kept through the lull
+
+
 def test_copies_of_an_unknown_response_in_different_parts_are_each_dead_lettered_once(leader: Leader) -> None:
     leader.term.cfg = replace(leader.term.cfg, batch_size=1)
     ghost = TaskResponse.decode(response("ghost", "t"))
