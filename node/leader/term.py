@@ -105,12 +105,14 @@ OUTBOX_PAGE = 100  # Outbox nodes read at a time by the takeover (normally there
 PAGE_BUDGET_S = 1.0  # a takeover page this slow halves the next (the loop and the AMQP connection wait for it)
 MIN_PAGE = 100
 # The consumer's prefetch: PREFETCH_BATCHES batches of what arrives (one awaiting its confirms, one being advanced,
-# one filling), at least MIN_PREFETCH deliveries, at most PREFETCH_BATCHES full batches, a power of two (it changes
-# rarely). Sized by what arrives, not by batch_size: the broker hands deliveries round-robin to every consumer with
-# room, so a leader that is frozen (SIGSTOP, a stalled host) keeps taking its share — and holding it hostage — until
-# its prefetch is full or the broker drops its connection (missed heartbeats); a small prefetch stops that soon.
+# one filling), at least MIN_PREFETCH deliveries, at most PREFETCH_BATCHES full batches, a power of two that shrinks
+# only when PREFETCH_SHRINK_AT times too big (batch sizes around a power of two would re-subscribe at every batch).
+# Sized by what arrives, not by batch_size: the broker hands deliveries round-robin to every consumer with room, so a
+# leader that is frozen (SIGSTOP, a stalled host) keeps taking its share — and holding it hostage — until its
+# prefetch is full or the broker drops its connection (missed heartbeats); a small prefetch stops that soon.
 PREFETCH_BATCHES = 3
 MIN_PREFETCH = 16
+PREFETCH_SHRINK_AT = 4
 
 
 def prefetch_for(taken: int, wanted: int) -> int:
@@ -410,7 +412,7 @@ class LeaderTerm:
                 taking_over = not self.progress.done  # then a page per batch: wait for responses only briefly
                 # about batch_size responses: the workers pack several to a message
                 wanted = max(1, round(self.cfg.batch_size / self._per_delivery))
-                self.consumer.fit_prefetch(prefetch_for(self._taken, wanted))
+                self.consumer.fit_prefetch(prefetch_for(self._taken, wanted), shrink_at=PREFETCH_SHRINK_AT)
                 batch = self.consumer.next_batch(wanted, max_wait_s=0.005 if taking_over else 0.05,
                                                  linger_s=self.cfg.batch_wait_ms / 1000)
                 if batch:

@@ -331,13 +331,13 @@ class BatchConsumer:
                                          dict(props.headers or {})))
         return on_message
 
-    def fit_prefetch(self, target: int) -> None:
+    def fit_prefetch(self, target: int, shrink_at: int = 2) -> None:
         """Consume with a prefetch limit of ``target`` from now on, unless the limit is already at least ``target``
-        and less than 4× that (re-subscribing costs two round trips and requeues what pika had not dispatched yet:
-        a limit that grows at once and shrinks lazily changes rarely). RabbitMQ applies a consumer's limit when it
-        subscribes, so the consumers are cancelled and subscribed again: deliveries already handed out stay this
-        channel's (acknowledged as usual)."""
-        if target <= self.prefetch < 4 * target:
+        and less than ``shrink_at`` × that (re-subscribing costs two round trips and requeues what pika had not
+        dispatched yet: a limit that grows at once and shrinks lazily changes rarely). RabbitMQ applies a consumer's
+        limit when it subscribes, so the consumers are cancelled and subscribed again: deliveries already handed out
+        stay this channel's (acknowledged as usual)."""
+        if target <= self.prefetch < shrink_at * target:
             return
         with self._boundary:
             self.channel.basic_qos(prefetch_count=target)

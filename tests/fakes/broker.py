@@ -95,7 +95,7 @@ class StubConsumer:
     def start(self) -> None:
         self.started = True
 
-    def fit_prefetch(self, target: int) -> None:
+    def fit_prefetch(self, target: int, shrink_at: int = 2) -> None:
         if target != self.prefetch:
             self.prefetch = target
             self.prefetches.append(target)

@@ -87,8 +87,9 @@ def test_a_writer_frozen_deleting_outbox_nodes_holds_the_fence_lock_where_the_gu
     next leader, deleting the same nodes in its takeover, then waited for it until it woke."""
     box = f"frozen-forget-{time.time_ns()}"
     with neo4j_driver(stack) as driver:
-        driver.execute_query("CREATE (:Outbox {id: $id, at: $now, epoch: 0, node: 'test', rows: '{}'})",
-                             id=box, now=time.time())
+        # a well-formed (empty) batch: a node left behind would be written by the next leader's takeover
+        driver.execute_query("CREATE (:Outbox {id: $id, at: $now, epoch: 0, node: 'test', rows: $rows})",
+                             id=box, now=time.time(), rows='{"rows": [], "states": {}}')
         frozen = DagStore(driver)
         inside, wake = threading.Event(), threading.Event()
 
@@ -110,6 +111,7 @@ def test_a_writer_frozen_deleting_outbox_nodes_holds_the_fence_lock_where_the_gu
             wake.set()
             deleting.join(10)
         left, _, _ = driver.execute_query("MATCH (o:Outbox {id: $id}) RETURN count(o) AS n", id=box)
+        driver.execute_query("MATCH (o:Outbox {id: $id}) DELETE o", id=box)
     print(f"\na fence writer behind the frozen delete: {took:.1f} s, {raised!r}")
     assert isinstance(raised, DependencyError), f"not blocked by the frozen delete: took {took:.1f} s"
     assert left[0]["n"] == 0  # the delete commits once it wakes
