@@ -36,8 +36,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pymysql
+
 from node.config import HA_MEMBERS, Config
 from node.errors import ServiceError, SetupError
+from node.retry import STORE_OPERATION, call
 from node.stack.mariadb import MariaDB
 from node.stack.service import Launch, Service
 
@@ -300,15 +303,25 @@ class GaleraMember(MariaDB):
 
     def bootstrap(self) -> None:
         """Users and schema, once for the cluster (Galera replicates them): by the lowest-numbered member that
-        answers as Primary."""
+        answers as Primary. A member that answered its probe can still fall out of the Primary component for a
+        moment (a view change while a peer joins, or a peer suspected on a loaded host): its statements then fail
+        with 1047, and the bootstrap is retried until ``start_timeout_s``. Every statement is idempotent, so a
+        crash or failure half-way leaves what a retry or the next ``stack up`` completes."""
         if any(p.member < self.member and p.primary() for p in self.peers()):
             return
-        super().bootstrap()
+        call(STORE_OPERATION.within(self.start_timeout_s), super().bootstrap, what=f"{self.name}: bootstrap",
+             retry_on=not_primary)
 
     def stop(self) -> bool:
         stopped = self.proc.stop(grace_s=self.stop_grace_s)
         self.plan_file.unlink(missing_ok=True)
         return stopped
+
+
+def not_primary(exc: BaseException) -> bool:
+    """Whether a failed SQL step may pass once the cluster is Primary again: 1047 from the ``mariadb`` client, or a
+    connection that no member served (pymysql)."""
+    return isinstance(exc, pymysql.err.OperationalError) or (isinstance(exc, ServiceError) and "ERROR 1047" in str(exc))
 
 
 def galera_members(cfg: Config) -> list[Service]:

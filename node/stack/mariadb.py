@@ -80,8 +80,9 @@ class MariaDB(Service):
         """Run SQL as root over the socket (root authenticates by unix socket, no password exists)."""
         out = self.proc.run(["mariadb", "--no-defaults", "-S", self.socket, "-u", "root", "-N", "-B", "-e", sql],
                             timeout_s=timeout_s)
-        if out.returncode != 0:
-            raise ServiceError(f"{self.name}: {out.stderr.strip()}")
+        if out.returncode != 0:  # the client echoes the failed statement between dashes: keep its ERROR line
+            lines = [line for line in out.stderr.splitlines() if line.strip()]
+            raise ServiceError(f"{self.name}: {next((x for x in lines if x.startswith('ERROR')), ' '.join(lines))}")
         return out.stdout
 
     def probe(self) -> None:

@@ -18,7 +18,7 @@ import pymysql
 import pytest
 from polling import home_for_mysql_account, wait_until
 
-from node.config import Config, load_config, with_overrides
+from node.config import MYSQL_DATABASE, Config, load_config, with_overrides
 from node.errors import FencedError
 from node.stack.galera import GaleraMember, SavedState, choose_bootstrapper
 from node.stores.connect import mysql_connect_args
@@ -144,6 +144,38 @@ def test_the_cluster_forms_and_replicates(galera: Cluster):
     conn.close()
     assert scalar(cfg, 3, "SELECT writer FROM galera_rows WHERE id = %s", (written,)) == "replicates"
     assert scalar(cfg, 3, "SELECT COUNT(*) FROM fence") == 1  # the schema, bootstrapped once through member 1
+
+
+def test_a_bootstrap_waits_out_a_moment_outside_the_primary_component(galera: Cluster):
+    """A member that answered its probe can lose the Primary component before its bootstrap (a peer's join, a peer
+    suspected on a loaded host): the bootstrap waits until it is back instead of failing ``stack up`` with 1047."""
+    first, peers = galera.member(1), [galera.member(2), galera.member(3)]
+    failure: list[BaseException] = []
+
+    def bootstrap() -> None:
+        try:
+            first.bootstrap()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failure.append(exc)
+
+    for peer in peers:
+        assert peer.proc.freeze()
+    try:
+        wait_until(lambda: not _ready(first), 30, "mariadb-1 alone to leave the Primary component")
+        with pytest.raises(Exception, match="1047"):
+            first.root_sql(f"CREATE DATABASE IF NOT EXISTS {MYSQL_DATABASE}")  # the bootstrap's first statement
+        worker = threading.Thread(target=bootstrap, name="bootstrap")
+        worker.start()
+        time.sleep(3.0)
+        assert worker.is_alive() and not failure, f"the bootstrap gave up outside the Primary component: {failure}"
+    finally:
+        for peer in peers:
+            peer.proc.thaw()
+    worker.join(galera.member(1).start_timeout_s)
+    assert not worker.is_alive() and not failure, failure
+    for member in galera.members:
+        wait_until(functools.partial(_ready, member), 60, f"{member.name} to be Primary again")
+    assert scalar(galera.cfg, 2, "SELECT COUNT(*) FROM fence") == 1
 
 
 @dataclass
