@@ -38,7 +38,7 @@ def run(single: Config, lab: Config, rounds: int = 2, experiments: int = 1000, w
             result = run_config(cfg, f"hosts-{name}", cfg.batch_size, experiments, workers, progress)
             rates[name].append(result.rate)
             hops[name].append(result.hop_p50_ms)
-    idle = {name: idle_latency(cfg, idle_samples, progress)[0] * 1000 for name, cfg in (("single", single),
+    idle = {name: idle_latency(cfg, idle_samples, progress).p50_s * 1000 for name, cfg in (("single", single),
                                                                                          ("lab", lab))}
     medians = {name: statistics.median(values) for name, values in rates.items()}
     return {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "rounds": rounds,

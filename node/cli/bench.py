@@ -40,7 +40,8 @@ def bench() -> None:
 @json_option
 def throughput(experiments: int, batch1_experiments: int, workers: int, batch_size: int, no_record: bool,
                as_json: bool) -> None:
-    """Task advancements/s batched vs batch size 1, hop latency, idle end-to-end latency."""
+    """Task advancements/s batched vs batch size 1, hop latency, CPU per advancement by program, idle end-to-end
+    latency and its floor (the chain's durability points, each timed alone)."""
     from bench import report
     from bench import throughput as tp
 

@@ -27,6 +27,7 @@ from node.runtime.placement import Placement
 
 log = logging.getLogger(__name__)
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/PID/stat times
 START_MARKER = b"\n--- haorch start"
 
 
@@ -95,6 +96,18 @@ def rss_bytes(pids: list[int]) -> int | None:
                     total = (total or 0) + int(line.split()[1]) * 1024
         except OSError:
             continue
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """CPU time (user + system, every thread) that ``pids`` have used so far, in seconds (None when all are gone)."""
+    total = None
+    for member in pids:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return total
 
 

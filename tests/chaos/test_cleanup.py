@@ -4,13 +4,17 @@ own and is deleted from MariaDB and Neo4j when the run ends, also when it is int
 
 from __future__ import annotations
 
+import os
+
+import pika
+import pika.exceptions
 import pytest
 
-from bench import failover, probes, throughput
+from bench import failover, floor, probes, throughput
 from chaos_tests import scenarios
 from node import cluster
 from node.config import Config
-from node.stores.connect import neo4j_driver
+from node.stores.connect import amqp_parameters, neo4j_driver
 
 pytestmark = pytest.mark.stack
 
@@ -34,6 +38,25 @@ def test_throughput_run_deletes_its_chains(stack: Config) -> None:
     assert result.advancements == 16                      # 4 chains of 4 steps ran through the real stack
     assert leftovers(stack, "bench-tiny-") == {}
     assert all(r["pid"] is None for r in cluster.status(stack))   # the cluster is stopped before the purge
+
+
+def test_floor_times_each_durability_point_and_leaves_no_scratch(stack: Config) -> None:
+    scratch = f"bench_floor_test_{os.getpid()}"
+    result = floor.run(stack, samples=5, scratch=scratch)
+    parts = ("neo4j_write", "queue_hop", "mariadb_commit")
+    assert all(0 < result[f"{p}_p50_ms"] < 1000 for p in parts), result
+    assert result["floor_ms"] == (floor.NEO4J_WRITES * result["neo4j_write_p50_ms"]
+                                  + floor.QUEUE_HOPS * result["queue_hop_p50_ms"]
+                                  + floor.MARIADB_COMMITS * result["mariadb_commit_p50_ms"])
+    assert not probes.query(stack, "SELECT 1 FROM information_schema.tables WHERE table_name = %s", (scratch,))
+    with neo4j_driver(stack) as driver:
+        assert driver.execute_query("MATCH (n:BenchFloor) RETURN count(n) AS n").records[0]["n"] == 0
+    conn = pika.BlockingConnection(amqp_parameters(stack))
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+            conn.channel().queue_declare(scratch, passive=True)
+    finally:
+        conn.close()
 
 
 class Interrupted(KeyboardInterrupt):
