@@ -60,6 +60,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -126,6 +127,28 @@ def _hold(task: str, pools: dict[str, int]) -> str:
     return (f"WITH {task}, coalesce({task}.pool, {task}.kind) IN $bounded AS held "
             f"SET {task}.held_at = CASE WHEN held THEN coalesce({task}.held_at, $now) ELSE {task}.held_at END "
             f"WITH {task} WHERE NOT held ")
+
+
+def _flag_clauses(pools: dict[str, int]) -> str:
+    """Clauses that flag the tasks of ``flagged`` (a list bound before them) executed, dispatch each successor whose
+    last waiting predecessor this was (those of the bounded ``pools`` are held instead) and complete the experiments
+    with nothing left; they bind ``dispatches`` and ``completed``. A successor loses one waiting predecessor per
+    flagged parent, aggregated first so that a fan-in with several parents in the batch counts right; an experiment
+    loses one remaining task per flagged task of it."""
+    return (
+        "CALL (flagged) { UNWIND flagged AS t "
+        "  SET t.executed = true, t.status = $succeeded, t.finished_at = $now, t.epoch = $epoch, "
+        "      t.flags = t.flags + 1 } "
+        "CALL (flagged) { UNWIND flagged AS t MATCH (s:Task)-[:DEPENDS_ON]->(t) "
+        "  WITH s, count(*) AS n SET s.waiting = s.waiting - n "
+        "  WITH s WHERE s.waiting = 0 AND s.status = $pending " + _hold("s", pools) +
+        "  SET s.status = $dispatched, s.attempt = s.attempt + 1, s.dispatched_at = $now, s.epoch = $epoch "
+        "  RETURN collect({key: s.key, experiment_id: s.experiment_id, name: s.name, kind: s.kind, "
+        "                  request: s.request, attempt: s.attempt}) AS dispatches } "
+        "CALL (flagged) { UNWIND flagged AS t WITH t.experiment_id AS id, count(*) AS n "
+        "  MATCH (e:Experiment {experiment_id: id}) SET e.remaining = e.remaining - n "
+        "  WITH e WHERE e.remaining = 0 AND e.state IN $live "
+        "  SET e.state = $completed, e.finished_at = $now RETURN collect(e.experiment_id) AS completed } ")
 
 
 def _release(tx: ManagedTransaction, epoch: int, now: float, pools: dict[str, int],
@@ -454,21 +477,40 @@ class DagStore:
 
     def _apply_outcomes(self, tx: ManagedTransaction, epoch: int, outcomes: list[Outcome], now: float,
                         result: AdvanceResult, pools: dict[str, int]) -> None:
-        # One statement: check the fence (which also serializes this transaction with cancel(), since both
-        # write the Fence node first), then read the tasks.
-        rows = list(tx.run(
-            "MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
-            "WITH f UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
-            "RETURN f.epoch AS fence, f.generation AS generation, k AS key, t.experiment_id AS experiment_id, "
-            "t.name AS name, t.kind AS kind, t.status AS status, t.attempt AS attempt, "
-            "t.max_attempts + coalesce(t.attempt_base, 0) AS max_attempts, t.lost AS lost, "
-            "t.dispatched_at AS dispatched_at, "
-            "t.timeout_s AS timeout_s, t.waiting_since AS waiting_since",
-            keys=sorted({o.key for o in outcomes}), epoch=epoch, now=now))
-        if rows and rows[0]["fence"] > epoch:
-            raise FencedError("neo4j", epoch, rows[0]["fence"])
-        self._gate(rows[0]["generation"] if rows else None)  # no row: no Fence node (an emptied store)
-        verdict = classify(outcomes, {r["key"]: r for r in rows if r["status"] is not None}, now)
+        # One statement locks the fence (which also serializes this transaction with cancel(), since both write the
+        # Fence node first), reads the tasks as they were and flags the *clean* successes: a key answered once in the
+        # batch, a success that does not wait. classify() then decides every outcome from what was read; a clean
+        # success it accepts is exactly one the statement flagged (status DISPATCHED, same attempt), anything else
+        # (a repeated key, a wait, a failure) is written by the statements after it. A fenced or ungated batch
+        # raises, and the transaction, flags included, rolls back.
+        answered = Counter(o.key for o in outcomes)
+        clean = [{"key": o.key, "attempt": o.attempt} for o in outcomes
+                 if answered[o.key] == 1 and o.success and o.recheck_after_s is None]
+        record = tx.run(
+            "MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now WITH f "
+            "CALL () { UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
+            "  RETURN collect({key: k, experiment_id: t.experiment_id, name: t.name, kind: t.kind, "
+            "    status: t.status, attempt: t.attempt, "
+            "    max_attempts: t.max_attempts + coalesce(t.attempt_base, 0), lost: t.lost, "
+            "    dispatched_at: t.dispatched_at, timeout_s: t.timeout_s, waiting_since: t.waiting_since}) AS tasks } "
+            "CALL () { UNWIND $clean AS c MATCH (t:Task {key: c.key}) "
+            "  WHERE t.status = $dispatched AND t.attempt = c.attempt "
+            "  RETURN collect(t) AS flagged } " + _flag_clauses(pools) +
+            "RETURN f.epoch AS fence, f.generation AS generation, tasks, [t IN flagged | t.key] AS flagged, "
+            "dispatches, completed",
+            keys=sorted(answered), clean=clean, **self._flag_parameters(epoch, now, pools)).single()
+        if record is not None and record["fence"] > epoch:
+            raise FencedError("neo4j", epoch, record["fence"])
+        self._gate(record["generation"] if record else None)  # no record: no Fence node (an emptied store)
+        tasks = record["tasks"] if record else []
+        verdict = classify(outcomes, {r["key"]: r for r in tasks if r["status"] is not None}, now)
+        clean_keys = {c["key"] for c in clean}
+        flagged = [s for s in verdict.successes if s["key"] in clean_keys]
+        if record is not None and set(record["flagged"]) != {s["key"] for s in flagged}:
+            raise AssertionError(f"the batch statement flagged {sorted(record['flagged'])}, classify() accepted "
+                                 f"{sorted(s['key'] for s in flagged)}")  # rolls the transaction back
+        if record is not None:
+            self._flagged(record, flagged, result)
         result.unknown += verdict.unknown
         result.duplicates += verdict.duplicates
         if verdict.orphans:
@@ -479,8 +521,9 @@ class DagStore:
                    "t.waiting_since = coalesce(t.waiting_since, $now), t.waiting_on = r.waiting_on, t.epoch = $epoch",
                    rows=verdict.waits, now=now, epoch=epoch)
             result.waits += verdict.waits
-        if verdict.successes:
-            self._flag(tx, epoch, verdict.successes, now, result, pools)
+        rest = [s for s in verdict.successes if s["key"] not in clean_keys]
+        if rest:
+            self._flag(tx, epoch, rest, now, result, pools)
         if verdict.retries:
             # the template's backoff: backoff_s * backoff_factor ^ (attempt - 1), at most max_backoff_s; a lost
             # attempt is retried at once and counted in t.lost
@@ -497,37 +540,29 @@ class DagStore:
         if verdict.fails:
             self._fail(tx, epoch, verdict.fails, now, result)
 
-    def _flag(self, tx: ManagedTransaction, epoch: int, successes: list[dict], now: float,
-              result: AdvanceResult, pools: dict[str, int]) -> None:
-        """Flag tasks executed, dispatch successors whose last predecessor this was (those of bounded ``pools``
-        are held instead), complete experiments: one statement. Successors lose one waiting predecessor per flagged
-        parent, aggregated first so that a fan-in with several parents in the batch counts right."""
-        per_experiment: dict[str, int] = {}
-        for success in successes:
-            per_experiment[success["experiment_id"]] = per_experiment.get(success["experiment_id"], 0) + 1
-        record = tx.run(
-            "CALL () { UNWIND $keys AS k MATCH (t:Task {key: k}) "
-            "  SET t.executed = true, t.status = $succeeded, t.finished_at = $now, t.epoch = $epoch, "
-            "      t.flags = t.flags + 1 "
-            "  WITH t MATCH (s:Task)-[:DEPENDS_ON]->(t) "
-            "  WITH s, count(*) AS n SET s.waiting = s.waiting - n "
-            "  WITH s WHERE s.waiting = 0 AND s.status = $pending " + _hold("s", pools) +
-            "  SET s.status = $dispatched, s.attempt = s.attempt + 1, s.dispatched_at = $now, s.epoch = $epoch "
-            "  RETURN collect({key: s.key, experiment_id: s.experiment_id, name: s.name, kind: s.kind, "
-            "                  request: s.request, attempt: s.attempt}) AS dispatches } "
-            "CALL () { UNWIND $exps AS r MATCH (e:Experiment {experiment_id: r.id}) "
-            "  SET e.remaining = e.remaining - r.n "
-            "  WITH e WHERE e.remaining = 0 AND e.state IN $live "
-            "  SET e.state = $completed, e.finished_at = $now RETURN collect(e.experiment_id) AS completed } "
-            "RETURN dispatches, completed",
-            keys=[s["key"] for s in successes], exps=[{"id": k, "n": v} for k, v in per_experiment.items()],
-            now=now, epoch=epoch, succeeded=TaskStatus.SUCCEEDED, pending=TaskStatus.PENDING,
-            dispatched=TaskStatus.DISPATCHED, live=_LIVE, completed=ExperimentState.COMPLETED,
-            bounded=list(pools)).single(strict=True)
+    @staticmethod
+    def _flag_parameters(epoch: int, now: float, pools: dict[str, int]) -> dict[str, Any]:
+        """The parameters of :func:`_flag_clauses`."""
+        return {"epoch": epoch, "now": now, "succeeded": TaskStatus.SUCCEEDED, "pending": TaskStatus.PENDING,
+                "dispatched": TaskStatus.DISPATCHED, "live": _LIVE, "completed": ExperimentState.COMPLETED,
+                "bounded": list(pools)}
+
+    @staticmethod
+    def _flagged(record: Any, successes: list[dict], result: AdvanceResult) -> None:
+        """Into ``result``: the ``successes`` that a statement with :func:`_flag_clauses` flagged, what it dispatched
+        and what it completed."""
         result.flagged += successes
         result.dispatches += _dispatch_rows(record["dispatches"])
         for experiment_id in record["completed"]:
             result.experiments[experiment_id] = ExperimentState.COMPLETED
+
+    def _flag(self, tx: ManagedTransaction, epoch: int, successes: list[dict], now: float,
+              result: AdvanceResult, pools: dict[str, int]) -> None:
+        """Flag ``successes`` (which classify() accepted) with :func:`_flag_clauses`: one statement."""
+        record = tx.run("CALL () { UNWIND $keys AS k MATCH (t:Task {key: k}) RETURN collect(t) AS flagged } "
+                        + _flag_clauses(pools) + "RETURN dispatches, completed", keys=[s["key"] for s in successes],
+                        **self._flag_parameters(epoch, now, pools)).single(strict=True)
+        self._flagged(record, successes, result)
 
     def _fail(self, tx: ManagedTransaction, epoch: int, fails: list[dict], now: float,
               result: AdvanceResult) -> None:
