@@ -122,6 +122,8 @@ def classify(outcomes: Iterable[Outcome], tasks: Mapping[str, Mapping[str, Any]]
         if task is None:
             verdict.unknown.append(o.key)
             continue
+        # DagStore._apply_outcomes flags a key answered once, a success without recheck, under this same rule in
+        # its first statement (and rolls back unless the two agree): change both together
         if o.key in seen or task["status"] != TaskStatus.DISPATCHED or task["attempt"] != o.attempt:
             verdict.duplicates.append(o.key)
             if o.success and task["status"] == TaskStatus.CANCELLED and task["attempt"] == o.attempt:
