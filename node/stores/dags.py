@@ -331,12 +331,14 @@ class DagStore:
         defaults = template.param_defaults()
 
         def work(tx: ManagedTransaction) -> list[str]:
-            if self.generation is not None:
-                fence = tx.run("OPTIONAL MATCH (f:Fence {name: 'leader'}) RETURN f.generation AS g").single()
-                self._gate(fence["g"] if fence else None)
             ids = [experiment_id for experiment_id, _ in experiments]
-            existing = {r["id"]: r["type"] for r in tx.run(
-                "UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) RETURN id, e.type AS type", ids=ids)}
+            found = tx.run("OPTIONAL MATCH (f:Fence {name: 'leader'}) "
+                           "CALL () { UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) "
+                           "  RETURN collect([id, e.type]) AS existing } "
+                           "RETURN f.generation AS g, existing", ids=ids).single(strict=True)
+            if self.generation is not None:
+                self._gate(found["g"])
+            existing = dict(found["existing"])
             for experiment_id, type_ in existing.items():
                 if type_ != template.type:
                     raise ConflictError(f"experiment {experiment_id!r} exists with type {type_!r}, "
@@ -358,15 +360,17 @@ class DagStore:
                    "request: t.request, "
                    "executed: false, status: $pending, attempt: 0, waiting: t.waiting, "
                    "max_attempts: t.max_attempts, backoff_s: t.backoff_s, backoff_factor: t.backoff_factor, "
-                   "max_backoff_s: t.max_backoff_s, timeout_s: t.timeout_s, epoch: 0, flags: 0})",
+                   "max_backoff_s: t.max_backoff_s, timeout_s: t.timeout_s, epoch: 0, flags: 0}) "
+                   "WITH count(*) AS created "
+                   "CALL () { UNWIND $ids AS id UNWIND $edges AS e "
+                   "  MATCH (a:Task {key: id + '/' + e[0]}), (b:Task {key: id + '/' + e[1]}) "
+                   "  CREATE (a)-[:DEPENDS_ON]->(b) }",
                    rows=rows, type=template.type, version=version, n=len(specs), now=time.time(),
-                   queued=ExperimentState.QUEUED, pending=TaskStatus.PENDING)
-            tx.run("UNWIND $ids AS id UNWIND $edges AS e "
-                   "MATCH (a:Task {key: id + '/' + e[0]}), (b:Task {key: id + '/' + e[1]}) "
-                   "CREATE (a)-[:DEPENDS_ON]->(b)", ids=[i for i, _ in new], edges=edges)
+                   queued=ExperimentState.QUEUED, pending=TaskStatus.PENDING, ids=[i for i, _ in new],
+                   edges=edges).consume()
             return [i for i, _ in new]
 
-        with self.driver.session() as session:
+        with self.driver.session() as session, _pipelined_begin(session):
             try:
                 return session.execute_write(work)
             except ConstraintError:
