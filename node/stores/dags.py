@@ -61,7 +61,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -503,18 +503,19 @@ class DagStore:
             "RETURN f.epoch AS fence, f.generation AS generation, tasks, [t IN flagged | t.key] AS flagged, "
             "dispatches, completed",
             keys=sorted(answered), clean=clean, **self._flag_parameters(epoch, now, pools)).single()
-        if record is not None and record["fence"] > epoch:
-            raise FencedError("neo4j", epoch, record["fence"])
-        self._gate(record["generation"] if record else None)  # no record: no Fence node (an emptied store)
-        tasks = record["tasks"] if record else []
-        verdict = classify(outcomes, {r["key"]: r for r in tasks if r["status"] is not None}, now)
+        # no record: no Fence node (an emptied store), so nothing was read or written
+        batch = record.data() if record else {"fence": 0, "generation": None, "tasks": [], "flagged": [],
+                                              "dispatches": [], "completed": []}
+        if batch["fence"] > epoch:
+            raise FencedError("neo4j", epoch, batch["fence"])
+        self._gate(batch["generation"])
+        verdict = classify(outcomes, {r["key"]: r for r in batch["tasks"] if r["status"] is not None}, now)
         clean_keys = {c["key"] for c in clean}
         flagged = [s for s in verdict.successes if s["key"] in clean_keys]
-        if record is not None and set(record["flagged"]) != {s["key"] for s in flagged}:
-            raise AssertionError(f"the batch statement flagged {sorted(record['flagged'])}, classify() accepted "
+        if set(batch["flagged"]) != {s["key"] for s in flagged}:
+            raise AssertionError(f"the batch statement flagged {sorted(batch['flagged'])}, classify() accepted "
                                  f"{sorted(s['key'] for s in flagged)}")  # rolls the transaction back
-        if record is not None:
-            self._flagged(record, flagged, result)
+        self._flagged(batch, flagged, result)
         result.unknown += verdict.unknown
         result.duplicates += verdict.duplicates
         if verdict.orphans:
@@ -552,7 +553,7 @@ class DagStore:
                 "bounded": list(pools)}
 
     @staticmethod
-    def _flagged(record: Any, successes: list[dict], result: AdvanceResult) -> None:
+    def _flagged(record: Mapping[str, Any], successes: list[dict], result: AdvanceResult) -> None:
         """Into ``result``: the ``successes`` that a statement with :func:`_flag_clauses` flagged, what it dispatched
         and what it completed."""
         result.flagged += successes
