@@ -58,7 +58,6 @@ def _queue_ms(cfg: Config, name: str, samples: int) -> list[float]:
     """Publish (confirmed) to delivery on a consumer of another connection, one message at a time."""
     publisher = pika.BlockingConnection(amqp_parameters(cfg, name=f"{name}-publisher"))
     channel = publisher.channel()
-    channel.queue_declare(queue=name, durable=True, arguments=QUORUM)
     arrivals: queue.Queue[float] = queue.Queue()
     consuming = threading.Event()
     consumer = pika.BlockingConnection(amqp_parameters(cfg, name=f"{name}-consumer"))
@@ -70,8 +69,9 @@ def _queue_ms(cfg: Config, name: str, samples: int) -> list[float]:
         inbound.start_consuming()
 
     thread = threading.Thread(target=consume, name="bench-floor-consumer", daemon=True)
-    thread.start()
     try:
+        channel.queue_declare(queue=name, durable=True, arguments=QUORUM)
+        thread.start()
         if not consuming.wait(DELIVERY_TIMEOUT_S):
             raise TimeoutError(f"{name}: the consumer did not start")
         channel.confirm_delivery()
@@ -82,8 +82,9 @@ def _queue_ms(cfg: Config, name: str, samples: int) -> list[float]:
             times.append((arrivals.get(timeout=DELIVERY_TIMEOUT_S) - started) * 1000)
         return times
     finally:
-        consumer.add_callback_threadsafe(inbound.stop_consuming)
-        thread.join(DELIVERY_TIMEOUT_S)
+        if thread.is_alive():
+            consumer.add_callback_threadsafe(inbound.stop_consuming)
+            thread.join(DELIVERY_TIMEOUT_S)
         consumer.close()
         channel.queue_delete(name)
         publisher.close()

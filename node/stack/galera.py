@@ -318,10 +318,16 @@ class GaleraMember(MariaDB):
         return stopped
 
 
+#: pymysql's codes of a member outside the Primary component (1047) or of no member reachable or serving
+NOT_SERVING = (1047, 2003, 2006, 2013)
+
+
 def not_primary(exc: BaseException) -> bool:
-    """Whether a failed SQL step may pass once the cluster is Primary again: 1047 from the ``mariadb`` client, or a
-    connection that no member served (pymysql)."""
-    return isinstance(exc, pymysql.err.OperationalError) or (isinstance(exc, ServiceError) and "ERROR 1047" in str(exc))
+    """Whether a failed SQL step may pass once the cluster is Primary again: 1047 from the ``mariadb`` client, or
+    from pymysql a member not ready or no member served (not, say, a refused login: that waits for nothing)."""
+    if isinstance(exc, pymysql.err.OperationalError):
+        return bool(exc.args) and exc.args[0] in NOT_SERVING
+    return isinstance(exc, ServiceError) and "ERROR 1047" in str(exc)
 
 
 def galera_members(cfg: Config) -> list[Service]:
