@@ -151,6 +151,44 @@ def _flag_clauses(pools: dict[str, int]) -> str:
         "  SET e.state = $completed, e.finished_at = $now RETURN collect(e.experiment_id) AS completed } ")
 
 
+# Statements that find tasks by key or experiment find them in a subquery of their own (``CALL (x) { MATCH ... }``) and
+# filter after it: with the filter in the same MATCH, Neo4j 5.26 may seek ``Task(status)`` (every PENDING or DISPATCHED
+# task) or scan ``Task(experiment_id)`` instead, and test each row against the key, so that one batch costs as much
+# as the tasks in flight (a planner choice that follows the store's statistics: seen on a small store).
+# tests/stores/test_dags_plans.py profiles each of them.
+
+def _roots_statement(pools: dict[str, int]) -> str:
+    """Dispatch the ready roots of the submitted experiments ``$ids`` (those of the bounded ``pools`` are held)."""
+    return ("UNWIND $ids AS id CALL (id) { MATCH (t:Task {experiment_id: id}) RETURN t } "
+            "WITH t WHERE t.status = $pending AND t.waiting = 0 " + _hold("t", pools) +
+            "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, t.epoch = $epoch "
+            + _RETURN_DISPATCH)
+
+
+#: cancel the open tasks of the experiments ``$ids``
+_CANCEL_OPEN = ("UNWIND $ids AS id CALL (id) { MATCH (t:Task {experiment_id: id}) RETURN t } "
+                "WITH t WHERE t.executed = false AND t.status IN $open "
+                "SET t.status = $cancelled, t.finished_at = $now, t.epoch = $epoch "
+                "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.attempt AS attempt")
+
+
+def _batch_statement(pools: dict[str, int]) -> str:
+    """The leader batch's first statement (see :meth:`DagStore._apply_outcomes`): lock the fence, read the tasks of
+    ``$keys``, flag the clean successes of ``$clean`` ({key, attempt}) with :func:`_flag_clauses`. (A ``Task(key)``
+    hint instead of the clean tasks' subquery made the planner scan that index whole.)"""
+    return ("MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now WITH f "
+            "CALL () { UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
+            "  RETURN collect({key: k, experiment_id: t.experiment_id, name: t.name, kind: t.kind, "
+            "    status: t.status, attempt: t.attempt, "
+            "    max_attempts: t.max_attempts + coalesce(t.attempt_base, 0), lost: t.lost, "
+            "    dispatched_at: t.dispatched_at, timeout_s: t.timeout_s, waiting_since: t.waiting_since}) AS tasks } "
+            "CALL () { UNWIND $clean AS c CALL (c) { MATCH (t:Task {key: c.key}) RETURN t } "
+            "  WITH c, t WHERE t.status = $dispatched AND t.attempt = c.attempt "
+            "  RETURN collect(t) AS flagged } " + _flag_clauses(pools) +
+            "RETURN f.epoch AS fence, f.generation AS generation, tasks, [t IN flagged | t.key] AS flagged, "
+            "dispatches, completed")
+
+
 def _release(tx: ManagedTransaction, epoch: int, now: float, pools: dict[str, int],
              result: AdvanceResult) -> None:
     """Dispatch held tasks of the bounded ``pools`` into their free slots (see :data:`_RELEASE`), into ``result``;
@@ -466,10 +504,7 @@ class DagStore:
         else:
             self._gate(_check_fence(tx, epoch))
         if submitted:  # once per experiment: a repeated id in one UNWIND dispatched its roots twice
-            rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
-                          "WHERE t.status = $pending AND t.waiting = 0 " + _hold("t", pools) +
-                          "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, "
-                          "t.epoch = $epoch " + _RETURN_DISPATCH, ids=sorted(set(submitted)), now=now, epoch=epoch,
+            rows = tx.run(_roots_statement(pools), ids=sorted(set(submitted)), now=now, epoch=epoch,
                           pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED, bounded=list(pools))
             roots = AdvanceResult(dispatches=_dispatch_rows(list(rows)))
             _start_experiments(tx, now, roots)  # successors' experiments are RUNNING already
@@ -490,19 +525,8 @@ class DagStore:
         answered = Counter(o.key for o in outcomes)
         clean = [{"key": o.key, "attempt": o.attempt} for o in outcomes
                  if answered[o.key] == 1 and o.success and o.recheck_after_s is None]
-        record = tx.run(
-            "MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now WITH f "
-            "CALL () { UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
-            "  RETURN collect({key: k, experiment_id: t.experiment_id, name: t.name, kind: t.kind, "
-            "    status: t.status, attempt: t.attempt, "
-            "    max_attempts: t.max_attempts + coalesce(t.attempt_base, 0), lost: t.lost, "
-            "    dispatched_at: t.dispatched_at, timeout_s: t.timeout_s, waiting_since: t.waiting_since}) AS tasks } "
-            "CALL () { UNWIND $clean AS c MATCH (t:Task {key: c.key}) "
-            "  WHERE t.status = $dispatched AND t.attempt = c.attempt "
-            "  RETURN collect(t) AS flagged } " + _flag_clauses(pools) +
-            "RETURN f.epoch AS fence, f.generation AS generation, tasks, [t IN flagged | t.key] AS flagged, "
-            "dispatches, completed",
-            keys=sorted(answered), clean=clean, **self._flag_parameters(epoch, now, pools)).single()
+        record = tx.run(_batch_statement(pools), keys=sorted(answered), clean=clean,
+                        **self._flag_parameters(epoch, now, pools)).single()
         # no record: no Fence node (an emptied store), so nothing was read or written
         batch = record.data() if record else {"fence": 0, "generation": None, "tasks": [], "flagged": [],
                                               "dispatches": [], "completed": []}
@@ -584,11 +608,7 @@ class DagStore:
 
     @staticmethod
     def _cancel_open_tasks(tx: ManagedTransaction, ids: list[str], now: float, epoch: int) -> list[dict]:
-        rows = tx.run("UNWIND $ids AS id MATCH (t:Task {experiment_id: id}) "
-                      "WHERE t.executed = false AND t.status IN $open "
-                      "SET t.status = $cancelled, t.finished_at = $now, t.epoch = $epoch "
-                      "RETURN t.key AS key, t.experiment_id AS experiment_id, t.name AS name, t.attempt AS attempt",
-                      ids=ids, open=_OPEN, now=now, epoch=epoch, cancelled=TaskStatus.CANCELLED)
+        rows = tx.run(_CANCEL_OPEN, ids=ids, open=_OPEN, now=now, epoch=epoch, cancelled=TaskStatus.CANCELLED)
         return [dict(r) for r in rows]
 
     @at_boundary
