@@ -158,11 +158,20 @@ def _flag_clauses(pools: dict[str, int]) -> str:
 # tests/stores/test_dags_plans.py profiles each of them.
 
 def _roots_statement(pools: dict[str, int]) -> str:
-    """Dispatch the ready roots of the submitted experiments ``$ids`` (those of the bounded ``pools`` are held)."""
-    return ("UNWIND $ids AS id CALL (id) { MATCH (t:Task {experiment_id: id}) RETURN t } "
-            "WITH t WHERE t.status = $pending AND t.waiting = 0 " + _hold("t", pools) +
-            "SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, t.epoch = $epoch "
-            + _RETURN_DISPATCH)
+    """Lock the fence, dispatch the ready roots of the submitted experiments ``$ids`` (those of the bounded ``pools``
+    are held) and start those of their experiments still QUEUED: one statement, which returns ``fence`` and
+    ``generation`` for the caller to check (it raises, and the writes roll back, when they do not pass), ``roots``
+    and ``started``."""
+    return ("MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now WITH f "
+            "CALL () { UNWIND $ids AS id CALL (id) { MATCH (t:Task {experiment_id: id}) RETURN t } "
+            "  WITH t WHERE t.status = $pending AND t.waiting = 0 " + _hold("t", pools) +
+            "  SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, t.epoch = $epoch "
+            "  RETURN collect({key: t.key, experiment_id: t.experiment_id, name: t.name, kind: t.kind, "
+            "                  request: t.request, attempt: t.attempt}) AS roots } "
+            "CALL (roots) { UNWIND roots AS r WITH DISTINCT r.experiment_id AS id "
+            "  MATCH (e:Experiment {experiment_id: id}) WHERE e.state = $queued "
+            "  SET e.state = $running, e.started_at = $now RETURN collect(id) AS started } "
+            "RETURN f.epoch AS fence, f.generation AS generation, roots, started")
 
 
 #: cancel the open tasks of the experiments ``$ids``
@@ -501,15 +510,10 @@ class DagStore:
         pools = dict(self.pools)  # one view of the limits for the whole transaction
         if outcomes:
             self._apply_outcomes(tx, epoch, outcomes, now, result, pools)
-        else:
+        elif not submitted:
             self._gate(_check_fence(tx, epoch))
-        if submitted:  # once per experiment: a repeated id in one UNWIND dispatched its roots twice
-            rows = tx.run(_roots_statement(pools), ids=sorted(set(submitted)), now=now, epoch=epoch,
-                          pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED, bounded=list(pools))
-            roots = AdvanceResult(dispatches=_dispatch_rows(list(rows)))
-            _start_experiments(tx, now, roots)  # successors' experiments are RUNNING already
-            result.dispatches += roots.dispatches
-            result.experiments.update({k: v for k, v in roots.experiments.items() if k not in result.experiments})
+        if submitted:
+            self._dispatch_roots(tx, epoch, submitted, now, result, pools)
         if pools:  # slots this batch freed, tasks it made ready: one release for every bounded pool
             _release(tx, epoch, now, pools, result)
         return _outbox(tx, epoch, now, result)
@@ -568,6 +572,23 @@ class DagStore:
             result.retries += verdict.retries
         if verdict.fails:
             self._fail(tx, epoch, verdict.fails, now, result)
+
+    def _dispatch_roots(self, tx: ManagedTransaction, epoch: int, submitted: list[str], now: float,
+                        result: AdvanceResult, pools: dict[str, int]) -> None:
+        """Dispatch the roots of the ``submitted`` experiments and start them (:func:`_roots_statement`), into
+        ``result``; a fenced or ungated batch raises, and the transaction, dispatches included, rolls back."""
+        # each id once: a repeated id in one UNWIND dispatched its roots twice
+        record = tx.run(_roots_statement(pools), ids=sorted(set(submitted)), now=now, epoch=epoch,
+                        pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED, bounded=list(pools),
+                        queued=ExperimentState.QUEUED, running=ExperimentState.RUNNING).single()
+        # no record: no Fence node (an emptied store), so nothing was written
+        batch = record.data() if record else {"fence": 0, "generation": None, "roots": [], "started": []}
+        if batch["fence"] > epoch:
+            raise FencedError("neo4j", epoch, batch["fence"])
+        self._gate(batch["generation"])
+        result.dispatches += _dispatch_rows(batch["roots"])
+        for experiment_id in sorted(batch["started"]):  # successors' experiments are RUNNING already
+            result.experiments.setdefault(experiment_id, ExperimentState.RUNNING)
 
     @staticmethod
     def _flag_parameters(epoch: int, now: float, pools: dict[str, int]) -> dict[str, Any]:

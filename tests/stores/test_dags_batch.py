@@ -32,8 +32,18 @@ def test_clean_and_repeated_successes_flag_once_and_a_fenced_batch_writes_nothin
         dags = exps.dags
         epoch = dags.fence_epoch()
         try:
-            roots = dags.advance(epoch, [], [chain, diamond], time.time())
+            # a deposed leader's submissions: its one statement dispatched and started them, and all of it rolls back
+            with pytest.raises(FencedError):
+                dags.advance(epoch - 1, [], [chain, diamond], time.time())
+            assert statuses(exps, chain)["stage_in"] == (TaskStatus.PENDING, 0, False)
+            assert dags.experiment_states([chain, diamond]) == {chain: ExperimentState.QUEUED,
+                                                                 diamond: ExperimentState.QUEUED}
+
+            roots = dags.advance(epoch, [], [chain, diamond, chain], time.time())  # an id twice: dispatched once
             assert sorted(d.name for d in roots.dispatches) == ["a", "stage_in"]
+            assert roots.experiments == {chain: ExperimentState.RUNNING, diamond: ExperimentState.RUNNING}
+            assert dags.experiment_states([chain, diamond]) == {chain: ExperimentState.RUNNING,
+                                                                 diamond: ExperimentState.RUNNING}
 
             # a key answered twice (the repeated route), a stale attempt of a clean-looking success, an unknown task
             result = dags.advance(epoch, [Outcome(f"{chain}/stage_in", 1, True), Outcome(f"{chain}/stage_in", 1, True),

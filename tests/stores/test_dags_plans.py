@@ -13,7 +13,7 @@ import pytest
 
 from node.config import Config
 from node.experiments import Experiments
-from node.model.states import TaskStatus
+from node.model.states import ExperimentState, TaskStatus
 from node.stores import dags as dag_module
 from node.stores.dags import DagStore
 
@@ -64,7 +64,8 @@ def test_statements_by_key_or_experiment_touch_only_their_tasks(stack: Config) -
                               {"keys": [key], "clean": [{"key": key, "attempt": 1}], **flag}))
                 cases.append((f"roots pools={pools}", dag_module._roots_statement(pools),
                               {"ids": [ids[25]], "now": now, "epoch": epoch, "pending": TaskStatus.PENDING,
-                               "dispatched": TaskStatus.DISPATCHED, "bounded": list(pools)}))
+                               "dispatched": TaskStatus.DISPATCHED, "bounded": list(pools),
+                               "queued": ExperimentState.QUEUED, "running": ExperimentState.RUNNING}))
             cases.append(("cancel", dag_module._CANCEL_OPEN,
                           {"ids": [ids[1]], "open": list(dag_module._OPEN), "now": now, "epoch": epoch,
                            "cancelled": TaskStatus.CANCELLED}))
