@@ -531,9 +531,10 @@ class DagStore:
                  if answered[o.key] == 1 and o.success and o.recheck_after_s is None]
         record = tx.run(_batch_statement(pools), keys=sorted(answered), clean=clean,
                         **self._flag_parameters(epoch, now, pools)).single()
-        # no record: no Fence node (an emptied store), so nothing was read or written
-        batch = record.data() if record else {"fence": 0, "generation": None, "tasks": [], "flagged": [],
-                                              "dispatches": [], "completed": []}
+        # no record: no Fence node (an emptied store), so nothing was read or written. Not record.data(): it walks
+        # every nested value in Python (~20 ms for a batch of 200 here); the driver's values are plain already
+        batch = dict(record.items()) if record else {"fence": 0, "generation": None, "tasks": [], "flagged": [],
+                                                     "dispatches": [], "completed": []}
         if batch["fence"] > epoch:
             raise FencedError("neo4j", epoch, batch["fence"])
         self._gate(batch["generation"])
@@ -582,7 +583,7 @@ class DagStore:
                         pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED, bounded=list(pools),
                         queued=ExperimentState.QUEUED, running=ExperimentState.RUNNING).single()
         # no record: no Fence node (an emptied store), so nothing was written
-        batch = record.data() if record else {"fence": 0, "generation": None, "roots": [], "started": []}
+        batch = dict(record.items()) if record else {"fence": 0, "generation": None, "roots": [], "started": []}
         if batch["fence"] > epoch:
             raise FencedError("neo4j", epoch, batch["fence"])
         self._gate(batch["generation"])
