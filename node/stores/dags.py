@@ -65,7 +65,7 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from neo4j import Driver, ManagedTransaction, Session, unit_of_work
+from neo4j import Driver, ManagedTransaction, Record, Session, unit_of_work
 from neo4j.exceptions import ConstraintError
 
 from node.errors import ConflictError, DependencyError, FencedError, NotFoundError, UnknownTypeError
@@ -129,6 +129,16 @@ def _hold(task: str, pools: dict[str, int]) -> str:
             f"WITH {task} WHERE NOT held ")
 
 
+#: the clause every leader write starts with: take the Fence node's lock and mark the write (binds ``f``)
+_LOCK_FENCE = "MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
+
+
+def _dispatch_map(task: str) -> str:
+    """The map of a dispatched ``task`` that :func:`_dispatch_rows` reads, for ``collect()``."""
+    return (f"{{key: {task}.key, experiment_id: {task}.experiment_id, name: {task}.name, kind: {task}.kind, "
+            f"request: {task}.request, attempt: {task}.attempt}}")
+
+
 def _flag_clauses(pools: dict[str, int]) -> str:
     """Clauses that flag the tasks of ``flagged`` (a list bound before them) executed, dispatch each successor whose
     last waiting predecessor this was (those of the bounded ``pools`` are held instead) and complete the experiments
@@ -143,8 +153,7 @@ def _flag_clauses(pools: dict[str, int]) -> str:
         "  WITH s, count(*) AS n SET s.waiting = s.waiting - n "
         "  WITH s WHERE s.waiting = 0 AND s.status = $pending " + _hold("s", pools) +
         "  SET s.status = $dispatched, s.attempt = s.attempt + 1, s.dispatched_at = $now, s.epoch = $epoch "
-        "  RETURN collect({key: s.key, experiment_id: s.experiment_id, name: s.name, kind: s.kind, "
-        "                  request: s.request, attempt: s.attempt}) AS dispatches } "
+        "  RETURN collect(" + _dispatch_map("s") + ") AS dispatches } "
         "CALL (flagged) { UNWIND flagged AS t WITH t.experiment_id AS id, count(*) AS n "
         "  MATCH (e:Experiment {experiment_id: id}) SET e.remaining = e.remaining - n "
         "  WITH e WHERE e.remaining = 0 AND e.state IN $live "
@@ -162,12 +171,11 @@ def _roots_statement(pools: dict[str, int]) -> str:
     are held) and start those of their experiments still QUEUED: one statement, which returns ``fence`` and
     ``generation`` for the caller to check (it raises, and the writes roll back, when they do not pass), ``roots``
     and ``started``."""
-    return ("MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now WITH f "
+    return (_LOCK_FENCE + "WITH f "
             "CALL () { UNWIND $ids AS id CALL (id) { MATCH (t:Task {experiment_id: id}) RETURN t } "
             "  WITH t WHERE t.status = $pending AND t.waiting = 0 " + _hold("t", pools) +
             "  SET t.status = $dispatched, t.attempt = t.attempt + 1, t.dispatched_at = $now, t.epoch = $epoch "
-            "  RETURN collect({key: t.key, experiment_id: t.experiment_id, name: t.name, kind: t.kind, "
-            "                  request: t.request, attempt: t.attempt}) AS roots } "
+            "  RETURN collect(" + _dispatch_map("t") + ") AS roots } "
             "CALL (roots) { UNWIND roots AS r WITH DISTINCT r.experiment_id AS id "
             "  MATCH (e:Experiment {experiment_id: id}) WHERE e.state = $queued "
             "  SET e.state = $running, e.started_at = $now RETURN collect(id) AS started } "
@@ -185,7 +193,7 @@ def _batch_statement(pools: dict[str, int]) -> str:
     """The leader batch's first statement (see :meth:`DagStore._apply_outcomes`): lock the fence, read the tasks of
     ``$keys``, flag the clean successes of ``$clean`` ({key, attempt}) with :func:`_flag_clauses`. (A ``Task(key)``
     hint instead of the clean tasks' subquery made the planner scan that index whole.)"""
-    return ("MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now WITH f "
+    return (_LOCK_FENCE + "WITH f "
             "CALL () { UNWIND $keys AS k OPTIONAL MATCH (t:Task {key: k}) "
             "  RETURN collect({key: k, experiment_id: t.experiment_id, name: t.name, kind: t.kind, "
             "    status: t.status, attempt: t.attempt, "
@@ -232,16 +240,6 @@ def _pipelined_begin(session: Session) -> AbstractContextManager[Any]:
     answer first: one round trip less per transaction, as the driver's own ``execute_query`` does (a failed BEGIN
     then fails that statement, which the managed transaction retries). The driver (pinned) has no public switch."""
     return getattr(session, "_pipelined_begin", contextlib.nullcontext())
-
-
-def _check_fence(tx: ManagedTransaction, epoch: int) -> str | None:
-    """Lock the fence node, FencedError if it holds a newer epoch; returns its generation (None: no fence node)."""
-    record = tx.run("MATCH (f:Fence {name: 'leader'}) SET f.last_write_epoch = $epoch, f.last_write_at = $now "
-                    "RETURN f.epoch AS fence, f.generation AS generation", epoch=epoch, now=time.time()).single()
-    fence = record["fence"] if record else 0
-    if fence > epoch:
-        raise FencedError("neo4j", epoch, fence)
-    return record["generation"] if record else None
 
 
 def create_template_nodes(tx: ManagedTransaction, template: Template, version: int, registered_at: float) -> None:
@@ -316,6 +314,23 @@ class DagStore:
         if self.generation is not None and found != self.generation:
             raise GraphNotReady(self.boundary.endpoint, self.generation, found)
 
+    def _fenced(self, record: Record | None, epoch: int, empty: dict[str, Any]) -> dict[str, Any]:
+        """The record of a statement that began with :data:`_LOCK_FENCE` (returning ``fence`` and ``generation``), as
+        a mapping; with no record (no Fence node: an emptied store, so nothing was read or written) ``empty``'s
+        values. FencedError if the fence holds a newer epoch than ``epoch``, GraphNotReady if it lacks the
+        generation expected: the caller's transaction, writes included, rolls back. Not ``record.data()``: it walks
+        every nested value in Python (~20 ms for a batch of 200 here); the driver's values are plain already."""
+        batch = dict(record.items()) if record else {"fence": 0, "generation": None, **empty}
+        if batch["fence"] > epoch:
+            raise FencedError("neo4j", epoch, batch["fence"])
+        self._gate(batch["generation"])
+        return batch
+
+    def _lock_fence(self, tx: ManagedTransaction, epoch: int) -> None:
+        """Lock the fence node and check it (:meth:`_fenced`), as every leader write does first."""
+        self._fenced(tx.run(_LOCK_FENCE + "RETURN f.epoch AS fence, f.generation AS generation",
+                            epoch=epoch, now=time.time()).single(), epoch, {})
+
     def _timed(self, work: Callable[..., T]) -> Callable[..., T]:
         """``work`` with the server-side transaction timeout, if any: the server ends a transaction that runs (or
         waits for a lock) longer, so a frozen leader cannot hold the fence lock, nor anyone wait on it, forever."""
@@ -383,8 +398,7 @@ class DagStore:
                            "CALL () { UNWIND $ids AS id MATCH (e:Experiment {experiment_id: id}) "
                            "  RETURN collect([id, e.type]) AS existing } "
                            "RETURN f.generation AS g, existing", ids=ids).single(strict=True)
-            if self.generation is not None:
-                self._gate(found["g"])
+            self._gate(found["g"])
             existing = dict(found["existing"])
             for experiment_id, type_ in existing.items():
                 if type_ != template.type:
@@ -431,7 +445,7 @@ class DagStore:
         Experiment nodes without tasks (fenced; an id that has a node already is left as it is)."""
 
         def work(tx: ManagedTransaction) -> None:
-            self._gate(_check_fence(tx, epoch))
+            self._lock_fence(tx, epoch)
             tx.run("UNWIND $rows AS row MERGE (e:Experiment {experiment_id: row[0]}) "
                    "ON CREATE SET e.type = row[1], e.version = row[2], e.state = $failed, e.remaining = 0, "
                    "e.created_at = $now, e.finished_at = $now, e.reason = row[3]",
@@ -511,7 +525,7 @@ class DagStore:
         if outcomes:
             self._apply_outcomes(tx, epoch, outcomes, now, result, pools)
         elif not submitted:
-            self._gate(_check_fence(tx, epoch))
+            self._lock_fence(tx, epoch)
         if submitted:
             self._dispatch_roots(tx, epoch, submitted, now, result, pools)
         if pools:  # slots this batch freed, tasks it made ready: one release for every bounded pool
@@ -531,13 +545,7 @@ class DagStore:
                  if answered[o.key] == 1 and o.success and o.recheck_after_s is None]
         record = tx.run(_batch_statement(pools), keys=sorted(answered), clean=clean,
                         **self._flag_parameters(epoch, now, pools)).single()
-        # no record: no Fence node (an emptied store), so nothing was read or written. Not record.data(): it walks
-        # every nested value in Python (~20 ms for a batch of 200 here); the driver's values are plain already
-        batch = dict(record.items()) if record else {"fence": 0, "generation": None, "tasks": [], "flagged": [],
-                                                     "dispatches": [], "completed": []}
-        if batch["fence"] > epoch:
-            raise FencedError("neo4j", epoch, batch["fence"])
-        self._gate(batch["generation"])
+        batch = self._fenced(record, epoch, {"tasks": [], "flagged": [], "dispatches": [], "completed": []})
         verdict = classify(outcomes, {r["key"]: r for r in batch["tasks"] if r["status"] is not None}, now)
         clean_keys = {c["key"] for c in clean}
         flagged = [s for s in verdict.successes if s["key"] in clean_keys]
@@ -582,11 +590,7 @@ class DagStore:
         record = tx.run(_roots_statement(pools), ids=sorted(set(submitted)), now=now, epoch=epoch,
                         pending=TaskStatus.PENDING, dispatched=TaskStatus.DISPATCHED, bounded=list(pools),
                         queued=ExperimentState.QUEUED, running=ExperimentState.RUNNING).single()
-        # no record: no Fence node (an emptied store), so nothing was written
-        batch = dict(record.items()) if record else {"fence": 0, "generation": None, "roots": [], "started": []}
-        if batch["fence"] > epoch:
-            raise FencedError("neo4j", epoch, batch["fence"])
-        self._gate(batch["generation"])
+        batch = self._fenced(record, epoch, {"roots": [], "started": []})
         result.dispatches += _dispatch_rows(batch["roots"])
         for experiment_id in sorted(batch["started"]):  # successors' experiments are RUNNING already
             result.experiments.setdefault(experiment_id, ExperimentState.RUNNING)
@@ -735,7 +739,7 @@ class DagStore:
         as their free slots allow (held tasks of a pool whose slots were raised or freed by a cancel go here)."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
-            self._gate(_check_fence(tx, epoch))
+            self._lock_fence(tx, epoch)
             pools = dict(self.pools)
             roots = tx.run("MATCH (t:Task {status: $pending}) WHERE t.waiting = 0" + _unbounded("t", pools) +
                            " WITH t LIMIT $limit "
@@ -816,7 +820,7 @@ class DagStore:
         within its pool's slots (a re-send takes no new slot)."""
 
         def work(tx: ManagedTransaction) -> AdvanceResult:
-            self._gate(_check_fence(tx, epoch))
+            self._lock_fence(tx, epoch)
             pools = dict(self.pools)
             held = "AND (t.status = $dispatched OR NOT coalesce(t.pool, t.kind) IN $bounded) " if pools else ""
             rows = tx.run("UNWIND $keys AS k MATCH (t:Task {key: k}) "
