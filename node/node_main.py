@@ -24,6 +24,7 @@ from node.http.server import NodeHTTPServer
 from node.model.builtin import builtin_kinds
 from node.model.states import ExperimentState
 from node.replica import Replica
+from node.runtime.collector import tune_collector
 from node.runtime.stacks import dump_stacks_on_signal
 from node.stores.connect import amqp_parameters, neo4j_driver
 from node.stores.queues import QUEUES
@@ -149,6 +150,7 @@ def run_node(cfg: Config, node_id: str, number: int) -> None:
                           pages=[console.router]).start()
     log.info("node: %s on %s:%d id=%s", "https" if cfg.tls_cert else "http", cfg.bind_host(number), http_port,
              node_id)
+    tune_collector()
     try:
         replica.run(shutdown)
     finally:

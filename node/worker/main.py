@@ -22,6 +22,7 @@ from node.config import Config
 from node.errors import ServiceError
 from node.metrics import WORKER_REGISTRY, expose_worker_series
 from node.model.builtin import builtin_kinds
+from node.runtime.collector import tune_collector
 from node.runtime.stacks import dump_stacks_on_signal
 from node.worker.worker import DEPENDENCIES, Worker
 
@@ -57,6 +58,7 @@ def run_worker(cfg: Config, worker_id: str, concurrency: int) -> int:
     handlers = {sig: signal.signal(sig, lambda _signum, _frame: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     dump_stacks_on_signal()
+    tune_collector()
     try:
         worker.run(stop)
     finally:

@@ -99,3 +99,14 @@ def test_docker_time_parsing() -> None:
     assert _parse_time("0001-01-01T00:00:00Z") is None
     assert _parse_time("2026-12-01T23:10:00.250000000Z") == pytest.approx(1796166600.25)
     assert _parse_time("2026-12-01T23:10:00Z") == pytest.approx(1796166600.0)
+
+
+def test_tune_collector_freezes_startup_objects_and_raises_thresholds() -> None:
+    # in a child: freezing this test process's objects would outlive the test
+    code = ("import gc; from node.runtime.collector import THRESHOLDS, tune_collector; import node.cli.main; "
+            "before = gc.get_freeze_count(); tune_collector(); "
+            "print(before, gc.get_freeze_count(), gc.get_threshold() == THRESHOLDS)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    before, frozen, thresholds = out.stdout.split()
+    assert (int(before), thresholds) == (0, "True")
+    assert int(frozen) > 10_000  # the imported CLI's modules, classes and functions
