@@ -41,6 +41,7 @@ from node.errors import (
     ConflictError,
     DependencyError,
     IncompleteSubmit,
+    NotFoundError,
     TimeoutExpired,
     UnknownTypeError,
     UsageError,
@@ -403,19 +404,30 @@ class Experiments:
     # builtins.list: in this class body below the method, ``list`` is Experiments.list
     def wait(self, ids: builtins.list[str], timeout_s: float,
              poll_s: float = 0.1) -> builtins.list[dict[str, Any]]:
-        """Block until every experiment is terminal; TimeoutExpired names those that are not."""
+        """Block until every experiment is terminal; their rows, in the order of ``ids``. NotFoundError names one
+        that does not exist (or was deleted meanwhile), TimeoutExpired those not finished. A poll reads the states of
+        those not finished yet, the rows are read once at the end: waiting for thousands costs the database little."""
         if not ids:
             return []
-        for experiment_id in ids:
-            self.records.get_experiment(experiment_id)
+        pending = builtins.list(dict.fromkeys(ids))
+        states = self.records.states(pending)
         deadline = time.monotonic() + timeout_s
         while True:
-            rows = {r["experiment_id"]: r for r in self.records.experiments(
-                "WHERE experiment_id IN (" + ",".join(["%s"] * len(ids)) + ")", tuple(ids))}
-            pending = [i for i in ids if rows[i]["state"] not in TERMINAL_EXPERIMENT_STATES]
+            missing = [i for i in pending if i not in states]
+            if missing:
+                raise NotFoundError(f"no experiment {missing[0]!r}")
+            pending = [i for i in pending if states[i] not in TERMINAL_EXPERIMENT_STATES]
             if not pending:
-                return [rows[i] for i in ids]
+                break
             if time.monotonic() > deadline:
                 raise TimeoutExpired(f"{len(pending)} of {len(ids)} experiment(s) not finished after {timeout_s:g} s: "
                                      f"{', '.join(pending[:5])}{' ...' if len(pending) > 5 else ''}")
             time.sleep(poll_s)
+            states = self.records.states(pending)
+        unique = tuple(dict.fromkeys(ids))
+        rows = {r["experiment_id"]: r for r in self.records.experiments(
+            "WHERE experiment_id IN (" + ",".join(["%s"] * len(unique)) + ")", unique)}
+        missing = [i for i in unique if i not in rows]
+        if missing:
+            raise NotFoundError(f"no experiment {missing[0]!r}")
+        return [rows[i] for i in ids]

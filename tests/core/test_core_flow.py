@@ -46,6 +46,11 @@ def test_every_builtin_type_completes_in_dependency_order(workers: Config) -> No
     ids = {t: submit(cfg, t, unique(f"core-{t}")) for t in ("chain", "diamond", "fanout", "retry")}
     done = cli_json(cfg, "wait", *ids.values(), "--timeout", "120")
     assert {r["experiment_id"]: r["state"] for r in done} == {i: "COMPLETED" for i in ids.values()}
+    with Experiments(cfg) as exps:  # rows in the order asked, a repeated id twice
+        again = exps.wait([ids["retry"], ids["chain"], ids["retry"]], timeout_s=10)
+    assert [(r["experiment_id"], r["state"]) for r in again] == [(ids["retry"], "COMPLETED"),
+                                                                   (ids["chain"], "COMPLETED"),
+                                                                   (ids["retry"], "COMPLETED")]
     rows = {t: assert_completed_in_order(cfg, i) for t, i in ids.items()}
 
     chain = rows["chain"]
