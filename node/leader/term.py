@@ -7,9 +7,10 @@ Per batch (docs/ARCHITECTURE.md, "The leader loop")::
     batch's Neo4j tx  →  MariaDB done, publisher confirms  →  ack
 
 The ready tasks are published as soon as Neo4j has committed them, so the broker stores them (and a worker may
-start) while MariaDB commits the batch's rows; the MariaDB write and the publisher confirms of a batch are awaited
-after the next batch's Neo4j transaction (or at once when no batch follows, before a sweep or a takeover page, and
-before any other ack): MariaDB's commit and the broker's fsync overlap the leader's longest step. The writes run one
+start) while MariaDB commits the batch's rows; the MariaDB write and the publisher confirms of a batch are awaited,
+and the batch acknowledged, while the next batch's Neo4j transaction runs on the term's Neo4j thread (or at once
+when no batch follows, before a sweep or a takeover page, and before any other ack): MariaDB's commit, the broker's
+fsync and this thread's AMQP work overlap the leader's longest step. The writes run one
 at a time, in order, and each batch is acknowledged only after its rows and its confirms, in order; the thread is
 the only user of the term's MariaDB connection while a write is in flight (anything else the term does in MariaDB,
 and its end, first waits for it). Nothing is acknowledged before its effects are durable, so a leader that dies
@@ -210,6 +211,8 @@ class LeaderTerm:
         self._per_delivery = 1.0  # responses and submissions per delivery in the last batch
         self._taken = 0  # deliveries in the last batch that had any
         self._writer: ThreadPoolExecutor | None = None  # run()'s MariaDB thread: a batch's write overlaps the next
+        self._neo4j: ThreadPoolExecutor | None = None  # run()'s Neo4j thread: a batch's transaction overlaps the
+        # confirms, writes and acks of the one before
 
     # --- takeover ----------------------------------------------------------------------------------------
     def take_over(self) -> None:
@@ -407,6 +410,7 @@ class LeaderTerm:
         self.consumer = self.open_consumer()
         self.consumer.start()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leader-mariadb")
+        self._neo4j = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leader-neo4j")
         try:
             while self.acting():
                 taking_over = not self.progress.done  # then a page per batch: wait for responses only briefly
@@ -430,6 +434,8 @@ class LeaderTerm:
             # the write in flight ends (its step stays unsent if it failed) before a retried term uses MariaDB
             self._writer.shutdown(wait=True)
             self._writer = None
+            self._neo4j.shutdown(wait=True)  # idle: each transaction is awaited where it was started
+            self._neo4j = None
             self._close_consumer()
 
     def _close_consumer(self) -> None:
@@ -485,7 +491,13 @@ class LeaderTerm:
                 return
             t0 = time.perf_counter()
             roots = submitted if number == 0 else []
-            result = self.dags.advance(self.epoch, part, roots, now)
+            advancing = self._start_advance(part, roots, now)
+            try:
+                self._flush()  # the previous steps, while Neo4j works: their effects are durable whatever it does
+                unfinished: Exception | None = None
+            except Exception as exc:  # noqa: BLE001 - raised below, once the step of the transaction is kept
+                unfinished = exc
+            result = advancing.result()
             t1 = time.perf_counter()
             unknown = [key for key in dict.fromkeys(result.unknown) if key not in reported]
             reported.update(unknown)  # by_key has every response of the batch for the key, whatever its part
@@ -495,16 +507,26 @@ class LeaderTerm:
             last = number == len(parts) - 1
             step = self._commit(result, now, self._done(result, len(part) + len(roots), batch if last else [], dead,
                                                         now))
-            self._flush(keep=step)  # the previous step: its confirms came while Neo4j worked
+            if unfinished is not None:
+                raise unfinished
             if not self.acting():
                 return
-            self._publish(step)  # confirmed (and the batch acknowledged) after the next step's Neo4j transaction
+            self._publish(step)  # confirmed (and the batch acknowledged) while the next step's Neo4j transaction runs
             self._write_async(step)  # while the next step's Neo4j transaction runs
             if log.isEnabledFor(logging.DEBUG):
                 t2 = time.perf_counter()
                 log.debug("leader: batch size=%d part=%d/%d flagged=%d dispatched=%d neo4j_ms=%.1f rest_ms=%.1f",
                           len(batch), number + 1, len(parts), len(result.flagged), len(result.dispatches),
                           (t1 - t0) * 1000, (t2 - t1) * 1000)
+
+    def _start_advance(self, outcomes: list[Outcome], submitted: list[str], now: float) -> Future[AdvanceResult]:
+        """``dags.advance`` on the term's Neo4j thread (within :meth:`run`; at once outside it), so that this thread
+        finishes the previous steps meanwhile."""
+        if self._neo4j is not None:
+            return self._neo4j.submit(self.dags.advance, self.epoch, outcomes, submitted, now)
+        done: Future[AdvanceResult] = Future()
+        done.set_result(self.dags.advance(self.epoch, outcomes, submitted, now))
+        return done
 
     def _done(self, result: AdvanceResult, advanced: int, batch: list[Delivery], dead: list[tuple[Delivery, str]],
               now: float) -> Callable[[], None]:

@@ -591,3 +591,32 @@ def test_a_failed_confirm_leaves_the_batch_unacknowledged_and_the_retried_term_p
     assert leader.records.to_states("e", "b") == [TaskStatus.DISPATCHED]  # written once
     assert [(r.task, r.attempt) for r in leader.requests()] == [("b", 1), ("b", 1)]  # published again
     assert retry.progress.unsent == []
+
+
+def test_a_failed_confirm_while_the_next_batch_commits_keeps_both_steps_for_the_retried_term(
+        leader: Leader) -> None:
+    """run() advances batch 2 on its Neo4j thread while finishing batch 1: batch 1's confirm fails meanwhile, and
+    batch 2's committed step is kept all the same (its tasks carry this epoch: no rescan of a retried term would find
+    them again), so that the retried term publishes both."""
+    leader.term.cfg = replace(leader.term.cfg, batch_size=1)  # one response per batch
+    for name in "pq":
+        leader.dags.add_experiment(name, CHAIN)
+        leader.dispatched(name, ["a"])
+    leader.broker.put(RESPONSES, response("p", "a"), response("q", "a"))
+    leader.term._next_sweep, leader.term.progress.done = time.monotonic() + 60, True
+    publisher = leader.term.publisher
+
+    def lost(_sent: Any) -> None:
+        raise DependencyError("rabbitmq", "127.0.0.1:5672", "no publisher confirms within 30 s")
+    publisher.settle = lost  # type: ignore[method-assign]
+    with pytest.raises(DependencyError):
+        leader.run()
+    assert [e.split(" ")[0] for e in leader.journal if e.startswith("neo4j.advance")] == ["neo4j.advance"] * 2
+    assert not leader.journal.has("ack") and len(leader.term.progress.unsent) == 2
+    del publisher.settle
+    retry = LeaderTerm(leader.term.cfg, "node-1", EPOCH, dags=leader.dags, records=leader.records,
+                       publisher=leader.broker.publisher(), open_consumer=leader._open, fence_guard=leader._guard,
+                       acting=leader._acting, clock=PhaseClock(), progress=leader.term.progress)
+    retry.take_over()
+    assert sorted((r.experiment_id, r.task) for r in leader.requests()) == [("p", "b"), ("p", "b"), ("q", "b")]
+    assert leader.records.to_states("q", "b") == [TaskStatus.DISPATCHED] and retry.progress.unsent == []
