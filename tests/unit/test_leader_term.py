@@ -66,6 +66,12 @@ class Leader:
         self.consumer = None
         self.term.run()
 
+    def retried_term(self) -> LeaderTerm:
+        """The term retried after a failure: same epoch, same progress, a new connection."""
+        return LeaderTerm(self.term.cfg, "node-1", EPOCH, dags=self.dags, records=self.records,
+                          publisher=self.broker.publisher(), open_consumer=self._open, fence_guard=self._guard,
+                          acting=self._acting, clock=PhaseClock(), progress=self.term.progress)
+
     def requests(self) -> list[TaskRequest]:
         return [TaskRequest.decode(body) for body in self.broker.bodies(REQUESTS)]
 
@@ -75,6 +81,11 @@ class Leader:
             self.dags.set_task(f"{experiment_id}/{name}", status=TaskStatus.DISPATCHED, attempt=attempt,
                                dispatched_at=time.time(), waiting=0)
         self.dags.experiments[experiment_id]["state"] = ExperimentState.RUNNING
+
+
+def lost_confirms(_sent: Any) -> None:
+    """A publisher's ``settle`` whose confirms never come."""
+    raise DependencyError("rabbitmq", "127.0.0.1:5672", "no publisher confirms within 30 s")
 
 
 def response(experiment_id: str, task: str, attempt: int = 1, error: str | None = None) -> bytes:
@@ -562,9 +573,7 @@ def test_a_failed_mariadb_write_in_flight_ends_the_term_and_the_retry_writes_it_
         leader.run()
     assert not leader.journal.has("ack") and len(leader.term.progress.unsent) == 1
     leader.records.write_batch = real_write  # type: ignore[method-assign]
-    retry = LeaderTerm(leader.term.cfg, "node-1", EPOCH, dags=leader.dags, records=leader.records,
-                       publisher=leader.broker.publisher(), open_consumer=leader._open, fence_guard=leader._guard,
-                       acting=leader._acting, clock=PhaseClock(), progress=leader.term.progress)
+    retry = leader.retried_term()
     retry.take_over()
     assert leader.records.to_states("e", "b") == [TaskStatus.DISPATCHED] and retry.progress.unsent == []
 
@@ -575,18 +584,13 @@ def test_a_failed_confirm_leaves_the_batch_unacknowledged_and_the_retried_term_p
     leader.dispatched("e", ["a"])
     leader.broker.put(RESPONSES, response("e", "a"))
     publisher = leader.term.publisher
-
-    def lost(_sent: Any) -> None:
-        raise DependencyError("rabbitmq", "127.0.0.1:5672", "no publisher confirms within 30 s")
-    publisher.settle = lost  # type: ignore[method-assign]
+    publisher.settle = lost_confirms  # type: ignore[method-assign]
     with pytest.raises(DependencyError):
         leader.run()
     assert not leader.journal.has("ack") and len(leader.term.progress.unsent) == 1
     assert len(leader.broker.bodies(REQUESTS)) == 1  # published, its confirm never came
     del publisher.settle  # the retried term (same epoch, same progress) on a new connection
-    retry = LeaderTerm(leader.term.cfg, "node-1", EPOCH, dags=leader.dags, records=leader.records,
-                       publisher=leader.broker.publisher(), open_consumer=leader._open, fence_guard=leader._guard,
-                       acting=leader._acting, clock=PhaseClock(), progress=leader.term.progress)
+    retry = leader.retried_term()
     retry.take_over()
     assert leader.records.to_states("e", "b") == [TaskStatus.DISPATCHED]  # written once
     assert [(r.task, r.attempt) for r in leader.requests()] == [("b", 1), ("b", 1)]  # published again
@@ -605,18 +609,13 @@ def test_a_failed_confirm_while_the_next_batch_commits_keeps_both_steps_for_the_
     leader.broker.put(RESPONSES, response("p", "a"), response("q", "a"))
     leader.term._next_sweep, leader.term.progress.done = time.monotonic() + 60, True
     publisher = leader.term.publisher
-
-    def lost(_sent: Any) -> None:
-        raise DependencyError("rabbitmq", "127.0.0.1:5672", "no publisher confirms within 30 s")
-    publisher.settle = lost  # type: ignore[method-assign]
+    publisher.settle = lost_confirms  # type: ignore[method-assign]
     with pytest.raises(DependencyError):
         leader.run()
     assert [e.split(" ")[0] for e in leader.journal if e.startswith("neo4j.advance")] == ["neo4j.advance"] * 2
     assert not leader.journal.has("ack") and len(leader.term.progress.unsent) == 2
     del publisher.settle
-    retry = LeaderTerm(leader.term.cfg, "node-1", EPOCH, dags=leader.dags, records=leader.records,
-                       publisher=leader.broker.publisher(), open_consumer=leader._open, fence_guard=leader._guard,
-                       acting=leader._acting, clock=PhaseClock(), progress=leader.term.progress)
+    retry = leader.retried_term()
     retry.take_over()
     assert sorted((r.experiment_id, r.task) for r in leader.requests()) == [("p", "b"), ("p", "b"), ("q", "b")]
     assert leader.records.to_states("q", "b") == [TaskStatus.DISPATCHED] and retry.progress.unsent == []
