@@ -323,9 +323,9 @@ class LeaderTerm:
         self.progress.unsent.append(step)
         return step
 
-    def _flush(self, keep: Step | None = None) -> None:
-        """Finish every unfinished step but ``keep``, oldest first."""
-        for step in [s for s in self.progress.unsent if s is not keep]:
+    def _flush(self) -> None:
+        """Finish every unfinished step, oldest first."""
+        for step in list(self.progress.unsent):
             if not self._finish(step):
                 return
 
