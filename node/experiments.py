@@ -26,7 +26,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +128,13 @@ def _check_id(experiment_id: object) -> None:
     if problem:
         raise UsageError(problem)
 
+
+
+def _all_found(ids: list[str], found: Collection[str]) -> None:
+    """NotFoundError naming the first of ``ids`` not in ``found`` (it does not exist, or was deleted meanwhile)."""
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise NotFoundError(f"no experiment {missing[0]!r}")
 
 class Experiments:
     """Connections to MariaDB, Neo4j and RabbitMQ, opened lazily; close() when done."""
@@ -409,13 +416,12 @@ class Experiments:
         those not finished yet, the rows are read once at the end: waiting for thousands costs the database little."""
         if not ids:
             return []
-        pending = builtins.list(dict.fromkeys(ids))
-        states = self.records.states(pending)
+        unique = builtins.list(dict.fromkeys(ids))
+        pending = unique
         deadline = time.monotonic() + timeout_s
         while True:
-            missing = [i for i in pending if i not in states]
-            if missing:
-                raise NotFoundError(f"no experiment {missing[0]!r}")
+            states = self.records.states(pending)
+            _all_found(pending, states)
             pending = [i for i in pending if states[i] not in TERMINAL_EXPERIMENT_STATES]
             if not pending:
                 break
@@ -423,11 +429,7 @@ class Experiments:
                 raise TimeoutExpired(f"{len(pending)} of {len(ids)} experiment(s) not finished after {timeout_s:g} s: "
                                      f"{', '.join(pending[:5])}{' ...' if len(pending) > 5 else ''}")
             time.sleep(poll_s)
-            states = self.records.states(pending)
-        unique = tuple(dict.fromkeys(ids))
         rows = {r["experiment_id"]: r for r in self.records.experiments(
-            "WHERE experiment_id IN (" + ",".join(["%s"] * len(unique)) + ")", unique)}
-        missing = [i for i in unique if i not in rows]
-        if missing:
-            raise NotFoundError(f"no experiment {missing[0]!r}")
+            "WHERE experiment_id IN (" + ",".join(["%s"] * len(unique)) + ")", tuple(unique))}
+        _all_found(unique, rows)
         return [rows[i] for i in ids]

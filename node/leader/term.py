@@ -515,7 +515,8 @@ class LeaderTerm:
             self._write_async(step)  # while the next step's Neo4j transaction runs
             if log.isEnabledFor(logging.DEBUG):
                 t2 = time.perf_counter()
-                log.debug("leader: batch size=%d part=%d/%d flagged=%d dispatched=%d neo4j_ms=%.1f rest_ms=%.1f",
+                log.debug("leader: batch size=%d part=%d/%d flagged=%d dispatched=%d neo4j_and_previous_ms=%.1f "
+                          "rest_ms=%.1f",
                           len(batch), number + 1, len(parts), len(result.flagged), len(result.dispatches),
                           (t1 - t0) * 1000, (t2 - t1) * 1000)
 
