@@ -122,6 +122,14 @@ ROWS: list[tuple[str, list[Spec]]] = [
         Spec("Dead letters (1m)", "none",
              [("sum by (job) (increase(haorch_dead_letters_total[1m]))", "{{job}}")],
              "Malformed messages parked on haorch.dead."),
+        Spec("Experiments deleted by retention (per s)", "ops",
+             [("sum(rate(haorch_gc_experiments_deleted_total[1m]))", "deleted")],
+             "haorch_gc_experiments_deleted_total: finished experiments past their retention that the leader's gc "
+             "deleted from both stores."),
+        Spec("Retention lag", "s",
+             [(f"max(haorch_gc_lag_seconds{{{NODE}}})", "lag")],
+             "haorch_gc_lag_seconds: how long ago the oldest experiment past its retention passed it, at the "
+             "leader's last gc step. Growing: experiments finish faster than gc deletes them (alert past 1 h)."),
     ]),
     ("Health", [
         Spec("Dependency health", "none",

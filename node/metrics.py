@@ -88,13 +88,16 @@ WORKER_CLAIMS = Counter("haorch_worker_claims_total",
                         "claims given back unstarted after a lost channel (released)",
                         ["result"], registry=WORKER_REGISTRY)
 
-# --- both --------------------------------------------------------------------------------------------------
 # --- retention and pools (leader) -------------------------------------------------------------------
 GC_DELETED = Counter("haorch_gc_experiments_deleted_total",
                      "Finished experiments deleted by retention (their Neo4j subgraph and MariaDB rows)",
                      registry=NODE_REGISTRY)
 GC_STEP_SECONDS = Histogram("haorch_gc_step_seconds", "Retention: one step (a batch of experiments, both stores)",
                             buckets=LATENCY_BUCKETS, registry=NODE_REGISTRY)
+GC_LAG_SECONDS = Gauge("haorch_gc_lag_seconds",
+                       "Retention: how long ago the oldest experiment past its retention passed it, at the last gc "
+                       "step (0: none waits; growing: experiments finish faster than gc deletes them)",
+                       registry=NODE_REGISTRY)
 POOL_SLOTS = Gauge("haorch_pool_slots", "Concurrency pools: slots configured", ["pool"], registry=NODE_REGISTRY)
 POOL_IN_USE = Gauge("haorch_pool_in_use", "Concurrency pools: tasks dispatched and not yet answered", ["pool"],
                     registry=NODE_REGISTRY)

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 BETWEEN_STORES = "gc.between_stores"  # failpoint: after the Neo4j delete, before the MariaDB delete
 MIN_YIELD_S = 0.05  # between full steps the loop sleeps at least this, and as long as the step took
+CATCH_UP_INTERVALS = 10.0  # behind by more than this many gc intervals: the loop yields MIN_YIELD_S only
 TERMS_EVERY_S = 60.0  # the loop prunes leader_terms this often
 TERMS_LIMIT = 1000  # leader_terms rows deleted at most per prune
 
@@ -65,6 +66,8 @@ class StepResult:
     kept: list[str] = field(default_factory=list)
     archived: int = 0
     seconds: float = 0.0
+    lag_s: float = 0.0  # how long ago the oldest candidate passed its cutoff: how far retention is behind
+    phases: dict[str, float] = field(default_factory=dict)  # seconds by phase: candidates, archive, neo4j, mariadb
 
     def to_dict(self) -> dict[str, Any]:
         return {"found": self.found, "deleted": len(self.deleted), "kept": len(self.kept),
@@ -103,18 +106,31 @@ class Collector:
         if not cutoffs.any:
             return StepResult()
         found = self.records.gc_candidates(cutoffs.default, cutoffs.by_type, limit or self.cfg.gc_batch)
-        result = StepResult(found=len(found))
+        result = StepResult(found=len(found), lag_s=max((r["cutoff"] - r["finished_at"] for r in found), default=0.0))
+        metrics.GC_LAG_SECONDS.set(result.lag_s)
         if not found:
             return result
+        mark = began
+
+        def lap(phase: str) -> None:
+            nonlocal mark
+            lapped = time.monotonic()
+            result.phases[phase] = lapped - mark
+            mark = lapped
+
+        lap("candidates")
         due = {r["experiment_id"]: r["cutoff"] for r in found}
         if self.archive is not None:
             result.archived = self._archive(list(due), epoch, now)
+            lap("archive")
         self.purge.generation = GraphRecord(self.records).generation()
         purged = self.purge.delete(epoch, due, now)
+        lap("neo4j")
         failpoints.hit(self.cfg, self.node_id, BETWEEN_STORES)
         result.kept = purged.kept
         result.deleted = self.records.delete_experiments(
             epoch, {i: due[i] for i in purged.deleted + purged.absent})
+        lap("mariadb")
         result.seconds = time.monotonic() - began
         metrics.GC_DELETED.inc(len(result.deleted))
         metrics.GC_STEP_SECONDS.observe(result.seconds)
@@ -193,10 +209,10 @@ def collect(collector: Collector, limit: int | None = None,
 class Background:
     """The leader's gc loop for one term, on a daemon thread with its own MariaDB connection (the Neo4j driver is
     shared; sessions are per call). It waits for ``ready()`` (the term's fences are raised), then runs a step every
-    ``gc_interval_s``, or again after a short yield (MIN_YIELD_S, or as long as the step took) while steps find
-    full batches and delete, and prunes ``leader_terms`` every TERMS_EVERY_S; it stops when ``acting()`` turns
-    false, the ``with`` block ends, or a step is fenced (a newer epoch leads: nothing of that step was deleted in
-    the store that refused it). Any other failure is logged and the loop goes on after an interval."""
+    ``gc_interval_s``, or sooner while steps find full batches and delete (:func:`pause`), and prunes
+    ``leader_terms`` every TERMS_EVERY_S; it stops when ``acting()`` turns false, the ``with`` block ends, or a step
+    is fenced (a newer epoch leads: nothing of that step was deleted in the store that refused it). Any other
+    failure is logged and the loop goes on after an interval."""
 
     def __init__(self, cfg: Config, node_id: str, epoch: int, driver: Driver, acting: Callable[[], bool],
                  ready: Callable[[], bool]) -> None:
@@ -251,9 +267,23 @@ class Background:
                 self.steps += 1
                 self.deleted += len(result.deleted)
                 if result.deleted or result.kept:
-                    log.info("gc: epoch=%d deleted=%d kept=%d archived=%d ms=%.0f", self.epoch,
-                             len(result.deleted), len(result.kept), result.archived, result.seconds * 1000)
-                if result.found >= self.cfg.gc_batch and result.deleted:
-                    delay = max(MIN_YIELD_S, result.seconds)
+                    log.info("gc: epoch=%d deleted=%d kept=%d archived=%d lag_s=%.0f ms=%.0f (%s)", self.epoch,
+                             len(result.deleted), len(result.kept), result.archived, result.lag_s,
+                             result.seconds * 1000, " ".join(f"{k}={v * 1000:.0f}" for k, v in result.phases.items()))
+                delay = pause(result, self.cfg.gc_batch, self.cfg.gc_interval_s)
         finally:
+            metrics.GC_LAG_SECONDS.set(0)  # a standby's gauge must not keep its last term's value
             records.close()
+
+
+def pause(result: StepResult, batch: int, interval_s: float) -> float:
+    """Seconds the leader's loop waits after ``result``: ``interval_s`` unless the step found a full ``batch`` and
+    deleted; then as long as the step took (at least MIN_YIELD_S), so that retention takes at most about half of a
+    serial client's time from the stores; but once it is more than CATCH_UP_INTERVALS intervals behind
+    (``lag_s``: experiments finish faster than that pace deletes them), only MIN_YIELD_S, until it has caught up:
+    a backlog that only grows would grow the stores without bound."""
+    if result.found < batch or not result.deleted:
+        return interval_s
+    if result.lag_s > CATCH_UP_INTERVALS * interval_s:
+        return MIN_YIELD_S
+    return max(MIN_YIELD_S, result.seconds)

@@ -1,5 +1,5 @@
-"""Retention without a stack: the periods per type, the archive's gzip JSON lines (and a member cut by a crash),
-and the verifier's reading of archived experiments."""
+"""Retention without a stack: the periods per type, the leader's gc pace, the archive's gzip JSON lines (and a member
+cut by a crash), and the verifier's reading of archived experiments."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from node.model.builtin import builtin_templates
 from node.model.executors import KNOWN_EXECUTORS
 from node.retention.archive import Archive, complete_end, day_file, read_archive, read_lines
+from node.retention.collector import CATCH_UP_INTERVALS, MIN_YIELD_S, StepResult, pause
 from node.retention.policy import DAY_S, Policy
 from node.stores.graph_record import template_definition
 from node.verify.archived import add_archived, epoch_first_acts
@@ -130,3 +131,15 @@ def test_archived_violations_are_found_and_out_of_scope_or_present_ones_are_not_
     present = Snapshot(scope=Scope(experiment_ids=["e1"]), experiments={"e1": "COMPLETED"})
     assert add_archived(present, {"e1": archived_record(bad)}) == 0  # MariaDB has it: read from the stores
     assert add_archived(Snapshot(scope=Scope(since=10.0)), {"e1": archived_record(GOOD)}) == 0  # created before
+
+
+def test_the_gc_pace_waits_an_interval_when_caught_up_and_yields_only_briefly_when_far_behind() -> None:
+    interval, batch = 5.0, 100
+    full = StepResult(found=batch, deleted=["x"] * batch, seconds=0.2, lag_s=1.0)
+    assert pause(StepResult(found=40, deleted=["x"] * 40, seconds=0.2), batch, interval) == interval
+    assert pause(StepResult(found=batch, kept=["x"] * batch, seconds=0.2), batch, interval) == interval
+    assert pause(full, batch, interval) == 0.2  # a full batch: as long as the step took
+    assert pause(StepResult(found=batch, deleted=["x"], seconds=0.01), batch, interval) == MIN_YIELD_S
+    near = CATCH_UP_INTERVALS * interval
+    assert pause(StepResult(found=batch, deleted=["x"], seconds=0.2, lag_s=near), batch, interval) == 0.2
+    assert pause(StepResult(found=batch, deleted=["x"], seconds=0.2, lag_s=near + 1), batch, interval) == MIN_YIELD_S
