@@ -33,6 +33,7 @@ demo-hpc: setup
 bench: setup
 	$(HAORCH) stack up
 	$(HAORCH) bench throughput
+	$(HAORCH) bench durations
 	$(HAORCH) bench failover
 	$(HAORCH) bench docker
 	$(HAORCH) bench takeover

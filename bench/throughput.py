@@ -58,7 +58,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _advancements(cfg: Config, prefix: str, start: float, end: float) -> tuple[float, float, int]:
+def advancements(cfg: Config, prefix: str, start: float, end: float) -> tuple[float, float, int]:
     """First and last transition of the term among ``prefix``'s chains and the SUCCEEDED ones in [start, end]."""
     rows = query(cfg, "SELECT MIN(at), MAX(at), SUM(to_state = %s AND at BETWEEN %s AND %s) FROM transitions "
                       "WHERE experiment_id LIKE %s AND epoch > 0", (TaskStatus.SUCCEEDED, start, end, prefix + "%"))
@@ -66,17 +66,17 @@ def _advancements(cfg: Config, prefix: str, start: float, end: float) -> tuple[f
     return float(first or 0), float(last or 0), int(count or 0)
 
 
-def _cpu_us(cfg: Config, prefix: str, cpu: CpuSampler, first: float, last: float) -> dict[str, float]:
+def cpu_per_advancement(cfg: Config, prefix: str, cpu: CpuSampler, first: float, last: float) -> dict[str, float]:
     """CPU µs per advancement by kind of program, over the samples inside the busy window."""
     t0, t1, used = cpu.between(first, last)
-    count = _advancements(cfg, prefix, t0, t1)[2] if used else 0
+    count = advancements(cfg, prefix, t0, t1)[2] if used else 0
     return {kind: seconds * 1e6 / count for kind, seconds in sorted(used.items())} if count else {}
 
 
 def _measure(cfg: Config, prefix: str) -> tuple[int, float, float, list[float]]:
     """SUCCEEDED transitions of the term, its first and last transition, and the hops' latencies (ms)."""
     like = prefix + "%"
-    first, last, count = _advancements(cfg, prefix, 0.0, EVER)
+    first, last, count = advancements(cfg, prefix, 0.0, EVER)
     ledger = query(cfg, "SELECT experiment_id, task, started_at, ended_at FROM ledger WHERE experiment_id LIKE %s "
                         "AND outcome = 'success'", (like,))
     by = {(e, t): (s, end) for e, t, s, end in ledger}
@@ -109,7 +109,7 @@ def run_config(cfg: Config, label: str, batch_size: int, experiments: int, worke
                     cluster.up(run_cfg, nodes=1, workers=workers)
                     exps.wait(ids, timeout_s=max(120.0, experiments * 4 * 0.1), poll_s=0.5)
             count, first, last, hops = _measure(cfg, scratch.prefix)
-            cpu_us = _cpu_us(cfg, scratch.prefix, cpu, first, last)
+            cpu_us = cpu_per_advancement(cfg, scratch.prefix, cpu, first, last)
         finally:
             cluster.down(cfg)
     result = RunResult(label, batch_size, experiments, count, last - first, _pct(hops, 0.5), _pct(hops, 0.99), cpu_us)

@@ -51,6 +51,39 @@ def throughput(experiments: int, batch1_experiments: int, workers: int, batch_si
     _finish(result, tp.render, no_record, as_json)
 
 
+def _durations(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]:
+    try:
+        found = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"a comma-separated list of whole milliseconds, got {value!r}") from None
+    if not found or any(ms < 0 or ms > 60_000 for ms in found):
+        raise click.BadParameter(f"one or more durations within 0..60000 ms, got {value!r}")
+    return found
+
+
+@bench.command()
+@click.option("--ms", "durations_ms", default="0,10,100,1000", show_default=True, callback=_durations,
+              help="Task durations to run, comma-separated milliseconds (0: a sleep of nothing).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1, max=256), default=16, show_default=True,
+              help="Threads per worker.")
+@click.option("--seconds", "target_s", type=click.FloatRange(min=1, max=600), default=20.0, show_default=True,
+              help="Work per duration at the ideal rate (sets how many chains; at most 8,000).")
+@click.option("--no-record", is_flag=True, help="Do not append to docs/BENCHMARKS.md.")
+@json_option
+def durations(durations_ms: list[int], workers: int, concurrency: int, target_s: float, no_record: bool,
+              as_json: bool) -> None:
+    """Chains of real-duration tasks with a backlog beyond the prefetch: rate vs ideal, thread utilization, hop
+    latency, exactly one execution per task."""
+    from bench import durations as bench_durations
+    from bench import report
+
+    if not no_record:
+        report.benchmarks_file()
+    result = bench_durations.run(config(), durations_ms, workers, concurrency, target_s, progress=_progress)
+    _finish(result, bench_durations.render, no_record, as_json)
+
+
 @bench.command()
 @click.option("--lab-home", type=click.Path(file_okay=False, exists=True), required=True,
               help="State dir of a running lab (`haorch lab up`).")

@@ -10,7 +10,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from bench import failover, floor, probes, throughput
+from bench import durations, failover, floor, probes, throughput
 from chaos_tests import scenarios
 from node import cluster
 from node.config import Config
@@ -80,3 +80,13 @@ def test_chaos_run_deletes_its_experiments(stack: Config) -> None:
     assert result["ok"], result["check_markdown"]
     assert result["check"]["experiments"] == 4 and result["prefix"].startswith("chaos-kill-worker-")
     assert leftovers(stack, result["prefix"]) == {}
+
+
+def test_durations_run_executes_each_task_once_and_deletes_its_chains(stack: Config) -> None:
+    seen: list[str] = []
+    result = durations.run_part(stack, ms=20, chains=6, workers=1, concurrency=2, progress=seen.append)
+    assert result.advancements == 24 and result.exactly_once, result      # 6 chains of 4 sleep tasks
+    assert result.utilization is not None and 0 < result.utilization <= 1
+    assert result.hop_p50_ms > 0
+    assert leftovers(stack, "bench-d20-") == {}
+    assert all(r["pid"] is None for r in cluster.status(stack))
