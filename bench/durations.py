@@ -10,8 +10,10 @@ beyond the workers' prefetch. Measured from the stores afterwards:
 
 - advancements/s: SUCCEEDED transitions / (last SUCCEEDED - first transition), against the ideal
   ``workers × concurrency × 1000 / ms`` (the threads never idle, haorch costs nothing): the **efficiency**;
-- the threads' **utilization**: the executions' summed time (ledger ``ended_at - started_at``) over
-  ``workers × concurrency ×`` the busy window;
+- the threads' **utilization** in steady state: the executions' summed time (ledger ``ended_at - started_at``)
+  within the busy window less its first and last fifth (the takeover's dispatch of the roots page by page, and the
+  last chains' final steps, when there is not enough ready work for every thread), over ``workers × concurrency ×``
+  that time;
 - a hop (a task's end to its successor's start, ledger) p50/p99: the response, the leader's batch, the request's
   wait in the queue behind the backlog, and the claim;
 - exactly once: every attempt has one ledger row, none replayed, no task needed a second attempt, and every chain
@@ -49,6 +51,7 @@ Progress = Callable[[str], None]
 TYPE = "bench-sleep"
 MAX_CHAINS = 8000  # submitting more takes longer than the run it feeds
 DEPTH_EVERY_S = 0.5
+STEADY_FROM = 0.2  # utilization is measured over the window without its first and last fifth
 
 
 def sleep_template() -> Template:
@@ -145,6 +148,12 @@ def _hops(runs: list[tuple[str, str, float, float]]) -> list[float]:
             if t != CHAIN[-1] and (e, CHAIN[CHAIN.index(t) + 1]) in by]
 
 
+def busy_share(runs: list[tuple[str, str, float, float]], threads: int, start: float, end: float) -> float:
+    """The share of ``threads`` × [start, end] that the executions ``runs`` (each clipped to it) kept busy."""
+    busy = sum(max(0.0, min(stop, end) - max(began, start)) for _e, _t, began, stop in runs)
+    return busy / (threads * (end - start))
+
+
 def run_part(cfg: Config, ms: int, chains: int, workers: int, concurrency: int, progress: Progress) -> Part:
     """One task duration: fresh cluster, pre-submitted chains, measured from the stores; the cluster is stopped and
     the chains deleted afterwards, whatever happens."""
@@ -171,9 +180,9 @@ def run_part(cfg: Config, ms: int, chains: int, workers: int, concurrency: int, 
         finally:
             cluster.down(cfg)
     hops = _hops(runs)
-    busy = sum(end - start for _e, _t, start, end in runs)
     window = last - first
-    utilization = busy / (workers * concurrency * window) if ms and window else None
+    middle = (first + STEADY_FROM * window, last - STEADY_FROM * window)  # without the ramp-up and the drain
+    utilization = busy_share(runs, workers * concurrency, *middle) if ms and window else None
     p50, p99 = (percentile(hops, 0.5), percentile(hops, 0.99)) if hops else (math.nan, math.nan)
     part = Part(ms, chains, count, window, ideal, utilization, p50, p99, depth.deepest, rows, replayed, later,
                 completed, cpu_us)
@@ -204,8 +213,9 @@ def render(result: dict[str, Any]) -> str:
              f"`haorch bench durations`: 4-step chains of `sleep` tasks, all submitted before 1 node and "
              f"{result['workers']} workers of {result['concurrency']} threads start (worker prefetch "
              f"{result['prefetch']}, batch size {result['batch_size']}), about {result['target_s']:g} s of work at "
-             "the ideal rate per duration. Ideal: every thread always busy, haorch free. Utilization: the "
-             "executions' summed time over threads × busy window. A hop: a task's end to its successor's start "
+             "the ideal rate per duration. Ideal: every thread always busy, haorch free (efficiency: the rate over "
+             "it, ramp-up and drain included). Utilization: the executions' summed time over threads × time, in "
+             "the busy window less its first and last fifth. A hop: a task's end to its successor's start "
              "(response, leader batch, the request's wait behind the backlog, claim). Exactly once: one ledger row "
              "per task, none replayed, no second attempt, every chain COMPLETED.", "",
              "| task ms | chains | adv/s | ideal adv/s | efficiency | utilization | hop p50 / p99 ms "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.durations import MAX_CHAINS, Part, _hops, chains_for, render, sleep_template
+from bench.durations import MAX_CHAINS, Part, _hops, busy_share, chains_for, render, sleep_template
 
 
 def part(**changes: object) -> Part:
@@ -45,3 +45,8 @@ def test_render_marks_a_run_that_was_not_exactly_once() -> None:
     table = render(result)
     assert "| 100 | 10 | 20 | 320 | 6 % | 90 % | 5.0 / 9.0 | 700 | 150 | yes" in table
     assert "| 0 | 10 | 20 | — | — | — |" in table and "| NO (40 rows, 2 replayed" in table
+
+
+def test_busy_share_clips_each_execution_to_the_window() -> None:
+    runs = [("e", "a", 0.0, 2.0), ("e", "b", 1.5, 1.75), ("e", "c", 3.0, 4.0)]    # the last is after the window
+    assert busy_share(runs, threads=2, start=1.0, end=2.0) == (1.0 + 0.25) / 2
