@@ -37,14 +37,16 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Generator
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass, replace
+from functools import partial
 
 from pika.adapters.blocking_connection import BlockingConnection
 
@@ -509,28 +511,41 @@ class Worker:
             return
         renew_at = time.monotonic() + RENEW_S
         began: list[float | None] = [None] * len(runs)  # monotonic start, set by the executing thread
-        futures = [self._pool.submit(self._run_one, request, began, i, outputs.get(request.experiment_id, {}))
-                   for i, request in enumerate(runs)]
+        ended: queue.SimpleQueue[int] = queue.SimpleQueue()  # indexes of the executions that ended, as they end
+        futures = []
+        for i, request in enumerate(runs):
+            future = self._pool.submit(self._run_one, request, began, i, outputs.get(request.experiment_id, {}))
+            future.add_done_callback(partial(_put_index, ended, i))
+            futures.append(future)
         pending = set(range(len(runs)))
         ready: list[tuple[int, Outcome | None]] = []
         group_by = 0.0  # monotonic time by which the ended ones in ``ready`` are yielded
+        look_at = 0.0  # monotonic time of the next look for late (or, once the connection is lost, unstarted) ones
+        pump_at = 0.0
         abandoned = 0
+        arrived: list[int] = []
         try:
             while pending or ready:
                 now = time.monotonic()
-                for i in sorted(pending):
-                    start = began[i]
-                    outcome: Outcome | None
-                    if futures[i].done():
-                        outcome = futures[i].result()
-                    elif start is not None and now - start >= runs[i].timeout_s:
-                        outcome = timed_out(runs[i].timeout_s, now - start)
-                        self._abandoned.append(futures[i])
-                        abandoned += 1
-                    elif start is None and self._lost is not None and futures[i].cancel():
-                        outcome = None  # never started, never will
-                    else:
-                        continue
+                taken: list[tuple[int, Outcome | None]] = [(i, futures[i].result()) for i in arrived if i in pending]
+                if now >= look_at or self._lost is not None:
+                    # every pending one, but only this often: a look per ended execution made a batch quadratic
+                    look_at = now + POLL_S
+                    for i in sorted(pending.difference(i for i, _ in taken)):
+                        start = began[i]
+                        outcome: Outcome | None
+                        if start is not None and now - start >= runs[i].timeout_s and not futures[i].done():
+                            outcome = timed_out(runs[i].timeout_s, now - start)
+                            self._abandoned.append(futures[i])
+                            abandoned += 1
+                        elif start is None and self._lost is not None and futures[i].cancel():
+                            outcome = None  # never started, never will
+                        else:
+                            if start is not None:
+                                look_at = min(look_at, start + runs[i].timeout_s)
+                            continue
+                        taken.append((i, outcome))
+                for i, outcome in taken:
                     pending.discard(i)
                     if not ready:
                         group_by = now + GROUP_S
@@ -538,13 +553,13 @@ class Worker:
                 if ready and (not pending or now >= group_by):
                     group, ready = sorted(ready, key=lambda item: item[0]), []
                     yield [(runs[i], outcome) for i, outcome in group]
+                    arrived = _drained(ended)
                     continue  # answering took a while: look again before waiting
-                deadlines = [start + runs[i].timeout_s for i in pending if (start := began[i]) is not None]
-                limit = min([POLL_S, group_by - now if ready else POLL_S] + [d - now for d in deadlines])
-                # the first end starts a group; then wait for the rest of it (one wake-up, not one per task)
-                wait([futures[i] for i in pending], timeout=max(limit, 0.0),
-                     return_when=ALL_COMPLETED if ready else FIRST_COMPLETED)
-                self._pump()
+                # the first end starts a group; then wait for the rest of it (one wake-up per end, each O(1))
+                arrived = _drained(ended, timeout=max(0.0, min(look_at, group_by if ready else look_at) - now))
+                if time.monotonic() >= pump_at:
+                    self._pump()
+                    pump_at = time.monotonic() + POLL_S
                 if time.monotonic() >= renew_at:
                     self._renew([claims[i] for i in pending])
                     renew_at = time.monotonic() + RENEW_S
@@ -619,6 +634,25 @@ class Worker:
 
     def _new_pool(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.worker_id}-task")
+
+
+def _put_index(ended: queue.SimpleQueue[int], index: int, _future: Future[Outcome]) -> None:
+    ended.put(index)
+
+
+def _drained(ended: queue.SimpleQueue[int], timeout: float | None = None) -> list[int]:
+    """What ``ended`` holds: without ``timeout``, what it holds now; with one, waiting up to it for the first."""
+    out: list[int] = []
+    if timeout is not None:
+        try:
+            out.append(ended.get(timeout=timeout))
+        except queue.Empty:
+            return out
+    while True:
+        try:
+            out.append(ended.get_nowait())
+        except queue.Empty:
+            return out
 
 
 def timed_out(timeout_s: float, elapsed_s: float) -> Outcome:
