@@ -16,10 +16,11 @@ Per batch taken from ``haorch.requests`` (at most ``cfg.batch_size``, fewer whil
 3. the claimed attempts run concurrently on ``concurrency`` threads, each within its request's ``timeout_s``
    counted from its own start (a late task is reported as failed and its thread abandoned: Python cannot kill a
    thread, so the pool is replaced and the straggler finishes alone);
-4. as they end, in groups (an ended task waits at most ``GROUP_S`` for others of its batch), one transaction records
-   the group's ends (an attempt abandoned meanwhile by another worker keeps that end, and its result is dropped),
-   then one publish (confirmed by the broker) sends the group's responses, packed several to a message
-   (``node/model/messages.py``): a short task is not held up by a long one of the same batch;
+4. as they end, in groups (an ended task waits for others of its batch at most twice the mean execution time, within
+   ``GROUP_S``..``MAX_GROUP_S``: :meth:`Worker.group_s`), one transaction records the group's ends (an attempt
+   abandoned meanwhile by another worker keeps that end, and its result is dropped), then one publish (confirmed by
+   the broker) sends the group's responses, packed several to a message (``node/model/messages.py``): a short task
+   is not held up by a long one of the same batch;
 5. then the batch is acknowledged cumulatively through its answered prefix (:class:`Acks`): no delivery is
    acknowledged before its response is confirmed, or before it is known to need none.
 
@@ -87,9 +88,12 @@ MAX_RESULT_BYTES = 60_000  # ledger column result (TEXT: 65,535 bytes)
 RENEW_S = CLAIM_LEASE_S / 6  # how often a worker renews the claims it holds while their tasks run or wait
 TARGET_BATCH_S = 1.0  # a batch of slow tasks is cut to about this much work per thread (see batch_limit)
 POLL_S = 0.05  # longest wait without pumping AMQP events (heartbeats) or checking timeouts
-# an ended execution waits this long at most for others of its batch still running: quick tasks share one ledger
-# write and one publish (a batch of 200 noop tasks ends within a few ms), a slow one holds up nobody
+# an ended execution waits at most twice the mean execution time, within these bounds, for others of its batch still
+# running: quick tasks share one ledger write and one publish (a batch of 200 noop tasks ends within a few ms; 10 ms
+# tasks end every few ms on 4 threads, and a group of ~2 made the ledger commits and confirmed publishes ~30 % of the
+# stack's CPU per task), a slow one holds up nobody, and no response waits much longer than its task ran
 GROUP_S = 0.005
+MAX_GROUP_S = 0.020
 MIN_RECHECK_S = 0.5  # a waiting task's re-checks come at most this often
 DEPENDENCIES = ("rabbitmq", "mariadb")  # the services of the worker's haorch_dependency_up
 
@@ -261,6 +265,13 @@ class Worker:
             return min(self.concurrency, self.cfg.batch_size)
         fits = int(self.concurrency * TARGET_BATCH_S / max(self._mean_s, 1e-6))
         return max(1, min(self.cfg.batch_size, max(self.concurrency, fits)))
+
+    def group_s(self) -> float:
+        """How long an ended execution waits at most for others of its batch: twice the mean execution time, within
+        GROUP_S..MAX_GROUP_S (GROUP_S until a task has run)."""
+        if self._mean_s is None:
+            return GROUP_S
+        return min(MAX_GROUP_S, max(GROUP_S, 2 * self._mean_s))
 
     def _close(self) -> None:
         """Drop the AMQP connection: deliveries not acknowledged go back to the queue."""
@@ -503,10 +514,10 @@ class Worker:
                  ) -> Generator[list[tuple[TaskRequest, Outcome | None]], None, None]:
         """Run every request on the pool, each within its timeout, its output references resolved from ``outputs``,
         and yield the executions in groups, in request order within a group, as they end: one that ended waits at most
-        GROUP_S for others still running, so that many quick tasks share one ledger write and one publish while a
-        slow one holds up nobody. Meanwhile AMQP events are pumped and the claims (ledger ids ``claims``, in the order
-        of ``runs``) of what has not ended are renewed every RENEW_S. Once the AMQP connection is lost, what has not
-        started does not start: it is yielded with None as its outcome."""
+        :meth:`group_s` for others still running, so that many quick tasks share one ledger write and one publish
+        while a slow one holds up nobody. Meanwhile AMQP events are pumped and the claims (ledger ids ``claims``, in
+        the order of ``runs``) of what has not ended are renewed every RENEW_S. Once the AMQP connection is lost, what
+        has not started does not start: it is yielded with None as its outcome."""
         if not runs:
             return
         renew_at = time.monotonic() + RENEW_S
@@ -521,6 +532,7 @@ class Worker:
         ready: list[tuple[int, Outcome | None]] = []
         group_by = 0.0  # monotonic time by which the ended ones in ``ready`` are yielded
         look_at = 0.0  # monotonic time of the next look for late (or, once the connection is lost, unstarted) ones
+        group_s = self.group_s()
         pump_at = 0.0
         abandoned = 0
         arrived: list[int] = []
@@ -548,7 +560,7 @@ class Worker:
                 for i, outcome in taken:
                     pending.discard(i)
                     if not ready:
-                        group_by = now + GROUP_S
+                        group_by = now + group_s
                     ready.append((i, outcome))
                 if ready and (not pending or now >= group_by):
                     group, ready = sorted(ready, key=lambda item: item[0]), []

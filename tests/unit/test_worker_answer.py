@@ -118,6 +118,16 @@ def test_the_batch_shrinks_to_the_concurrency_for_slow_tasks_and_grows_for_quick
     assert bench.worker.batch_limit() == Config(home=Path("/nonexistent")).batch_size
 
 
+def test_an_ended_task_waits_for_its_batch_twice_the_mean_execution_within_bounds(bench: Bench) -> None:
+    assert bench.worker.group_s() == worker_module.GROUP_S  # nothing ran yet
+    bench.worker._mean_s = 0.0001                             # noop tasks: a batch ends together anyway
+    assert bench.worker.group_s() == worker_module.GROUP_S
+    bench.worker._mean_s = 0.008
+    assert bench.worker.group_s() == 0.016
+    bench.worker._mean_s = 5.0                                # slow tasks: a response waits 20 ms at most
+    assert bench.worker.group_s() == worker_module.MAX_GROUP_S
+
+
 def test_claims_are_renewed_while_their_tasks_run(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "RENEW_S", 0.05)
     (response,) = bench.answer(TaskRequest(experiment_id="e", task="a", kind="k", executor="sleep",
