@@ -38,7 +38,7 @@ from bench.cpu import CpuSampler
 from bench.probes import query
 from bench.report import percentile
 from bench.scratch import Scratch
-from bench.throughput import CHAIN, EVER, advancements, cpu_per_advancement
+from bench.throughput import CHAIN, EVER, Execution, advancements, cpu_per_advancement, executions, hops
 from node import cluster
 from node.config import Config
 from node.experiments import Experiments
@@ -118,7 +118,7 @@ class DepthSampler:
         self._thread.join(5.0)
 
     def _run(self) -> None:
-        conn = connect(self.cfg, name="haorch-bench-depth")
+        conn = connect(self.cfg, name="haorch-bench-depth")  # pika connections stay on the thread that opened them
         try:
             channel = conn.channel()
             while not self._stop.wait(DEPTH_EVERY_S):
@@ -128,27 +128,15 @@ class DepthSampler:
             conn.close()
 
 
-def _ledger(cfg: Config, prefix: str) -> tuple[list[tuple[str, str, float, float]], int, int, int]:
-    """The successful executions ``(experiment, task, started_at, ended_at)``, all ledger rows, those replayed, and
-    those of a second attempt or later."""
-    like = prefix + "%"
-    runs = [(e, t, float(s), float(end)) for e, t, s, end in query(
-        cfg, "SELECT experiment_id, task, started_at, ended_at FROM ledger WHERE experiment_id LIKE %s "
-             "AND outcome = 'success'", (like,))]
+def _ledger(cfg: Config, prefix: str) -> tuple[int, int, int]:
+    """All ledger rows of ``prefix``'s chains, those replayed, and those of a second attempt or later."""
     rows, replayed, later = query(cfg, "SELECT COUNT(*), COALESCE(SUM(replayed_count > 0), 0), "
                                        "COALESCE(SUM(attempt > 1), 0) FROM ledger WHERE experiment_id LIKE %s",
-                                  (like,))[0]
-    return runs, int(rows), int(replayed), int(later)
+                                  (prefix + "%",))[0]
+    return int(rows), int(replayed), int(later)
 
 
-def _hops(runs: list[tuple[str, str, float, float]]) -> list[float]:
-    """ms from each task's end to its successor's start."""
-    by = {(e, t): (s, end) for e, t, s, end in runs}
-    return [(by[(e, CHAIN[CHAIN.index(t) + 1])][0] - end) * 1000 for e, t, _s, end in runs
-            if t != CHAIN[-1] and (e, CHAIN[CHAIN.index(t) + 1]) in by]
-
-
-def busy_share(runs: list[tuple[str, str, float, float]], threads: int, start: float, end: float) -> float:
+def busy_share(runs: list[Execution], threads: int, start: float, end: float) -> float:
     """The share of ``threads`` × [start, end] that the executions ``runs`` (each clipped to it) kept busy."""
     busy = sum(max(0.0, min(stop, end) - max(began, start)) for _e, _t, began, stop in runs)
     return busy / (threads * (end - start))
@@ -173,17 +161,18 @@ def run_part(cfg: Config, ms: int, chains: int, workers: int, concurrency: int, 
                     budget = 120.0 + (chains * len(CHAIN) / ideal * 3 if ideal else chains * 0.05)
                     exps.wait(ids, timeout_s=budget, poll_s=0.5)
             first, last, count = advancements(cfg, scratch.prefix, 0.0, EVER)
-            runs, rows, replayed, later = _ledger(cfg, scratch.prefix)
+            runs = executions(cfg, scratch.prefix)
+            rows, replayed, later = _ledger(cfg, scratch.prefix)
             completed = int(query(cfg, "SELECT COUNT(*) FROM experiments WHERE experiment_id LIKE %s "
                                        "AND state = 'COMPLETED'", (scratch.prefix + "%",))[0][0])
             cpu_us = cpu_per_advancement(cfg, scratch.prefix, cpu, first, last)
         finally:
             cluster.down(cfg)
-    hops = _hops(runs)
+    waits = hops(runs)
     window = last - first
     middle = (first + STEADY_FROM * window, last - STEADY_FROM * window)  # without the ramp-up and the drain
     utilization = busy_share(runs, workers * concurrency, *middle) if ms and window else None
-    p50, p99 = (percentile(hops, 0.5), percentile(hops, 0.99)) if hops else (math.nan, math.nan)
+    p50, p99 = (percentile(waits, 0.5), percentile(waits, 0.99)) if waits else (math.nan, math.nan)
     part = Part(ms, chains, count, window, ideal, utilization, p50, p99, depth.deepest, rows, replayed, later,
                 completed, cpu_us)
     progress(f"{ms} ms: {count} advancements in {window:.1f} s = {part.rate:.0f}/s"

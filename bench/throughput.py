@@ -73,21 +73,28 @@ def cpu_per_advancement(cfg: Config, prefix: str, cpu: CpuSampler, first: float,
     return {kind: seconds * 1e6 / count for kind, seconds in sorted(used.items())} if count else {}
 
 
+Execution = tuple[str, str, float, float]  # experiment, task, started_at, ended_at (ledger)
+CHAIN = ("stage_in", "submit_job", "monitor", "stage_out")
+
+
+def executions(cfg: Config, prefix: str) -> list[Execution]:
+    """The successful executions of ``prefix``'s chains, from the ledger."""
+    return [(e, t, float(s), float(end)) for e, t, s, end in query(
+        cfg, "SELECT experiment_id, task, started_at, ended_at FROM ledger WHERE experiment_id LIKE %s "
+             "AND outcome = 'success'", (prefix + "%",))]
+
+
+def hops(runs: list[Execution]) -> list[float]:
+    """ms from each chain task's end to its successor's start (where both ran)."""
+    by = {(e, t): (s, end) for e, t, s, end in runs}
+    return [(by[(e, CHAIN[CHAIN.index(t) + 1])][0] - end) * 1000 for e, t, _s, end in runs
+            if t in CHAIN[:-1] and (e, CHAIN[CHAIN.index(t) + 1]) in by]
+
+
 def _measure(cfg: Config, prefix: str) -> tuple[int, float, float, list[float]]:
     """SUCCEEDED transitions of the term, its first and last transition, and the hops' latencies (ms)."""
-    like = prefix + "%"
     first, last, count = advancements(cfg, prefix, 0.0, EVER)
-    ledger = query(cfg, "SELECT experiment_id, task, started_at, ended_at FROM ledger WHERE experiment_id LIKE %s "
-                        "AND outcome = 'success'", (like,))
-    by = {(e, t): (s, end) for e, t, s, end in ledger}
-    chain = ["stage_in", "submit_job", "monitor", "stage_out"]
-    hops = []
-    for (exp, task), (_start, end) in by.items():
-        if task in chain[:-1]:
-            nxt = by.get((exp, chain[chain.index(task) + 1]))
-            if nxt:
-                hops.append((nxt[0] - end) * 1000)
-    return count, first, last, hops
+    return count, first, last, hops(executions(cfg, prefix))
 
 
 def run_config(cfg: Config, label: str, batch_size: int, experiments: int, workers: int,
@@ -117,9 +124,6 @@ def run_config(cfg: Config, label: str, batch_size: int, experiments: int, worke
     return result
 
 
-CHAIN = ("stage_in", "submit_job", "monitor", "stage_out")
-
-
 @dataclass
 class Idle:
     """One chain at a time: submit -> COMPLETED, and its parts from the ledger (ms, p50 over the chains)."""
@@ -137,9 +141,7 @@ def _idle_parts(cfg: Config, prefix: str) -> dict[str, float]:
                          (prefix + "%",)))
     finished = dict(query(cfg, "SELECT experiment_id, finished_at FROM experiments WHERE experiment_id LIKE %s",
                           (prefix + "%",)))
-    runs = {(e, t): (s, end) for e, t, s, end in query(
-        cfg, "SELECT experiment_id, task, started_at, ended_at FROM ledger WHERE experiment_id LIKE %s "
-             "AND outcome = 'success'", (prefix + "%",))}
+    runs = {(e, t): (s, end) for e, t, s, end in executions(cfg, prefix)}
     parts: dict[str, list[float]] = {}
     for experiment_id, at in created.items():
         times = [runs.get((experiment_id, task)) for task in CHAIN]

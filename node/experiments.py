@@ -129,12 +129,12 @@ def _check_id(experiment_id: object) -> None:
         raise UsageError(problem)
 
 
-
 def _all_found(ids: list[str], found: Collection[str]) -> None:
     """NotFoundError naming the first of ``ids`` not in ``found`` (it does not exist, or was deleted meanwhile)."""
     missing = [i for i in ids if i not in found]
     if missing:
         raise NotFoundError(f"no experiment {missing[0]!r}")
+
 
 class Experiments:
     """Connections to MariaDB, Neo4j and RabbitMQ, opened lazily; close() when done."""

@@ -568,7 +568,7 @@ class Worker:
                     arrived = _drained(ended)
                     continue  # answering took a while: look again before waiting
                 # the first end starts a group; then wait for the rest of it (one wake-up per end, each O(1))
-                arrived = _drained(ended, timeout=max(0.0, min(look_at, group_by if ready else look_at) - now))
+                arrived = _drained(ended, timeout=max(0.0, (min(look_at, group_by) if ready else look_at) - now))
                 if time.monotonic() >= pump_at:
                     self._pump()
                     pump_at = time.monotonic() + POLL_S

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.durations import MAX_CHAINS, Part, _hops, busy_share, chains_for, render, sleep_template
+from bench.durations import MAX_CHAINS, Part, busy_share, chains_for, render, sleep_template
+from bench.throughput import hops
 
 
 def part(**changes: object) -> Part:
@@ -30,7 +31,7 @@ def test_exactly_once_needs_one_row_per_task_no_replay_no_retry_and_every_chain_
 def test_hops_go_from_each_end_to_the_successors_start() -> None:
     runs = [("e1", "stage_in", 0.0, 1.0), ("e1", "submit_job", 1.010, 2.0), ("e1", "monitor", 2.5, 3.0),
             ("e2", "stage_in", 0.0, 1.0)]                                   # e2's successor never ran: no hop
-    assert [round(h) for h in _hops(runs)] == [10, 500]
+    assert [round(h) for h in hops(runs)] == [10, 500]
 
 
 def test_the_template_is_a_chain_of_sleep_tasks_reading_ms() -> None:
