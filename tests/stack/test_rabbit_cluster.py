@@ -107,24 +107,39 @@ def connection_to(cfg: Config, node: RabbitMQ, name: str) -> pika.BlockingConnec
     return pika.BlockingConnection(params)
 
 
-def drain(conn: pika.BlockingConnection, queue: str) -> list[bytes]:
-    """Every message of ``queue`` (consumed and acknowledged) until none comes for a second."""
-    channel = conn.channel()
-    channel.basic_qos(prefetch_count=1000)
+def drain(conn: pika.BlockingConnection, queue: str, channel_resets: int = 3) -> list[bytes]:
+    """Every message of ``queue`` (consumed and acknowledged) until none comes for a second.
+
+    A quorum queue whose leader changes while we consume can make the broker refuse a later acknowledgement
+    (``PRECONDITION_FAILED - unknown delivery tag``: the channel's pending deliveries went stale with the old
+    leader) and close the channel. Its unacknowledged messages go back to the queue, so the drain opens a new
+    channel and goes on, at most ``channel_resets`` times; the messages read twice are duplicates, never losses.
+    """
     bodies: list[bytes] = []
-    last_tag = 0
-    for method, _props, body in channel.consume(queue, inactivity_timeout=1.0):
-        if method is None:
-            break
-        bodies.append(body)
-        last_tag = method.delivery_tag
-        if len(bodies) % 500 == 0:
-            channel.basic_ack(last_tag, multiple=True)
-    if last_tag:
-        channel.basic_ack(last_tag, multiple=True)
-    channel.cancel()
-    channel.close()
-    return bodies
+    resets = 0
+    while True:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=1000)
+        last_tag = 0
+        try:
+            for method, _props, body in channel.consume(queue, inactivity_timeout=1.0):
+                if method is None:
+                    break
+                bodies.append(body)
+                last_tag = method.delivery_tag
+                if last_tag % 500 == 0:
+                    channel.basic_ack(last_tag, multiple=True)
+            if last_tag:
+                channel.basic_ack(last_tag, multiple=True)
+            channel.cancel()
+            channel.close()
+            return bodies
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            _log(f"drain of {queue}: the broker closed the channel after {len(bodies)} messages ({exc}); "
+                 "reading on from a new channel")
+            resets += 1
+            if resets > channel_resets:
+                raise
 
 
 @dataclass
@@ -255,6 +270,7 @@ def test_leader_killed_under_confirmed_publishing_loses_nothing_and_rejoins(cfg:
 
 def test_stopping_all_nodes_then_starting_them_brings_the_same_cluster_back(cfg: Config,
                                                                             nodes: list[RabbitMQ]) -> None:
+    start_all(nodes)  # a node an earlier test left stopped would make "all stopped" below fail for the wrong reason
     marks = [f"mark-{i}".encode() for i in range(BATCH)]
     conn = connect(cfg, "cluster-test-marks")
     BatchPublisher(conn).publish_batch(REQUESTS, marks)
