@@ -21,6 +21,7 @@ from node.config import NEO4J_USER, with_overrides
 from node.errors import ServiceError
 from node.stack import manager
 from node.stack.prometheus import prometheus_query
+from node.stack.rabbitmq import RabbitMQ
 from node.stack.zookeeper import zk_mode
 from node.stores.connect import amqp_parameters, mysql_connect_args, neo4j_driver
 from node.stores.mysql_schema import TABLES
@@ -76,6 +77,13 @@ def test_rabbitmq_publish_consume_on_quorum_queues_with_generated_user(stack):
         ch.cancel()
     finally:
         conn.close()
+
+
+def test_rabbitmq_schedulers_are_unbound(stack):
+    """Bound Erlang schedulers (RabbitMQ's default) stay on their core while the stack's other programs run there."""
+    out = RabbitMQ(stack).cli("rabbitmqctl", "eval", "erlang:system_info(scheduler_bind_type).")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "unbound"
 
 
 def test_rabbitmq_rejects_guest_and_wrong_password(stack):
