@@ -135,7 +135,7 @@ class RabbitMQ(Service):
             "RABBITMQ_PID_FILE": str(data / "rabbitmq.pid"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"-kernel inet_dist_use_interface {erlang_ip(self.address)}",
             # unbound schedulers: bound ones (the default, "db") cannot move to the idle core while the kernel runs
-            # another of the stack's programs on theirs (docs/BENCHMARKS.md, "RabbitMQ's schedulers unbound")
+            # another of the stack's programs on theirs (docs/BENCHMARKS.md, "... and RabbitMQ's schedulers")
             "RABBITMQ_SCHEDULER_BIND_TYPE": "u",
             "ERL_EPMD_ADDRESS": self.address,
             "ERL_EPMD_PORT": str(self.cfg.epmd_port),
