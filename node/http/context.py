@@ -1,8 +1,9 @@
 """What the HTTP app's handlers share: the config, the owner's probes, and per-thread store connections.
 
 FastAPI runs the (sync) handlers in a thread pool; a :class:`Records` or an :class:`Experiments` is not shared
-between threads, so each pool thread opens its own on first use (and keeps it for the process's life). Tokens and
-Audit are one object each for the process (the token cache must be shared), reading the calling thread's Records.
+between threads, so each pool thread opens its own on first use and keeps it until the server stops
+(:meth:`AppContext.close`). Tokens and Audit are one object each for the process (the token cache must be shared),
+reading the calling thread's Records.
 """
 
 from __future__ import annotations
@@ -40,13 +41,23 @@ class AppContext:
     _tokens: Tokens | None = field(default=None, repr=False)
     _audit: Audit | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _opened: list[Experiments] = field(default_factory=list, repr=False)  # every thread's, for close()
 
     def experiments(self) -> Experiments:
         """The calling thread's Experiments (its connections opened lazily)."""
         if not hasattr(self._local, "experiments"):
             self._local.experiments = Experiments(self.cfg)
+            with self._lock:
+                self._opened.append(self._local.experiments)
         experiments: Experiments = self._local.experiments
         return experiments
+
+    def close(self) -> None:
+        """Close every thread's store connections (the server has stopped: no handler uses them any more)."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for experiments in opened:
+            experiments.close()
 
     def records(self) -> Records:
         """The calling thread's Records (that of its Experiments)."""

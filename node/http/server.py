@@ -93,8 +93,10 @@ class NodeHTTPServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving (open requests get GRACEFUL_S) and wait up to STOP_TIMEOUT_S for the thread."""
+        """Stop serving (open requests get GRACEFUL_S), wait up to STOP_TIMEOUT_S for the thread, then close the
+        store connections the handlers opened."""
         self.server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(STOP_TIMEOUT_S)
         self.socket.close()
+        self.ctx.close()
