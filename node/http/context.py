@@ -53,7 +53,8 @@ class AppContext:
         return experiments
 
     def close(self) -> None:
-        """Close every thread's store connections (the server has stopped: no handler uses them any more)."""
+        """Close every thread's store connections, once the server has stopped (a handler still running past its
+        graceful period then fails with a lost dependency, as on any store outage)."""
         with self._lock:
             opened, self._opened = self._opened, []
         for experiments in opened:
